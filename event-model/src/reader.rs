@@ -1,0 +1,412 @@
+//! Streams a CSV file into [`RawRow`]s: header mapping, field counts and UTF-8, in bounded memory.
+//!
+//! The rules it applies (the contract's structural half): RFC 4180 quoting, LF or CRLF, an optional
+//! UTF-8 BOM, blank lines ignored, a header naming the six columns in any order (case-insensitive,
+//! surrounding spaces ignored, extra columns ignored). Values are passed on untouched; judging them
+//! is [`crate::validate`]'s job.
+
+use crate::event::{Column, COLUMNS};
+use crate::wire::{to_hex, Defect, RawRow, WIRE_VERSION};
+use std::io::Read;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("failed to read {file} near line {line}: {source}")]
+    Io {
+        file: String,
+        line: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One row ready to publish: its message key and its payload.
+#[derive(Debug, Clone)]
+pub struct KeyedRow {
+    /// The trimmed event_id, or `file:line` when the row has none to offer.
+    pub key: String,
+    pub row: RawRow,
+}
+
+/// Splits CSV bytes into records, knowing the line each record starts on.
+///
+/// Built on csv-core rather than `csv::Reader` because the latter reports positions from where it
+/// started parsing, before skipped blank lines and CRLF tails, so its line numbers drift.
+struct RecordSplitter<R: Read> {
+    input: R,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    at_file_start: bool,
+    core: csv_core::Reader,
+    /// Line of the next unread byte, 1-based.
+    line: u64,
+    fields: Vec<u8>,
+    ends: Vec<usize>,
+    field_count: usize,
+}
+
+impl<R: Read> RecordSplitter<R> {
+    fn new(input: R) -> Self {
+        RecordSplitter {
+            input,
+            buffer: vec![0; 64 * 1024].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            at_file_start: true,
+            core: csv_core::Reader::new(),
+            line: 1,
+            fields: vec![0; 1024],
+            ends: vec![0; 16],
+            field_count: 0,
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.start < self.end || self.eof {
+            return Ok(());
+        }
+        self.start = 0;
+        self.end = loop {
+            match self.input.read(&mut self.buffer) {
+                Ok(read) => break read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        };
+        self.eof = self.end == 0;
+        if self.at_file_start {
+            self.at_file_start = false;
+            if self.buffer[..self.end].starts_with(b"\xEF\xBB\xBF") {
+                self.start = 3;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next record; returns the line it starts on, or `None` at the end.
+    fn next_record(&mut self) -> std::io::Result<Option<u64>> {
+        // Skip blank lines ourselves so the start line is exact.
+        loop {
+            self.fill()?;
+            if self.start == self.end {
+                return Ok(None);
+            }
+            match self.buffer[self.start] {
+                b'\n' => self.line += 1,
+                b'\r' => {}
+                _ => break,
+            }
+            self.start += 1;
+        }
+        let start_line = self.line;
+        let (mut out, mut ends) = (0, 0);
+        loop {
+            self.fill()?;
+            let input = &self.buffer[self.start..self.end];
+            let (result, read, written, ended) =
+                self.core
+                    .read_record(input, &mut self.fields[out..], &mut self.ends[ends..]);
+            self.line += input[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.start += read;
+            out += written;
+            ends += ended;
+            match result {
+                csv_core::ReadRecordResult::InputEmpty => {}
+                csv_core::ReadRecordResult::OutputFull => {
+                    let grown = self.fields.len() * 2;
+                    self.fields.resize(grown, 0);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    let grown = self.ends.len() * 2;
+                    self.ends.resize(grown, 0);
+                }
+                csv_core::ReadRecordResult::Record => {
+                    self.field_count = ends;
+                    return Ok(Some(start_line));
+                }
+                csv_core::ReadRecordResult::End => return Ok(None),
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.field_count
+    }
+
+    fn field(&self, index: usize) -> Option<&[u8]> {
+        if index >= self.field_count {
+            return None;
+        }
+        let from = if index == 0 { 0 } else { self.ends[index - 1] };
+        Some(&self.fields[from..self.ends[index]])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.field_count).filter_map(|index| self.field(index))
+    }
+}
+
+pub struct RowReader<R: Read> {
+    records: RecordSplitter<R>,
+    file: String,
+    file_id: String,
+    landed_ms: i64,
+    /// Where each canonical column sits in a record; `None` when the header lacks it.
+    positions: [Option<usize>; 6],
+    header: Vec<String>,
+    header_read: bool,
+    line: u64,
+}
+
+impl<R: Read> RowReader<R> {
+    pub fn new(input: R, file: &str, file_id: &str, landed_ms: i64) -> Self {
+        RowReader {
+            records: RecordSplitter::new(input),
+            file: file.to_owned(),
+            file_id: file_id.to_owned(),
+            landed_ms,
+            positions: [None; 6],
+            header: Vec::new(),
+            header_read: false,
+            line: 0,
+        }
+    }
+
+    /// Columns of the contract the header does not name (known once the first row was read).
+    pub fn missing_columns(&self) -> Vec<Column> {
+        COLUMNS
+            .into_iter()
+            .filter(|column| self.positions[column.index()].is_none())
+            .collect()
+    }
+
+    /// Reads the next record that is not blank; whitespace-only lines count as blank.
+    fn read_record(&mut self) -> Result<bool, ReadError> {
+        loop {
+            let line = self.records.next_record().map_err(|source| ReadError::Io {
+                file: self.file.clone(),
+                line: self.line,
+                source,
+            })?;
+            let Some(line) = line else {
+                return Ok(false);
+            };
+            self.line = line;
+            let blank = self.records.len() == 1
+                && self
+                    .records
+                    .field(0)
+                    .is_some_and(|f| f.trim_ascii().is_empty());
+            if !blank {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn read_header(&mut self) -> Result<bool, ReadError> {
+        self.header_read = true;
+        if !self.read_record()? {
+            return Ok(false);
+        }
+        for (index, cell) in self.records.iter().enumerate() {
+            // A BOM split across the first reads reaches us here rather than in the splitter.
+            let cell = String::from_utf8_lossy(cell)
+                .trim_start_matches('\u{feff}')
+                .to_owned();
+            if let Some(column) = Column::from_header(&cell) {
+                // The first column of a name wins; a repeated name is just an extra column.
+                self.positions[column.index()].get_or_insert(index);
+            }
+            self.header.push(cell.trim().to_owned());
+        }
+        Ok(true)
+    }
+
+    /// The next data row, or `None` at the end of the file.
+    pub fn next_row(&mut self) -> Result<Option<KeyedRow>, ReadError> {
+        if !self.header_read && !self.read_header()? {
+            return Ok(None);
+        }
+        if !self.read_record()? {
+            return Ok(None);
+        }
+        let line = self.line;
+        let values = COLUMNS.map(|column| {
+            self.positions[column.index()]
+                .and_then(|index| self.records.field(index))
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .map(str::to_owned)
+        });
+        let defect = self.defect();
+        let key = match values[Column::EventId.index()].as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => format!("{}:{line}", self.file),
+        };
+        let row = RawRow {
+            v: WIRE_VERSION,
+            file: self.file.clone(),
+            file_id: self.file_id.clone(),
+            line,
+            landed_ms: self.landed_ms,
+            values,
+            defect,
+        };
+        Ok(Some(KeyedRow { key, row }))
+    }
+
+    fn defect(&self) -> Option<Defect> {
+        let (code, reason) = if self.records.len() != self.header.len() {
+            (
+                "field_count",
+                format!(
+                    "row has {} fields, header has {}",
+                    self.records.len(),
+                    self.header.len()
+                ),
+            )
+        } else {
+            let bad = self
+                .records
+                .iter()
+                .position(|field| std::str::from_utf8(field).is_err())?;
+            (
+                "invalid_utf8",
+                format!("field `{}`: invalid UTF-8", self.header[bad]),
+            )
+        };
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        // Writing to a Vec cannot fail.
+        let _ = writer.write_record(self.records.iter());
+        let mut raw = writer.into_inner().unwrap_or_default();
+        raw.pop();
+        Some(Defect {
+            code: code.to_owned(),
+            reason,
+            raw_hex: to_hex(&raw),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::from_hex;
+
+    fn rows(input: &[u8]) -> Vec<KeyedRow> {
+        let mut reader = RowReader::new(input, "f.csv", "id", 0);
+        let mut rows = Vec::new();
+        while let Some(row) = reader.next_row().unwrap() {
+            rows.push(row);
+        }
+        rows
+    }
+
+    const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time";
+
+    #[test]
+    fn maps_header_in_any_order_case_and_spaces_with_extra_columns() {
+        let input = b" Price ,EXTRA,event_time, EVENT_ID,user_id,Event_Type,product_id\n1.50,x,2026-01-01T00:00:00Z,e1,7,view,9\n";
+        let rows = rows(input);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0].row;
+        assert_eq!(rows[0].key, "e1");
+        assert_eq!(row.value(Column::EventId), Some("e1"));
+        assert_eq!(row.value(Column::Price), Some("1.50"));
+        assert_eq!(row.value(Column::EventTime), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(row.value(Column::ProductId), Some("9"));
+        assert_eq!(row.line, 2);
+        assert!(row.defect.is_none());
+    }
+
+    #[test]
+    fn accepts_bom_crlf_quotes_and_skips_blank_lines() {
+        let input = format!(
+            "\u{feff}{HEADER}\r\n\r\n\"e,1\",1,view,2,3.00,\"2026-01-01 00:00:00\"\r\n   \r\n\"multi\nline\",1,view,2,3,2026-01-01T00:00:00Z"
+        );
+        let rows = rows(input.as_bytes());
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].key, "e,1");
+        assert_eq!(rows[0].row.line, 3);
+        assert_eq!(rows[1].key, "multi\nline");
+        assert_eq!(rows[1].row.line, 5);
+        assert!(rows.iter().all(|r| r.row.defect.is_none()));
+    }
+
+    /// Hands out one byte per read, so every record straddles buffer refills.
+    struct OneByteAtATime<'a>(&'a [u8]);
+
+    impl Read for OneByteAtATime<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            out[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn line_numbers_survive_refills_and_multiline_fields() {
+        let input =
+            format!("\u{feff}{HEADER}\r\n\r\n\"a\r\nb\",1,view,2,3,x\r\n\n\nlast,1,view,2,3,y");
+        let mut reader = RowReader::new(OneByteAtATime(input.as_bytes()), "f.csv", "id", 0);
+        let first = reader.next_row().unwrap().unwrap();
+        let second = reader.next_row().unwrap().unwrap();
+        assert!(reader.next_row().unwrap().is_none());
+        assert_eq!((first.key.as_str(), first.row.line), ("a\r\nb", 3));
+        assert_eq!((second.key.as_str(), second.row.line), ("last", 7));
+        assert_eq!(second.row.value(Column::EventTime), Some("y"));
+    }
+
+    #[test]
+    fn missing_column_is_reported_and_left_empty() {
+        let input = b"event_id,user_id,event_type,product_id,event_time\ne1,1,view,2,2026-01-01T00:00:00Z\n";
+        let mut reader = RowReader::new(&input[..], "f.csv", "id", 0);
+        let row = reader.next_row().unwrap().unwrap();
+        assert_eq!(reader.missing_columns(), vec![Column::Price]);
+        assert_eq!(row.row.value(Column::Price), None);
+    }
+
+    #[test]
+    fn wrong_field_count_is_a_defect_with_the_raw_row() {
+        let input = format!("{HEADER}\ne1,1,view,2\n");
+        let rows = rows(input.as_bytes());
+        let defect = rows[0].row.defect.as_ref().unwrap();
+        assert_eq!(defect.code, "field_count");
+        assert_eq!(defect.reason, "row has 4 fields, header has 6");
+        assert_eq!(from_hex(&defect.raw_hex).unwrap(), b"e1,1,view,2");
+    }
+
+    #[test]
+    fn invalid_utf8_keeps_every_byte() {
+        let mut input = format!("{HEADER}\ne1,1,view,2,").into_bytes();
+        input.extend_from_slice(b"9\xff\x00,2026-01-01T00:00:00Z\n");
+        let rows = rows(&input);
+        let defect = rows[0].row.defect.as_ref().unwrap();
+        assert_eq!(defect.code, "invalid_utf8");
+        assert_eq!(defect.reason, "field `price`: invalid UTF-8");
+        assert_eq!(
+            from_hex(&defect.raw_hex).unwrap(),
+            b"e1,1,view,2,9\xff\x00,2026-01-01T00:00:00Z".to_vec()
+        );
+        assert_eq!(rows[0].row.value(Column::Price), None);
+    }
+
+    #[test]
+    fn empty_and_header_only_files_have_no_rows() {
+        assert!(rows(b"").is_empty());
+        assert!(rows(HEADER.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn row_without_event_id_is_keyed_by_file_and_line() {
+        let input = format!("{HEADER}\n ,1,view,2,3,2026-01-01T00:00:00Z");
+        assert_eq!(rows(input.as_bytes())[0].key, "f.csv:2");
+    }
+}

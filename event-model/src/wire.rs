@@ -1,0 +1,124 @@
+//! The message on the topic: one CSV row, its raw values and where it came from.
+//!
+//! The bridge does not judge values; it only maps the header and notices rows that cannot be read
+//! as the header says (wrong field count, invalid UTF-8). Those travel as a [`Defect`] with the
+//! row's bytes, so the consumer can quarantine them losslessly.
+
+use crate::event::COLUMNS;
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the format changes incompatibly; the consumer quarantines versions it does not know.
+pub const WIRE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRow {
+    pub v: u32,
+    /// File name (not path) the row came from.
+    pub file: String,
+    /// Identity of the file's content (size and modification time), so a file republished after a
+    /// crash is recognised as the same file and a new file under an old name is not.
+    pub file_id: String,
+    /// 1-based line where the row starts in the file.
+    pub line: u64,
+    /// When the bridge picked the file up, milliseconds since the Unix epoch (for freshness).
+    pub landed_ms: i64,
+    /// The six values in canonical column order; `None` where the header lacks the column.
+    pub values: [Option<String>; 6],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defect: Option<Defect>,
+}
+
+/// A row the bridge could not map onto the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Defect {
+    /// `field_count` or `invalid_utf8`.
+    pub code: String,
+    pub reason: String,
+    /// The record's fields re-encoded as one RFC 4180 CSV line, hex-encoded: every byte kept.
+    pub raw_hex: String,
+}
+
+impl RawRow {
+    pub fn value(&self, column: crate::Column) -> Option<&str> {
+        self.values[column.index()].as_deref()
+    }
+
+    /// The row as one CSV line of the six canonical values (missing ones empty), for quarantine.
+    pub fn canonical_csv(&self) -> Vec<u8> {
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        let fields = COLUMNS.map(|column| self.value(column).unwrap_or(""));
+        // Writing to a Vec cannot fail.
+        let _ = writer.write_record(fields);
+        let mut bytes = writer.into_inner().unwrap_or_default();
+        bytes.pop();
+        bytes
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a RawRow always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RawRow, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 0xf) as usize] as char);
+    }
+    out
+}
+
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_every_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(from_hex(&to_hex(&bytes)).unwrap(), bytes);
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+
+    #[test]
+    fn raw_row_round_trips_through_json() {
+        let row = RawRow {
+            v: WIRE_VERSION,
+            file: "a.csv".into(),
+            file_id: "10-20".into(),
+            line: 3,
+            landed_ms: 5,
+            values: [
+                Some("e,1".into()),
+                None,
+                None,
+                None,
+                None,
+                Some("\"q\"".into()),
+            ],
+            defect: None,
+        };
+        assert_eq!(RawRow::decode(&row.encode()).unwrap(), row);
+        assert_eq!(row.canonical_csv(), b"\"e,1\",,,,,\"\"\"q\"\"\"".to_vec());
+    }
+}

@@ -9,6 +9,7 @@
 pub mod duration;
 pub mod event;
 pub mod reader;
+pub mod signal;
 pub mod validate;
 pub mod wire;
 

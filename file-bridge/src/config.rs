@@ -1,0 +1,45 @@
+use clap::Parser;
+use event_model::duration::parse_duration;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Watches a folder and publishes every row of every complete `*.csv` file to a Kafka topic, keyed
+/// by event_id; a file is archived only once every row's delivery is confirmed.
+#[derive(Debug, Clone, Parser)]
+#[command(version)]
+pub struct Config {
+    /// Folder to watch for `*.csv` files.
+    #[arg(long, env = "INPUT_DIR", default_value = "data/input")]
+    pub input_dir: PathBuf,
+    /// Folder published files are moved to.
+    #[arg(long, env = "ARCHIVE_DIR", default_value = "data/archive")]
+    pub archive_dir: PathBuf,
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// Topic to publish to; created when missing.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "ecommerce-events")]
+    pub topic: String,
+    /// Partitions of the topic when the bridge creates it.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+    /// Replication factor of the topic when the bridge creates it.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Publish what is in the folder now, wait for every delivery, archive, and exit.
+    #[arg(long, env = "BRIDGE_ONCE")]
+    pub once: bool,
+    /// How often the folder is rescanned besides file-system events (catches anything missed).
+    #[arg(long, env = "BRIDGE_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub rescan_interval: Duration,
+    /// How long to wait before retrying a file whose publication failed.
+    #[arg(long, env = "BRIDGE_RETRY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub retry_interval: Duration,
+    /// On shutdown, how long to wait for outstanding deliveries before giving up (files stay put).
+    #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Extra librdkafka producer option, repeatable: -X security.protocol=SASL_SSL.
+    /// From the environment: KAFKA_OPTIONS="key=value,key=value".
+    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
+    pub kafka_options: Vec<(String, String)>,
+}

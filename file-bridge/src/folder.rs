@@ -1,0 +1,118 @@
+//! The input and archive folders: which files are ready, waking up when one lands, archiving.
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+/// Lists the `*.csv` regular files of `dir`, oldest name first. Hidden files (temporary files of
+/// writers) are skipped silently; symlinks, FIFOs and folders are skipped with one warning each.
+pub fn ready_files(dir: &Path, warned: &mut HashSet<PathBuf>) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_csv = Path::new(&*name)
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
+        if name.starts_with('.') || !is_csv {
+            continue;
+        }
+        let path = entry.path();
+        // file_type() does not follow symlinks: a link to a file is not a regular file here.
+        match entry.file_type() {
+            Ok(kind) if kind.is_file() => files.push(path),
+            Ok(kind) => {
+                if warned.insert(path.clone()) {
+                    let kind = if kind.is_symlink() {
+                        "symlink"
+                    } else if kind.is_dir() {
+                        "folder"
+                    } else {
+                        "special file"
+                    };
+                    tracing::warn!(file = %path.display(), kind, "ignoring: not a regular file");
+                }
+            }
+            // Gone between listing and looking: nothing to do.
+            Err(_) => {}
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Moves a published file to the archive folder, never overwriting an earlier file of that name.
+pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
+    let name = file
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("file has no name"))?;
+    let mut target = archive_dir.join(name);
+    let stem = Path::new(name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut copy = 0;
+    while target.symlink_metadata().is_ok() {
+        copy += 1;
+        target = archive_dir.join(format!("{stem}.{copy}.csv"));
+    }
+    match std::fs::rename(file, &target) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::CrossesDevices => {
+            std::fs::copy(file, &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+            std::fs::remove_file(file)?;
+        }
+        Err(error) => return Err(error),
+    }
+    std::fs::File::open(archive_dir)?.sync_all()?;
+    Ok(target)
+}
+
+/// Sends a wake-up whenever something happens in `dir`. Wake-ups coalesce: one pending is enough,
+/// since each leads to a full rescan.
+pub fn watch(dir: &Path, wake: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |_event| {
+        let _ = wake.try_send(());
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_regular_csv_files_are_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        for name in ["b.csv", "a.CSV", ".a.csv.tmp", ".hidden.csv", "notes.txt"] {
+            std::fs::write(path(name), "x").unwrap();
+        }
+        std::fs::create_dir(path("folder.csv")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(path("b.csv"), path("link.csv")).unwrap();
+        let mut warned = HashSet::new();
+        let ready = ready_files(dir.path(), &mut warned).unwrap();
+        assert_eq!(ready, vec![path("a.CSV"), path("b.csv")]);
+        assert!(warned.contains(&path("folder.csv")));
+    }
+
+    #[test]
+    fn archiving_never_overwrites() {
+        let input = tempfile::tempdir().unwrap();
+        let archive_dir = tempfile::tempdir().unwrap();
+        let file = input.path().join("e.csv");
+        std::fs::write(&file, "one").unwrap();
+        let first = archive(&file, archive_dir.path()).unwrap();
+        std::fs::write(&file, "two").unwrap();
+        let second = archive(&file, archive_dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(first).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(&second).unwrap(), "two");
+        assert!(second.ends_with("e.1.csv"));
+        assert!(!file.exists());
+    }
+}

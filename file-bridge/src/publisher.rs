@@ -1,0 +1,284 @@
+//! Publishes files row by row and learns, through delivery reports, when a whole file is safe.
+//!
+//! Guarantee: a [`Completion`] without failure is sent only after the broker acknowledged every row
+//! of the file (idempotent producer, `acks=all`). Anything else (a failed delivery, a file changed
+//! while read, a shutdown mid-file) completes with a failure and the file stays where it is, to be
+//! published again in full; the consumer deduplicates the rows that did arrive.
+
+use event_model::RowReader;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+/// Our producer defaults; `-X` options override them. Batching settings measured on Tansu and
+/// sensible on Redpanda: large batches, a short linger.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "50"),
+    ("batch.size", "1000000"),
+    ("queue.buffering.max.messages", "500000"),
+    ("queue.buffering.max.kbytes", "262144"),
+    ("message.timeout.ms", "300000"),
+];
+
+/// How many rows are read between two checks for shutdown.
+const SHUTDOWN_CHECK_ROWS: u64 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("failed to open {file}: {source}")]
+    Open {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Read(#[from] event_model::ReadError),
+    #[error("failed to publish {file} line {line}: {source}")]
+    Send {
+        file: String,
+        line: u64,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("{file} changed while it was read; it will be published again")]
+    Changed { file: String },
+    #[error("shutdown while publishing {file}; it will be published again on restart")]
+    Abandoned { file: String },
+    #[error("failed to create the Kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+}
+
+/// A file whose every row has a delivery outcome.
+#[derive(Debug)]
+pub struct Completion {
+    pub seq: usize,
+    pub rows: u64,
+    /// Why the file must not be archived; `None` when every row was acknowledged.
+    pub failure: Option<String>,
+}
+
+#[derive(Default)]
+struct Progress {
+    pending: u64,
+    rows: u64,
+    sealed: bool,
+    failure: Option<String>,
+}
+
+pub struct DeliveryTracker {
+    files: Mutex<HashMap<usize, Progress>>,
+    completions: UnboundedSender<Completion>,
+}
+
+impl DeliveryTracker {
+    fn update(&self, seq: usize, change: impl FnOnce(&mut Progress)) {
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let progress = files.entry(seq).or_default();
+        change(progress);
+        if progress.sealed && progress.pending == 0 {
+            let progress = files.remove(&seq).unwrap_or_default();
+            // The receiver only goes away when the bridge is exiting; nothing is left to tell.
+            let _ = self.completions.send(Completion {
+                seq,
+                rows: progress.rows,
+                failure: progress.failure,
+            });
+        }
+    }
+
+    fn fail(progress: &mut Progress, reason: String) {
+        progress.failure.get_or_insert(reason);
+    }
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        self.update(seq, |progress| {
+            progress.pending = progress.pending.saturating_sub(1);
+            if let Err((error, _)) = result {
+                Self::fail(progress, format!("delivery failed: {error}"));
+            }
+        });
+    }
+}
+
+pub struct Publisher {
+    producer: ThreadedProducer<DeliveryTracker>,
+    topic: String,
+}
+
+impl Publisher {
+    pub fn new(
+        config: &ClientConfig,
+        topic: &str,
+        completions: UnboundedSender<Completion>,
+    ) -> Result<Publisher, PublishError> {
+        let tracker = DeliveryTracker {
+            files: Mutex::new(HashMap::new()),
+            completions,
+        };
+        let producer = config
+            .create_with_context(tracker)
+            .map_err(PublishError::Producer)?;
+        Ok(Publisher {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Reads `path` and enqueues every row; the outcome arrives later as a [`Completion`] for `seq`.
+    /// Blocking: call it from a blocking thread.
+    pub fn publish_file(
+        &self,
+        path: &Path,
+        seq: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PublishError> {
+        let tracker = self.producer.context();
+        let result = self.enqueue_rows(path, seq, shutdown);
+        tracker.update(seq, |progress| {
+            progress.sealed = true;
+            match &result {
+                Ok(rows) => progress.rows = *rows,
+                Err(error) => DeliveryTracker::fail(progress, error.to_string()),
+            }
+        });
+        result
+    }
+
+    fn enqueue_rows(
+        &self,
+        path: &Path,
+        seq: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PublishError> {
+        let name = file_name(path);
+        let open_error = |source| PublishError::Open {
+            file: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(open_error)?;
+        let before = Fingerprint::of(&file).map_err(open_error)?;
+        let mut reader = RowReader::new(file, &name, &before.file_id(), before.modified_ms);
+        let tracker = self.producer.context();
+        let mut rows = 0;
+        while let Some(keyed) = reader.next_row()? {
+            if rows % SHUTDOWN_CHECK_ROWS == 0 && shutdown.is_cancelled() {
+                return Err(PublishError::Abandoned { file: name });
+            }
+            let payload = keyed.row.encode();
+            tracker.update(seq, |progress| progress.pending += 1);
+            self.send(&keyed.key, &payload, seq).map_err(|source| {
+                tracker.update(seq, |progress| progress.pending -= 1);
+                PublishError::Send {
+                    file: name.clone(),
+                    line: keyed.row.line,
+                    source,
+                }
+            })?;
+            rows += 1;
+        }
+        let missing = reader.missing_columns();
+        if !missing.is_empty() && rows > 0 {
+            tracing::warn!(file = %name, ?missing, "header lacks columns; every row will be rejected");
+        }
+        // Re-open by path: a file replaced or rewritten while we read it must be read again.
+        let after = File::open(path).and_then(|file| Fingerprint::of(&file));
+        if after.ok().as_ref() != Some(&before) {
+            return Err(PublishError::Changed { file: name });
+        }
+        Ok(rows)
+    }
+
+    fn send(&self, key: &str, payload: &[u8], seq: usize) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::with_opaque_to(&self.topic, seq)
+            .key(key)
+            .payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // The background thread drains the queue; wait for room rather than fail.
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for outstanding deliveries. Blocking.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.producer.flush(Timeout::After(timeout)).is_ok()
+    }
+
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// What identifies one version of a file: inode, size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    inode: u64,
+    len: u64,
+    modified_ms: i64,
+    modified_ns: u128,
+}
+
+impl Fingerprint {
+    fn of(file: &File) -> std::io::Result<Fingerprint> {
+        let metadata = file.metadata()?;
+        let modified = metadata
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(Fingerprint {
+            inode,
+            len: metadata.len(),
+            modified_ms: modified.as_millis() as i64,
+            modified_ns: modified.as_nanos(),
+        })
+    }
+
+    /// Stable across a crash and a restart (a rename keeps all three), new for new content.
+    fn file_id(&self) -> String {
+        format!("{}-{}-{}", self.inode, self.len, self.modified_ns)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}

@@ -1,0 +1,175 @@
+//! What the bridge and the consumer share about Kafka: client settings with `-X key=value`
+//! pass-through (TLS, SASL, tuning), and creating the topic, since brokers need not auto-create it.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("failed to create a Kafka client for {brokers}: {source}")]
+    Client {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("failed to create topic `{topic}` on {brokers}: {reason}")]
+    CreateTopic {
+        topic: String,
+        brokers: String,
+        reason: String,
+    },
+    #[error("topic `{topic}` did not appear on {brokers} within {waited:?}")]
+    TopicNotVisible {
+        topic: String,
+        brokers: String,
+        waited: Duration,
+    },
+}
+
+/// Parses one `-X key=value` librdkafka option.
+pub fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{text}` is not a librdkafka option like key=value"
+        )),
+    }
+}
+
+/// Client settings: our defaults first, then the user's `-X` options, which win.
+pub fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    overrides: &[(String, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in overrides {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Keys whose values must never reach a log line.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "token"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// Creates the topic unless it exists, then waits until its metadata is visible.
+pub async fn ensure_topic(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), SetupError> {
+    let brokers = config.get("bootstrap.servers").unwrap_or("?").to_owned();
+    let client_error = |source| SetupError::Client {
+        brokers: brokers.clone(),
+        source,
+    };
+    if partitions_of(config, topic)
+        .map_err(client_error)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(client_error)?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&new_topic], &options)
+        .await
+        .map_err(|error| SetupError::CreateTopic {
+            topic: topic.to_owned(),
+            brokers: brokers.clone(),
+            reason: error.to_string(),
+        })?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(topic, partitions, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(SetupError::CreateTopic {
+                    topic: topic.to_owned(),
+                    brokers,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    let waited = Duration::from_secs(30);
+    let deadline = Instant::now() + waited;
+    while Instant::now() < deadline {
+        if partitions_of(config, topic)
+            .map_err(client_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(SetupError::TopicNotVisible {
+        topic: topic.to_owned(),
+        brokers,
+        waited,
+    })
+}
+
+/// How many partitions the topic has, or `None` when the broker does not know it.
+pub fn partitions_of(
+    config: &ClientConfig,
+    topic: &str,
+) -> Result<Option<usize>, rdkafka::error::KafkaError> {
+    let probe: BaseConsumer = config.create()?;
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_override_defaults() {
+        assert_eq!(
+            parse_option("security.protocol=SASL_SSL"),
+            Ok(("security.protocol".into(), "SASL_SSL".into()))
+        );
+        assert_eq!(
+            parse_option("sasl.password=a=b"),
+            Ok(("sasl.password".into(), "a=b".into()))
+        );
+        assert!(parse_option("novalue").is_err());
+        assert!(parse_option("=x").is_err());
+        let config = client_config(
+            "b:9092",
+            &[("linger.ms", "50")],
+            &[("linger.ms".into(), "5".into())],
+        );
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn secrets_are_recognised() {
+        assert!(is_secret("sasl.password"));
+        assert!(is_secret("ssl.key.password"));
+        assert!(!is_secret("linger.ms"));
+    }
+}

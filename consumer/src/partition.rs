@@ -37,8 +37,10 @@ impl PartitionState {
     }
 
     pub fn watermark(&self, lateness: TimeDelta) -> Option<DateTime<Utc>> {
-        self.max_event_time
-            .map(|max| max.checked_sub_signed(lateness).unwrap_or(DateTime::<Utc>::MIN_UTC))
+        self.max_event_time.map(|max| {
+            max.checked_sub_signed(lateness)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        })
     }
 
     /// Classifies `event_time` against the watermark as it stood, then moves the watermark.
@@ -105,7 +107,10 @@ mod tests {
         let mut state = PartitionState::new(None, None, 10);
         assert!(!state.observe(at(30), TEN_MINUTES));
         assert_eq!(state.watermark(TEN_MINUTES), Some(at(20)));
-        assert!(!state.observe(at(20), TEN_MINUTES), "exactly at the watermark is on time");
+        assert!(
+            !state.observe(at(20), TEN_MINUTES),
+            "exactly at the watermark is on time"
+        );
         assert!(state.observe(at(19), TEN_MINUTES));
         // An old event never moves the watermark back.
         assert_eq!(state.watermark(TEN_MINUTES), Some(at(20)));

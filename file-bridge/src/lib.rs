@@ -60,7 +60,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut failed_files = Vec::new();
     let mut scanned_once = false;
     loop {
-        if !shutdown.is_cancelled() && !(config.once && scanned_once) {
+        // --once scans a single time: what is in the folder now.
+        let scan_now = !config.once || !scanned_once;
+        if scan_now && !shutdown.is_cancelled() {
             scanned_once = true;
             let ready = folder::ready_files(&config.input_dir, &mut warned)
                 .with_context(|| format!("failed to list {}", config.input_dir.display()))?;

@@ -181,9 +181,9 @@ impl Publisher {
         let before = Fingerprint::of(&file).map_err(open_error)?;
         let mut reader = RowReader::new(file, &name, &before.file_id(), before.modified_ms);
         let tracker = self.producer.context();
-        let mut rows = 0;
+        let mut rows: u64 = 0;
         while let Some(keyed) = reader.next_row()? {
-            if rows % SHUTDOWN_CHECK_ROWS == 0 && shutdown.is_cancelled() {
+            if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
                 return Err(PublishError::Abandoned { file: name });
             }
             let payload = keyed.row.encode();

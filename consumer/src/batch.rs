@@ -1,0 +1,321 @@
+//! Turns a batch of messages into what one Postgres transaction writes: events, quarantined rows
+//! and the new checkpoint of each partition. Synchronous and free of I/O.
+
+use crate::config::LatePolicy;
+use crate::partition::PartitionState;
+use chrono::{DateTime, TimeDelta, Utc};
+use event_model::validate::parse_event_id;
+use event_model::wire::from_hex;
+use event_model::{validate, Column, Event, RawRow, RejectCode, Rejection};
+use std::collections::{BTreeMap, HashMap};
+
+/// A message as read from the topic.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub event: Event,
+    pub late: bool,
+    pub file: String,
+    pub line: i64,
+    pub landed_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RejectRow {
+    pub file: String,
+    pub file_id: String,
+    pub line: i64,
+    pub code: RejectCode,
+    pub field: Option<&'static str>,
+    pub reason: String,
+    pub event_id: Option<String>,
+    pub raw: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A partition's checkpoint after this batch, and the one it must replace (the fence: a consumer
+/// that lost the partition to another finds the checkpoint moved and writes nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub next_offset: i64,
+    pub max_event_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub rows: u64,
+    /// Already in Postgres by the checkpoint (a replay after a crash or a rebalance).
+    pub replayed: u64,
+    /// Dropped by the in-memory dedup set; the database adds its own count on insert.
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub late: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub events: Vec<EventRow>,
+    pub rejects: Vec<RejectRow>,
+    /// Late events under `--late-policy quarantine`; written only if not already an event.
+    pub late_rejects: Vec<RejectRow>,
+    pub checkpoints: Vec<Checkpoint>,
+    /// Per partition, the offset to commit to Kafka once the transaction committed.
+    pub commit_offsets: BTreeMap<i32, i64>,
+    pub stats: BatchStats,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub lateness: TimeDelta,
+    pub late_policy: LatePolicy,
+}
+
+/// Classifies `messages`, moving each partition's state forward as if the batch commits.
+/// Every partition of `messages` must have a state in `states`.
+pub fn classify(
+    messages: &[Incoming],
+    states: &mut HashMap<i32, PartitionState>,
+    rules: &Rules,
+    topic: &str,
+) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
+    for message in messages {
+        batch.stats.rows += 1;
+        let next = message.offset + 1;
+        let commit = batch
+            .commit_offsets
+            .entry(message.partition)
+            .or_insert(next);
+        *commit = (*commit).max(next);
+        let Some(state) = states.get_mut(&message.partition) else {
+            continue;
+        };
+        if state.already_written(message.offset) {
+            batch.stats.replayed += 1;
+            continue;
+        }
+        checkpoints
+            .entry(message.partition)
+            .or_insert_with(|| Checkpoint {
+                partition: message.partition,
+                expected: state.next_offset,
+                next_offset: next,
+                max_event_time: None,
+            })
+            .next_offset = next;
+        state.next_offset = Some(next);
+
+        let row = match message.payload.as_deref().map(RawRow::decode) {
+            Some(Ok(row)) => row,
+            Some(Err(_)) | None => {
+                batch.stats.rejected += 1;
+                batch.rejects.push(undecodable(message, topic));
+                continue;
+            }
+        };
+        let event = match validate(&row) {
+            Ok(event) => event,
+            Err(rejection) => {
+                batch.stats.rejected += 1;
+                batch.rejects.push(reject_row(&row, message, rejection));
+                continue;
+            }
+        };
+        if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
+            batch.stats.duplicates += 1;
+            continue;
+        }
+        let late = state.observe(event.event_time, rules.lateness);
+        if late {
+            batch.stats.late += 1;
+        }
+        if late && rules.late_policy == LatePolicy::Quarantine {
+            let watermark = state.watermark(rules.lateness);
+            let rejection = Rejection {
+                code: RejectCode::Late,
+                field: Some(Column::EventTime),
+                reason: format!(
+                    "field `event_time`: {} is older than the partition watermark {}",
+                    event.event_time.to_rfc3339(),
+                    watermark.map(|w| w.to_rfc3339()).unwrap_or_default()
+                ),
+            };
+            batch
+                .late_rejects
+                .push(reject_row(&row, message, rejection));
+            continue;
+        }
+        batch.events.push(EventRow {
+            event,
+            late,
+            file: row.file,
+            line: row.line as i64,
+            landed_ms: row.landed_ms,
+        });
+    }
+    for (partition, mut checkpoint) in checkpoints {
+        checkpoint.max_event_time = states.get(&partition).and_then(|s| s.max_event_time);
+        batch.checkpoints.push(checkpoint);
+    }
+    batch
+}
+
+fn reject_row(row: &RawRow, message: &Incoming, rejection: Rejection) -> RejectRow {
+    let raw = row
+        .defect
+        .as_ref()
+        .and_then(|defect| from_hex(&defect.raw_hex))
+        .unwrap_or_else(|| row.canonical_csv());
+    let event_id = row
+        .value(Column::EventId)
+        .and_then(|id| parse_event_id(id.trim()).ok());
+    RejectRow {
+        file: row.file.clone(),
+        file_id: row.file_id.clone(),
+        line: row.line as i64,
+        code: rejection.code,
+        field: rejection.field.map(Column::name),
+        reason: rejection.reason,
+        event_id,
+        raw,
+        partition: message.partition,
+        offset: message.offset,
+    }
+}
+
+fn undecodable(message: &Incoming, topic: &str) -> RejectRow {
+    RejectRow {
+        file: format!("kafka:{topic}"),
+        file_id: format!("partition-{}", message.partition),
+        line: message.offset,
+        code: RejectCode::Undecodable,
+        field: None,
+        reason: match &message.payload {
+            None => "message has no payload".to_owned(),
+            Some(_) => "message is not a row published by file-bridge".to_owned(),
+        },
+        event_id: None,
+        raw: message.payload.clone().unwrap_or_default(),
+        partition: message.partition,
+        offset: message.offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_model::wire::WIRE_VERSION;
+
+    const RULES: Rules = Rules {
+        lateness: TimeDelta::minutes(10),
+        late_policy: LatePolicy::Accept,
+    };
+
+    fn message(partition: i32, offset: i64, id: &str, time: &str) -> Incoming {
+        let row = RawRow {
+            v: WIRE_VERSION,
+            file: "f.csv".into(),
+            file_id: "1".into(),
+            line: offset as u64 + 2,
+            landed_ms: 0,
+            values: [id, "1", "view", "2", "3.00", time].map(|v| Some(v.to_owned())),
+            defect: None,
+        };
+        Incoming {
+            partition,
+            offset,
+            payload: Some(row.encode()),
+        }
+    }
+
+    fn fresh_states(partitions: &[i32]) -> HashMap<i32, PartitionState> {
+        partitions
+            .iter()
+            .map(|p| (*p, PartitionState::new(None, None, 100)))
+            .collect()
+    }
+
+    #[test]
+    fn sorts_rows_into_events_rejects_and_duplicates() {
+        let messages = vec![
+            message(0, 0, "a", "2026-11-25T12:00:00Z"),
+            message(0, 1, "a", "2026-11-25T12:00:00Z"),
+            message(0, 2, "b", "2026-13-25T12:00:00Z"),
+            Incoming {
+                partition: 1,
+                offset: 7,
+                payload: Some(b"\xffnot json".to_vec()),
+            },
+        ];
+        let mut states = fresh_states(&[0, 1]);
+        let batch = classify(&messages, &mut states, &RULES, "t");
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.rejects.len(), 2);
+        assert_eq!(batch.rejects[0].field, Some("event_time"));
+        assert_eq!(batch.rejects[0].event_id.as_deref(), Some("b"));
+        assert_eq!(batch.rejects[1].code, RejectCode::Undecodable);
+        assert_eq!(batch.rejects[1].raw, b"\xffnot json");
+        assert_eq!(
+            batch.stats,
+            BatchStats {
+                rows: 4,
+                replayed: 0,
+                duplicates: 1,
+                rejected: 2,
+                late: 0
+            }
+        );
+        assert_eq!(batch.commit_offsets, BTreeMap::from([(0, 3), (1, 8)]));
+        assert_eq!(batch.checkpoints[0].expected, None);
+        assert_eq!(batch.checkpoints[0].next_offset, 3);
+    }
+
+    #[test]
+    fn replayed_offsets_are_skipped_entirely() {
+        let mut states = HashMap::from([(0, PartitionState::new(Some(2), None, 100))]);
+        let messages = vec![
+            message(0, 0, "a", "2026-11-25T12:00:00Z"),
+            message(0, 1, "b", "2026-11-25T12:00:00Z"),
+            message(0, 2, "c", "2026-11-25T12:00:00Z"),
+        ];
+        let batch = classify(&messages, &mut states, &RULES, "t");
+        assert_eq!(batch.stats.replayed, 2);
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.events[0].event.event_id, "c");
+        assert_eq!(batch.checkpoints[0].expected, Some(2));
+        assert_eq!(batch.checkpoints[0].next_offset, 3);
+    }
+
+    #[test]
+    fn late_events_follow_the_policy() {
+        let messages = vec![
+            message(0, 0, "new", "2026-11-25T12:30:00Z"),
+            message(0, 1, "old", "2026-11-25T12:00:00Z"),
+        ];
+        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, "t");
+        assert_eq!(batch.events.len(), 2);
+        assert!(batch.events[1].late);
+        assert_eq!(batch.stats.late, 1);
+
+        let quarantine = Rules {
+            late_policy: LatePolicy::Quarantine,
+            ..RULES
+        };
+        let batch = classify(&messages, &mut fresh_states(&[0]), &quarantine, "t");
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.late_rejects.len(), 1);
+        assert_eq!(batch.late_rejects[0].code, RejectCode::Late);
+        assert_eq!(batch.late_rejects[0].event_id.as_deref(), Some("old"));
+        assert!(batch.late_rejects[0].reason.contains("watermark"));
+    }
+}

@@ -1,0 +1,64 @@
+//! The Kafka side of the consumer: settings, and a context that notices rebalances.
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Offsets are ours to commit, after Postgres: nothing automatic. A new group reads from the start.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("enable.partition.eof", "false"),
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    // Bounds the prefetch queue, and so memory, whatever the backlog.
+    ("queued.max.messages.kbytes", "32768"),
+];
+
+/// Remembers that partitions moved, so the loop reloads their checkpoints from Postgres.
+#[derive(Default)]
+pub struct RebalanceWatch {
+    moved: AtomicBool,
+}
+
+impl RebalanceWatch {
+    /// True once after every rebalance.
+    pub fn take_moved(&self) -> bool {
+        self.moved.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.moved.store(true, Ordering::Release);
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions revoked")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // Harmless: Postgres holds the checkpoint; a late Kafka commit only means more skipping.
+        if let Err(error) = result {
+            tracing::debug!(%error, "offset commit failed");
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|p| format!("{}/{}", p.topic(), p.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}

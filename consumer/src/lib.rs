@@ -1,0 +1,258 @@
+//! The consumer: topic in, Postgres out, exactly once.
+//!
+//! Guarantee: a row is in Postgres once, whatever is killed when. Each batch is one transaction
+//! holding its events, its quarantined rows and each partition's checkpoint (next offset and
+//! highest event_time). Kafka offsets are committed only after that transaction; where Kafka's
+//! committed offset trails the checkpoint (a crash between the two commits), the replayed messages
+//! are recognised by the checkpoint and skipped. A consumer that lost a partition to another
+//! finds the checkpoint moved and writes nothing (fencing).
+
+pub mod batch;
+mod config;
+pub mod kafka;
+pub mod partition;
+pub mod sink;
+
+pub use config::{redact_url, Config, LatePolicy};
+
+use anyhow::Context;
+use batch::{classify, Incoming, Rules, WriteBatch};
+use chrono::TimeDelta;
+use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
+use partition::PartitionState;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sink::{Sink, SinkError};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(
+        database = %redact_url(&config.database_url),
+        brokers = %config.brokers,
+        topic = %config.topic,
+        group = %config.group,
+        late_policy = ?config.late_policy,
+        "consumer starting"
+    );
+    let mut sink = Sink::new(&config.database_url, &config.group, &config.topic);
+    if !config.skip_migrations {
+        sink.migrate().await.with_context(|| {
+            format!(
+                "failed to prepare the database at {}",
+                redact_url(&config.database_url)
+            )
+        })?;
+    }
+    let mut kafka =
+        pipeline_kafka::client_config(&config.brokers, CONSUMER_DEFAULTS, &config.kafka_options);
+    kafka.set("group.id", &config.group);
+    pipeline_kafka::ensure_topic(&kafka, &config.topic, config.partitions, 1).await?;
+    let consumer: StreamConsumer<RebalanceWatch> = kafka
+        .create_with_context(RebalanceWatch::default())
+        .context("failed to create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&config.topic])
+        .context("failed to subscribe")?;
+
+    let rules = Rules {
+        lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
+        late_policy: config.late_policy,
+    };
+    let mut states: HashMap<i32, PartitionState> = HashMap::new();
+    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    while !shutdown.is_cancelled() {
+        let messages = next_batch(&consumer, &config, &shutdown).await;
+        if consumer.context().take_moved() {
+            // Partitions may have changed hands: trust only Postgres for where each one stands.
+            states.clear();
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let Some(batch) = write_until_done(
+            &mut sink,
+            &messages,
+            &mut states,
+            &rules,
+            &config,
+            &shutdown,
+        )
+        .await
+        else {
+            break;
+        };
+        commit_offsets(
+            &consumer,
+            &config.topic,
+            &batch.commit_offsets,
+            CommitMode::Async,
+        );
+        committed.extend(&batch.commit_offsets);
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
+    }
+    // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group.
+    commit_offsets(&consumer, &config.topic, &committed, CommitMode::Sync);
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// Collects up to `batch_size` messages, returning early `batch_timeout` after the first one.
+async fn next_batch(
+    consumer: &StreamConsumer<RebalanceWatch>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Vec<Incoming> {
+    let mut messages = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    while messages.len() < config.batch_size {
+        let wait = match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline),
+            None => tokio::time::sleep(Duration::from_secs(1)),
+        };
+        // recv() takes a message off the queue only in the poll that returns it, so dropping
+        // it on a timeout loses nothing.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    messages.push(Incoming {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                    });
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.batch_timeout);
+                }
+                Err(error) => tracing::warn!(%error, "kafka error"),
+            },
+            _ = wait => {
+                if deadline.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    messages
+}
+
+/// Writes the batch, retrying through database outages and fencing, until it is in Postgres.
+/// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
+async fn write_until_done(
+    sink: &mut Sink,
+    messages: &[Incoming],
+    states: &mut HashMap<i32, PartitionState>,
+    rules: &Rules,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<WriteBatch> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    let mut partitions: Vec<i32> = messages.iter().map(|m| m.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    loop {
+        let result = match load_states(sink, &partitions, states, config.dedup_capacity).await {
+            Ok(()) => {
+                let batch = classify(messages, states, rules, &config.topic);
+                sink.write(&batch).await.map(|outcome| (batch, outcome))
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok((batch, outcome)) => {
+                let stats = batch.stats;
+                let database_duplicates = batch.events.len() as u64 - outcome.inserted;
+                let late_duplicates = batch.late_rejects.len() as u64 - outcome.late_quarantined;
+                tracing::info!(
+                    rows = stats.rows,
+                    inserted = outcome.inserted,
+                    duplicates = stats.duplicates + database_duplicates + late_duplicates,
+                    rejected = stats.rejected,
+                    late = stats.late,
+                    replayed = stats.replayed,
+                    latency_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+                return Some(batch);
+            }
+            Err(SinkError::Fenced { partition }) => {
+                tracing::warn!(
+                    partition,
+                    "partition was written by another consumer; reloading its checkpoint"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "batch not written; will retry");
+                sink.reset();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        // The failed attempt moved the in-memory states as if it had committed: start over from Postgres.
+        for partition in &partitions {
+            states.remove(partition);
+        }
+    }
+}
+
+async fn load_states(
+    sink: &mut Sink,
+    partitions: &[i32],
+    states: &mut HashMap<i32, PartitionState>,
+    dedup_capacity: usize,
+) -> Result<(), SinkError> {
+    let missing: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !states.contains_key(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let stored = sink.load_checkpoints(&missing).await?;
+    for partition in missing {
+        let (next_offset, max_event_time) = match stored.get(&partition) {
+            Some((next, max)) => (Some(*next), *max),
+            None => (None, None),
+        };
+        states.insert(
+            partition,
+            PartitionState::new(next_offset, max_event_time, dedup_capacity),
+        );
+    }
+    Ok(())
+}
+
+fn commit_offsets(
+    consumer: &StreamConsumer<RebalanceWatch>,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+    mode: CommitMode,
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        // Cannot fail for a fresh list and a valid offset.
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    // A partition no longer assigned refuses the commit; another consumer redoes it from the
+    // Postgres checkpoint, so this is not an error.
+    if let Err(error) = consumer.commit(&list, mode) {
+        tracing::debug!(%error, "offset commit refused");
+    }
+}

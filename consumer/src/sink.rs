@@ -1,0 +1,267 @@
+//! The Postgres writer: one transaction per batch holding the events, the quarantined rows and the
+//! partitions' checkpoints, so the checkpoint can never disagree with the data.
+//!
+//! Events go through `COPY` into a temporary staging table, then one
+//! `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`: bulk speed, idempotent writes.
+
+use crate::batch::{Checkpoint, RejectRow, WriteBatch};
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, Row};
+use std::collections::HashMap;
+use std::io::Write;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("failed to apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("checkpoint of partition {partition} moved under us: another consumer wrote it")]
+    Fenced { partition: i32 },
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
+    event_id TEXT, user_id INT, event_type TEXT, product_id INT, price NUMERIC(10, 2),
+    event_time TIMESTAMPTZ, is_late BOOLEAN, source_file TEXT, source_line BIGINT,
+    landed_at TIMESTAMPTZ
+) ON COMMIT DELETE ROWS";
+
+/// A late event quarantined earlier keeps its id: a later copy is a duplicate, not a new event.
+const INSERT_EVENTS: &str = "INSERT INTO ecommerce_events
+    (event_id, user_id, event_type, product_id, price, event_time, is_late, source_file,
+     source_line, landed_at)
+SELECT s.event_id, s.user_id, s.event_type, s.product_id, s.price, s.event_time, s.is_late,
+       s.source_file, s.source_line, s.landed_at
+FROM ingest_staging s
+WHERE NOT EXISTS (
+    SELECT 1 FROM ecommerce_events_rejected r
+    WHERE r.reason_code = 'late' AND r.event_id = s.event_id
+)
+ON CONFLICT (event_id) DO NOTHING";
+
+const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
+    (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
+     kafka_topic, kafka_partition, kafka_offset)
+SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o
+FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::bytea[], $10::int4[], $11::int8[]) AS u(f, fid, l, c, fld, r, e, raw, p, o)
+WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
+ON CONFLICT DO NOTHING";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOutcome {
+    pub inserted: u64,
+    pub rejected: u64,
+    pub late_quarantined: u64,
+}
+
+pub struct Sink {
+    url: String,
+    group: String,
+    topic: String,
+    connection: Option<PgConnection>,
+    copy_buffer: Vec<u8>,
+}
+
+impl Sink {
+    pub fn new(url: &str, group: &str, topic: &str) -> Sink {
+        Sink {
+            url: url.to_owned(),
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            connection: None,
+            copy_buffer: Vec::new(),
+        }
+    }
+
+    /// Applies `migrations/` (idempotent; concurrent consumers serialise on an advisory lock).
+    pub async fn migrate(&mut self) -> Result<(), SinkError> {
+        let connection = self.connection().await?;
+        MIGRATOR.run(connection).await?;
+        Ok(())
+    }
+
+    async fn connection(&mut self) -> Result<&mut PgConnection, SinkError> {
+        if self.connection.is_none() {
+            let mut connection = PgConnection::connect(&self.url).await?;
+            sqlx::query(CREATE_STAGING).execute(&mut connection).await?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("connection was just set"))
+    }
+
+    /// Forgets the connection after an error; the next call reconnects.
+    pub fn reset(&mut self) {
+        self.connection = None;
+    }
+
+    /// The stored checkpoints (next offset, highest event_time) of `partitions`.
+    pub async fn load_checkpoints(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, (i64, Option<DateTime<Utc>>)>, SinkError> {
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let rows = sqlx::query(
+            "SELECT kafka_partition, next_offset, max_event_time FROM ingest_checkpoints
+             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(partitions)
+        .fetch_all(self.connection().await?)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(SinkError::from)
+    }
+
+    /// Writes the batch in one transaction; nothing of it is visible unless all of it is.
+    pub async fn write(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
+        let mut copy = std::mem::take(&mut self.copy_buffer);
+        copy.clear();
+        for row in &batch.events {
+            encode_event(&mut copy, row);
+        }
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let connection = self.connection().await?;
+        let mut tx = connection.begin().await?;
+        let mut outcome = WriteOutcome::default();
+        if !batch.events.is_empty() {
+            let mut copy_in = tx.copy_in_raw("COPY ingest_staging FROM STDIN").await?;
+            copy_in.send(copy.as_slice()).await?;
+            copy_in.finish().await?;
+            outcome.inserted = sqlx::query(INSERT_EVENTS)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        outcome.rejected = insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
+        outcome.late_quarantined =
+            insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
+        for checkpoint in &batch.checkpoints {
+            if !advance_checkpoint(&mut tx, &group, &topic, checkpoint).await? {
+                tx.rollback().await?;
+                return Err(SinkError::Fenced {
+                    partition: checkpoint.partition,
+                });
+            }
+        }
+        tx.commit().await?;
+        self.copy_buffer = copy;
+        Ok(outcome)
+    }
+}
+
+async fn insert_rejects(
+    tx: &mut PgConnection,
+    topic: &str,
+    rows: &[RejectRow],
+    only_if_not_an_event: bool,
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let result = sqlx::query(INSERT_REJECTS)
+        .bind(column(|r| Some(r.file.clone())))
+        .bind(column(|r| Some(r.file_id.clone())))
+        .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())
+        .bind(column(|r| Some(r.code.as_str().to_owned())))
+        .bind(column(|r| r.field.map(str::to_owned)))
+        .bind(column(|r| Some(r.reason.clone())))
+        .bind(column(|r| r.event_id.clone()))
+        .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
+        .bind(topic)
+        .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .bind(only_if_not_an_event)
+        .execute(tx)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Moves a checkpoint forward only from where this consumer believes it is; false when another
+/// consumer moved it meanwhile (the partition was reassigned), which must abort the transaction.
+async fn advance_checkpoint(
+    tx: &mut PgConnection,
+    group: &str,
+    topic: &str,
+    checkpoint: &Checkpoint,
+) -> Result<bool, sqlx::Error> {
+    let query = match checkpoint.expected {
+        None => sqlx::query(
+            "INSERT INTO ingest_checkpoints
+                 (consumer_group, topic, kafka_partition, next_offset, max_event_time)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        ),
+        Some(_) => sqlx::query(
+            "UPDATE ingest_checkpoints
+             SET next_offset = $4, max_event_time = $5, updated_at = now()
+             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
+               AND next_offset = $6",
+        ),
+    };
+    let result = query
+        .bind(group)
+        .bind(topic)
+        .bind(checkpoint.partition)
+        .bind(checkpoint.next_offset)
+        .bind(checkpoint.max_event_time)
+        .bind(checkpoint.expected)
+        .execute(tx)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// One line of PostgreSQL's COPY text format.
+fn encode_event(out: &mut Vec<u8>, row: &crate::batch::EventRow) {
+    let event = &row.event;
+    push_copy_text(out, &event.event_id);
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "\t{}\t{}\t{}\t{}.{:02}\t{}\t{}\t",
+        event.user_id,
+        event.event_type.as_str(),
+        event.product_id,
+        event.price_cents / 100,
+        event.price_cents % 100,
+        event.event_time.format("%Y-%m-%d %H:%M:%S%.6f+00"),
+        if row.late { 't' } else { 'f' },
+    );
+    push_copy_text(out, &row.file);
+    let landed = DateTime::from_timestamp_millis(row.landed_ms).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\t{}\t{}",
+        row.line,
+        landed.format("%Y-%m-%d %H:%M:%S%.3f+00")
+    );
+}
+
+fn push_copy_text(out: &mut Vec<u8>, text: &str) {
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(byte),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let mut out = Vec::new();
+        push_copy_text(&mut out, "a\\b\tc\nd\re");
+        assert_eq!(out, b"a\\\\b\\tc\\nd\\re");
+    }
+}

@@ -1,0 +1,322 @@
+//! Test harness: real services from the environment, a fresh database, topic and group per test,
+//! and the three binaries run as real processes (so they can be killed with SIGKILL).
+//!
+//! - `KAFKA_BROKERS` (default `127.0.0.1:9092`): a Kafka-protocol broker (Tansu here, Redpanda in
+//!   Docker, see the `docker` feature).
+//! - `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`): a server where the
+//!   tests may create databases.
+//! - `PIPELINE_BIN_DIR` (default `target/debug`): where `cargo build --bins` put the binaries.
+
+#[cfg(feature = "docker")]
+pub mod containers;
+
+use rand::Rng;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn brokers() -> String {
+    #[cfg(feature = "docker")]
+    return containers::services().brokers.clone();
+    #[cfg(not(feature = "docker"))]
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn server_url() -> String {
+    #[cfg(feature = "docker")]
+    return containers::services().database_url.clone();
+    #[cfg(not(feature = "docker"))]
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let suffix: u32 = rand::rng().random();
+    format!("{prefix}_{}_{suffix:08x}", std::process::id())
+}
+
+/// One test's world: its own database, topic, group and folders.
+pub struct World {
+    pub database_url: String,
+    pub pool: PgPool,
+    pub topic: String,
+    pub group: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn new(name: &str) -> World {
+        let database = unique(&format!("it_{name}"));
+        let server = server_url();
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server)
+            .await
+            .expect("TEST_DATABASE_URL must point at a running PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let database_url = match server.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{database}"),
+            None => panic!("TEST_DATABASE_URL has no database name: {server}"),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database_url)
+            .await
+            .expect("connect to test database");
+        World {
+            database_url,
+            pool,
+            topic: unique(&format!("it-{name}")),
+            group: unique(&format!("it-{name}")),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn input_dir(&self) -> PathBuf {
+        self.dir.path().join("input")
+    }
+
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.path().join("archive")
+    }
+
+    /// Writes a file into the input folder atomically (as any well-behaved producer should).
+    pub fn drop_file(&self, name: &str, body: &[u8]) {
+        let input = self.input_dir();
+        std::fs::create_dir_all(&input).expect("input dir");
+        let temporary = input.join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, body).expect("write input file");
+        std::fs::rename(&temporary, input.join(name)).expect("rename input file");
+    }
+
+    pub fn generator(&self, args: &[&str]) -> ExitStatus {
+        let input = self.input_dir();
+        let mut all = vec![
+            "--output-dir",
+            input.to_str().expect("utf-8 path"),
+            "--interval",
+            "0s",
+        ];
+        all.extend_from_slice(args);
+        self.spawn("generator", &all)
+            .wait_for_exit(Duration::from_secs(120))
+    }
+
+    pub fn bridge(&self, extra: &[&str]) -> Proc {
+        let (input, archive) = (self.input_dir(), self.archive_dir());
+        let brokers = brokers();
+        let mut args = vec![
+            "--input-dir",
+            input.to_str().expect("utf-8 path"),
+            "--archive-dir",
+            archive.to_str().expect("utf-8 path"),
+            "--brokers",
+            &brokers,
+            "--topic",
+            &self.topic,
+            "--rescan-interval",
+            "200ms",
+            "--retry-interval",
+            "500ms",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn("file-bridge", &args)
+    }
+
+    /// Publishes what is in the input folder and waits for the bridge to exit successfully.
+    pub fn bridge_once(&self, extra: &[&str]) {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        let status = self.bridge(&args).wait_for_exit(Duration::from_secs(300));
+        assert!(status.success(), "file-bridge --once failed: {status}");
+    }
+
+    pub fn consumer(&self, extra: &[&str]) -> Proc {
+        let brokers = brokers();
+        let mut args = vec![
+            "--brokers",
+            &brokers,
+            "--topic",
+            &self.topic,
+            "--group",
+            &self.group,
+            "--database-url",
+            &self.database_url,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn("consumer", &args)
+    }
+
+    pub fn spawn(&self, binary: &str, args: &[&str]) -> Proc {
+        Proc::spawn(binary, args, self.dir.path())
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query(sql)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .unwrap_or(-1)
+    }
+
+    pub async fn event_ids(&self) -> BTreeSet<String> {
+        sqlx::query_scalar::<_, String>("SELECT event_id FROM ecommerce_events")
+            .fetch_all(&self.pool)
+            .await
+            .expect("read event ids")
+            .into_iter()
+            .collect()
+    }
+
+    /// Waits until `sql` (a count) reaches `expected`, failing after `timeout`.
+    pub async fn wait_for_count(&self, sql: &str, expected: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = -1;
+        while Instant::now() < deadline {
+            last = self.count(sql).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("`{sql}` stayed at {last}, expected {expected} within {timeout:?}");
+    }
+
+    /// Waits until `sql` (a count) is at least `at_least`.
+    pub async fn wait_for_at_least(&self, sql: &str, at_least: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.count(sql).await >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("`{sql}` did not reach {at_least} within {timeout:?}");
+    }
+}
+
+/// The event_ids of CSV files as written, read with the csv crate alone (not our reader), so the
+/// expectation does not share code with what it checks. Files must be clean generator output.
+pub fn event_ids_in(dir: &Path) -> (BTreeSet<String>, usize) {
+    let mut ids = BTreeSet::new();
+    let mut rows = 0;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "csv"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let mut reader = csv::Reader::from_path(&path).expect("open csv");
+        for record in reader.records() {
+            let record = record.expect("clean csv");
+            ids.insert(record[0].to_owned());
+            rows += 1;
+        }
+    }
+    (ids, rows)
+}
+
+/// A component running as a child process, its output in a log file beside the test's folders.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(binary: &str, args: &[&str], dir: &Path) -> Proc {
+        let bin_dir = std::env::var("PIPELINE_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+        let path = bin_dir.join(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --bins` first (or set PIPELINE_BIN_DIR)",
+            path.display()
+        );
+        let seq: u32 = rand::rng().random();
+        let log = dir.join(format!("{binary}-{seq:08x}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(&path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to start {}: {error}", path.display()));
+        Proc {
+            name: binary.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or an OOM kill.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        self.wait_for_exit_mut(timeout)
+    }
+
+    pub fn wait_for_exit(mut self, timeout: Duration) -> ExitStatus {
+        self.wait_for_exit_mut(timeout)
+    }
+
+    fn wait_for_exit_mut(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A failed test must not leave components running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -19,6 +19,10 @@ pub struct Config {
     /// Consumer group; a new group starts from the earliest offset.
     #[arg(long, env = "KAFKA_GROUP", default_value = "ecommerce-pg")]
     pub group: String,
+    /// Static group membership (KIP-345): a consumer restarted with the same id takes its partitions
+    /// back at once instead of waiting for the session timeout. Give each replica its own.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// PostgreSQL URL; its password never reaches the logs.
     #[arg(
         long,

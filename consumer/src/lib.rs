@@ -51,6 +51,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut kafka =
         pipeline_kafka::client_config(&config.brokers, CONSUMER_DEFAULTS, &config.kafka_options);
     kafka.set("group.id", &config.group);
+    if let Some(instance) = &config.instance_id {
+        kafka.set("group.instance.id", instance);
+    }
     pipeline_kafka::ensure_topic(&kafka, &config.topic, config.partitions, 1).await?;
     let consumer: StreamConsumer<RebalanceWatch> = kafka
         .create_with_context(RebalanceWatch::default())

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up what is missing and runs every test: formatting, lints, unit tests, and the integration
+# tests against a real PostgreSQL and a real Kafka-protocol broker (Tansu, started here).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+TEST_KAFKA_PORT="${TEST_KAFKA_PORT:-19093}"
+TANSU_DIR="$ROOT/target/it-tansu"
+
+ensure_system_packages
+ensure_tansu
+ensure_postgres "$TEST_DATABASE_URL"
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
+
+log "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+log "the Docker path compiles (testcontainers, feature docker)"
+cargo clippy -p it-tests --features docker --all-targets -- -D warnings
+python3 scripts/check_compose.py docker-compose.yml
+
+log "building the binaries the integration tests run"
+cargo build --bins
+
+# A fresh broker per run: no topics or groups left over from earlier runs.
+stop_tansu "$TANSU_DIR"
+rm -rf "$TANSU_DIR"
+start_tansu "$TANSU_DIR" "$TEST_KAFKA_PORT"
+trap 'stop_tansu "$TANSU_DIR"' EXIT
+export KAFKA_BROKERS="127.0.0.1:$TEST_KAFKA_PORT"
+
+# Databases of earlier runs (each test makes its own).
+psql -X -q -t -A "$TEST_DATABASE_URL" -c "SELECT datname FROM pg_database WHERE datname LIKE 'it\_%'" |
+    while read -r db; do psql -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+
+log "unit and integration tests"
+cargo test --workspace -- --test-threads 2

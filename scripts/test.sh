@@ -35,4 +35,11 @@ psql -X -q -t -A "$TEST_DATABASE_URL" -c "SELECT datname FROM pg_database WHERE 
     while read -r db; do psql -X -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
 
 log "unit and integration tests"
-cargo test --workspace -- --test-threads 2
+results="$ROOT/target/test-results.txt"
+set +e
+cargo test --workspace -- --test-threads 2 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$results"
+exit "$status"

@@ -57,11 +57,15 @@ start_tansu() {
     mkdir -p "$dir"
     log "starting tansu on 127.0.0.1:$port (data in $dir)"
     # Tansu takes the sqlite path relative to its working directory.
-    (cd "$dir" && nohup tansu broker \
-        --storage-engine sqlite://tansu.db \
-        --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
-        >>tansu.log 2>&1 & echo $! >tansu.pid)
+    (
+        cd "$dir" || exit 1
+        nohup tansu broker \
+            --storage-engine sqlite://tansu.db \
+            --listener-url "tcp://127.0.0.1:$port" \
+            --advertised-listener-url "tcp://127.0.0.1:$port" \
+            >>tansu.log 2>&1 &
+        echo $! >tansu.pid
+    )
     for _ in $(seq 1 100); do
         port_open "$port" && return
         sleep 0.1

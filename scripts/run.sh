@@ -20,9 +20,13 @@ start_tansu "$ROOT/data/tansu" "$KAFKA_PORT"
 
 pids=()
 cleanup() {
+    trap '' INT TERM
     log "stopping"
+    # Generator first, so the bridge and the consumer can drain what it wrote.
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait "${pids[@]}" 2>/dev/null || true
+    for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    done
     stop_tansu "$ROOT/data/tansu"
 }
 trap cleanup EXIT

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(
@@ -102,9 +103,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "batch done"
         );
     }
-    // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group.
-    commit_offsets(&consumer, &config.topic, &committed, CommitMode::Sync);
-    consumer.unsubscribe();
+    // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group. Bounded,
+    // since a broker that is down would hold us forever; Postgres has the checkpoint regardless.
+    let topic = config.topic.clone();
+    let leave = tokio::task::spawn_blocking(move || {
+        commit_offsets(&consumer, &topic, &committed, CommitMode::Sync);
+        consumer.unsubscribe();
+        drop(consumer);
+    });
+    if tokio::time::timeout(LEAVE_TIMEOUT, leave).await.is_err() {
+        tracing::warn!("the broker did not answer while leaving the group; exiting anyway");
+    }
     tracing::info!("consumer stopped");
     Ok(())
 }

@@ -22,8 +22,8 @@ pids=()
 cleanup() {
     trap '' INT TERM
     log "stopping"
-    # Generator first, so the bridge and the consumer can drain what it wrote.
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Generator first (started last), so the bridge and the consumer drain what it wrote.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
         while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
     done

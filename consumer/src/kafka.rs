@@ -13,6 +13,8 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.partition.eof", "false"),
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
+    // Freshness: an idle fetch returns within 100 ms instead of librdkafka's 500 ms.
+    ("fetch.wait.max.ms", "100"),
     // Bounds the prefetch queue, and so memory, whatever the backlog.
     ("queued.max.messages.kbytes", "32768"),
 ];

@@ -304,6 +304,37 @@ impl Proc {
         }
     }
 
+    /// Peak resident memory so far (VmHWM), in KiB; 0 where /proc does not tell.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
+        status
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("VmHWM:"))
+                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits for the process to exit, sampling its peak memory until then.
+    pub fn wait_with_peak_rss(mut self, timeout: Duration) -> (ExitStatus, u64) {
+        let deadline = Instant::now() + timeout;
+        let mut peak = 0;
+        loop {
+            peak = peak.max(self.peak_rss_kib());
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return (status, peak);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

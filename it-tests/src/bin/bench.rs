@@ -1,0 +1,453 @@
+//! `bench`: the pipeline measured against its physical limits, in one run, on one input.
+//!
+//! Ceilings: a raw `COPY` of the CSV files into a table like `ecommerce_events`, and the broker's
+//! own round trip with bare rdkafka clients. Then each of our stages on the same input, with its
+//! ratio to the ceiling it passes through, freshness at two rates, and peak memory per component.
+
+use anyhow::Context;
+use clap::Parser;
+use consumer::batch::{Checkpoint, EventRow, WriteBatch};
+use consumer::sink::Sink;
+use event_model::{validate, RowReader};
+use it_tests::World;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Measures every stage of the pipeline against its ceiling; prints a table and writes JSON.
+#[derive(Parser)]
+struct Args {
+    /// Events in the generated input.
+    #[arg(long, env = "BENCH_EVENTS", default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per generated file.
+    #[arg(long, env = "BENCH_EVENTS_PER_FILE", default_value_t = 10_000)]
+    events_per_file: usize,
+    /// Seconds each freshness run lasts.
+    #[arg(long, env = "BENCH_FRESHNESS_SECONDS", default_value_t = 30)]
+    freshness_seconds: u64,
+    /// Where the figures go as JSON.
+    #[arg(long, env = "BENCH_JSON", default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+#[derive(Default)]
+struct Figures {
+    json: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Figures {
+    fn add(&mut self, key: &str, label: &str, value: f64, unit: &str, note: &str) {
+        let shown = if unit == "rows/s" {
+            format!("{value:>12.0} {unit}")
+        } else {
+            format!("{value:>12.1} {unit}")
+        };
+        println!("{label:<46} {shown:<22} {note}");
+        self.json.insert(key.to_owned(), json!(value));
+    }
+}
+
+fn rate(rows: usize, elapsed: Duration) -> f64 {
+    rows as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn ratio(value: f64, ceiling: f64) -> String {
+    format!(
+        "{:.0}% of {:.0}",
+        100.0 * value / ceiling.max(1e-9),
+        ceiling
+    )
+}
+
+const EVENTS_COUNT: &str = "SELECT count(*) FROM ecommerce_events";
+const LONG: Duration = Duration::from_secs(1800);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let files = args.events.div_ceil(args.events_per_file);
+    let events = files * args.events_per_file;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    println!(
+        "bench: {events} events in {files} files; machine: {cores} cores, {memory_gib:.0} GiB; broker {}",
+        it_tests::brokers()
+    );
+    let mut figures = Figures::default();
+    figures.json.insert("events".into(), json!(events));
+    figures.json.insert("cores".into(), json!(cores));
+    figures
+        .json
+        .insert("memory_gib".into(), json!(memory_gib.round()));
+
+    // The input, made by our generator (its speed is a figure too).
+    let world = World::new("bench").await;
+    let started = Instant::now();
+    let (status, generator_rss) = world
+        .spawn(
+            "generator",
+            &[
+                "--output-dir",
+                world.input_dir().to_str().context("utf-8 path")?,
+                "--interval",
+                "0s",
+                "--files",
+                &files.to_string(),
+                "--events-per-file",
+                &args.events_per_file.to_string(),
+                "--seed",
+                "1",
+            ],
+        )
+        .wait_with_peak_rss(Duration::from_secs(600));
+    anyhow::ensure!(status.success(), "generator failed");
+    let generator_rate = rate(events, started.elapsed());
+    let input = sorted_files(&world.input_dir())?;
+    let kept = world.dir.path().join("generated");
+    std::fs::create_dir_all(&kept)?;
+    for file in &input {
+        std::fs::copy(file, kept.join(file.file_name().context("file name")?))?;
+    }
+    println!("{:-<100}", "");
+
+    let copy_rate = copy_ceiling(&world, &input, events).await?;
+    figures.add(
+        "copy_ceiling_rows_per_s",
+        "ceiling (a): raw COPY into an identical table",
+        copy_rate,
+        "rows/s",
+        "",
+    );
+    let (produce_rate, consume_rate) = broker_ceiling(&input, events).await?;
+    figures.add(
+        "bare_producer_rows_per_s",
+        "ceiling (b): bare rdkafka producer",
+        produce_rate,
+        "rows/s",
+        "",
+    );
+    figures.add(
+        "bare_consumer_rows_per_s",
+        "ceiling (b): bare rdkafka consumer",
+        consume_rate,
+        "rows/s",
+        "",
+    );
+
+    let sink_rate = sink_alone(&input, events).await?;
+    figures.add(
+        "sink_rows_per_s",
+        "sink: our Postgres writer fed from memory",
+        sink_rate,
+        "rows/s",
+        &ratio(sink_rate, copy_rate),
+    );
+
+    let started = Instant::now();
+    let (status, bridge_rss) = world
+        .bridge(&["--once"])
+        .wait_with_peak_rss(Duration::from_secs(1200));
+    anyhow::ensure!(status.success(), "file-bridge --once failed");
+    let bridge_rate = rate(events, started.elapsed());
+
+    let started = Instant::now();
+    let consumer = world.consumer(&[]);
+    world
+        .wait_for_count(EVENTS_COUNT, events as i64, LONG)
+        .await;
+    let consumer_rate = rate(events, started.elapsed());
+    let consumer_rss = consumer.peak_rss_kib();
+    drop(consumer);
+
+    figures.add(
+        "generator_rows_per_s",
+        "generator",
+        generator_rate,
+        "rows/s",
+        "target 1000000",
+    );
+    figures.add(
+        "bridge_rows_per_s",
+        "file-bridge: folder -> topic (--once)",
+        bridge_rate,
+        "rows/s",
+        &ratio(bridge_rate, produce_rate),
+    );
+    figures.add(
+        "consumer_rows_per_s",
+        "consumer: pre-filled topic -> Postgres",
+        consumer_rate,
+        "rows/s",
+        &ratio(consumer_rate, consume_rate.min(copy_rate)),
+    );
+
+    // End to end: files land in a watched folder; rows committed.
+    let e2e = World::new("bench_e2e").await;
+    std::fs::create_dir_all(e2e.input_dir())?;
+    let consumer = e2e.consumer(&[]);
+    let bridge = e2e.bridge(&[]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let started = Instant::now();
+    for file in sorted_files(&kept)? {
+        std::fs::rename(
+            &file,
+            e2e.input_dir().join(file.file_name().context("file name")?),
+        )?;
+    }
+    e2e.wait_for_count(EVENTS_COUNT, events as i64, LONG).await;
+    let e2e_rate = rate(events, started.elapsed());
+    let slowest = copy_rate.min(produce_rate).min(consume_rate);
+    figures.add(
+        "end_to_end_rows_per_s",
+        "end to end: files -> rows committed",
+        e2e_rate,
+        "rows/s",
+        &ratio(e2e_rate, slowest),
+    );
+    drop((consumer, bridge));
+
+    for (key, label, per_file, interval) in [
+        ("default", "freshness at 100 events / 5 s", "100", "5s"),
+        ("10k_per_s", "freshness at 10,000 events/s", "1000", "100ms"),
+    ] {
+        let (p50, p99, max) = freshness(args.freshness_seconds, per_file, interval).await?;
+        figures.add(
+            &format!("freshness_{key}_p50_ms"),
+            &format!("{label}: p50"),
+            p50,
+            "ms",
+            "",
+        );
+        figures.add(
+            &format!("freshness_{key}_p99_ms"),
+            &format!("{label}: p99"),
+            p99,
+            "ms",
+            "target 1000 at the default rate",
+        );
+        figures.add(
+            &format!("freshness_{key}_max_ms"),
+            &format!("{label}: max"),
+            max,
+            "ms",
+            "",
+        );
+    }
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    figures.add(
+        "generator_peak_rss_mib",
+        "peak RSS: generator",
+        mib(generator_rss),
+        "MiB",
+        "",
+    );
+    figures.add(
+        "bridge_peak_rss_mib",
+        "peak RSS: file-bridge",
+        mib(bridge_rss),
+        "MiB",
+        "",
+    );
+    figures.add(
+        "consumer_peak_rss_mib",
+        "peak RSS: consumer (draining the whole backlog)",
+        mib(consumer_rss),
+        "MiB",
+        "target < 256",
+    );
+
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&figures.json)?)?;
+    println!("{:-<100}\nfigures written to {}", "", args.json.display());
+    Ok(())
+}
+
+fn sorted_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|path| path.extension().is_some_and(|ext| ext == "csv"));
+    files.sort();
+    Ok(files)
+}
+
+/// Ceiling (a): the CSV files, as they are, through `COPY` into the seed's table shape.
+async fn copy_ceiling(world: &World, input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
+    let mut connection = world.pool.acquire().await?;
+    for statement in [
+        "CREATE TABLE copy_ceiling (
+            event_id VARCHAR(64) PRIMARY KEY, user_id INT NOT NULL,
+            event_type VARCHAR(32) NOT NULL, product_id INT NOT NULL,
+            price NUMERIC(10, 2) NOT NULL, event_time TIMESTAMPTZ NOT NULL)",
+        "CREATE INDEX ON copy_ceiling (event_time)",
+        "CREATE INDEX ON copy_ceiling (user_id)",
+    ] {
+        sqlx::query(statement).execute(&mut *connection).await?;
+    }
+    let started = Instant::now();
+    for file in input {
+        let bytes = std::fs::read(file)?;
+        let mut copy = connection
+            .copy_in_raw("COPY copy_ceiling FROM STDIN (FORMAT csv, HEADER true)")
+            .await?;
+        copy.send(bytes).await?;
+        copy.finish().await?;
+    }
+    Ok(rate(events, started.elapsed()))
+}
+
+/// Ceiling (b): one message per CSV line through the broker and back, with our producer settings.
+async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64, f64)> {
+    let topic = it_tests::unique("bench-raw");
+    let config = pipeline_kafka::client_config(
+        &it_tests::brokers(),
+        file_bridge::publisher::PRODUCER_DEFAULTS,
+        &[],
+    );
+    pipeline_kafka::ensure_topic(&config, &topic, 3, 1).await?;
+    let mut lines: Vec<Vec<u8>> = Vec::with_capacity(events);
+    for file in input {
+        let bytes = std::fs::read(file)?;
+        lines.extend(
+            bytes
+                .split(|b| *b == b'\n')
+                .skip(1)
+                .filter(|line| !line.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+    }
+    let brokers = it_tests::brokers();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+        let producer: ThreadedProducer<_> = config.create()?;
+        let started = Instant::now();
+        for line in &lines {
+            let key = line.split(|b| *b == b',').next().unwrap_or_default();
+            let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
+                .key(key)
+                .payload(line.as_slice());
+            while let Err((_, returned)) = producer.send(record) {
+                // Queue full: let the background thread drain it.
+                record = returned;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        producer.flush(Timeout::After(Duration::from_secs(600)))?;
+        let produce = rate(events, started.elapsed());
+
+        let mut consumer_config = pipeline_kafka::client_config(&brokers, &[], &[]);
+        consumer_config
+            .set("group.id", it_tests::unique("bench-raw"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = consumer_config.create()?;
+        consumer.subscribe(&[&topic])?;
+        let (mut seen, mut first) = (0, None);
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while seen < events && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+                message?;
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+        }
+        anyhow::ensure!(seen == events, "bare consumer read {seen} of {events}");
+        // Timed from the first message: joining the group is not throughput.
+        let consume = rate(events, first.map_or(Duration::ZERO, |s| s.elapsed()));
+        Ok((produce, consume))
+    })
+    .await?
+}
+
+/// Our sink alone: rows parsed and validated beforehand, written in batches of 10,000.
+async fn sink_alone(input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
+    let world = World::new("bench_sink").await;
+    let mut rows = Vec::with_capacity(events);
+    for file in input {
+        let mut reader = RowReader::new(std::fs::File::open(file)?, "f.csv", "id", 0);
+        while let Some(keyed) = reader.next_row()? {
+            let event = validate(&keyed.row).map_err(|r| anyhow::anyhow!("{r}"))?;
+            rows.push(EventRow {
+                event,
+                late: false,
+                file: keyed.row.file,
+                line: keyed.row.line as i64,
+                landed_ms: 0,
+            });
+        }
+    }
+    let mut sink = Sink::new(&world.database_url, "bench", "bench");
+    sink.migrate().await?;
+    let batch_size = 10_000;
+    let batches: Vec<WriteBatch> = rows
+        .chunks(batch_size)
+        .enumerate()
+        .map(|(index, chunk)| WriteBatch {
+            events: chunk.to_vec(),
+            checkpoints: vec![Checkpoint {
+                partition: 0,
+                expected: (index > 0).then(|| (index * batch_size) as i64),
+                next_offset: ((index + 1) * batch_size) as i64,
+                max_event_time: None,
+            }],
+            ..WriteBatch::default()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in &batches {
+        sink.write(batch).await?;
+    }
+    Ok(rate(events, started.elapsed()))
+}
+
+/// File landed (its mtime) -> row committed, with the generator running at a given rate.
+async fn freshness(
+    seconds: u64,
+    per_file: &str,
+    interval: &str,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let world = World::new("bench_fresh").await;
+    std::fs::create_dir_all(world.input_dir())?;
+    let consumer = world.consumer(&[]);
+    let bridge = world.bridge(&[]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let input = world.input_dir();
+    let generator = world.spawn(
+        "generator",
+        &[
+            "--output-dir",
+            input.to_str().context("utf-8 path")?,
+            "--events-per-file",
+            per_file,
+            "--interval",
+            interval,
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    drop(generator);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
+        "WITH f AS (SELECT extract(epoch FROM ingested_at - landed_at) * 1000 AS ms
+                    FROM ecommerce_events)
+         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::float8,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::float8,
+                max(ms)::float8 FROM f",
+    )
+    .fetch_one(&world.pool)
+    .await?;
+    drop((consumer, bridge));
+    Ok((p50, p99, max))
+}

@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         else {
             break;
         };
+        event_model::failpoint::hit("consumer-after-db-commit");
         commit_offsets(
             &consumer,
             &config.topic,

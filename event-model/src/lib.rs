@@ -8,6 +8,7 @@
 
 pub mod duration;
 pub mod event;
+pub mod failpoint;
 pub mod reader;
 pub mod signal;
 pub mod validate;

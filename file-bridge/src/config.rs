@@ -32,6 +32,10 @@ pub struct Config {
     /// How often the folder is rescanned besides file-system events (catches anything missed).
     #[arg(long, env = "BRIDGE_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
+    /// A file is taken only once it has not been modified for this long: protects files written
+    /// in place rather than renamed into the folder. Writers that rename need no settle time.
+    #[arg(long, env = "BRIDGE_SETTLE_TIME", default_value = "200ms", value_parser = parse_duration)]
+    pub settle_time: Duration,
     /// How long to wait before retrying a file whose publication failed.
     #[arg(long, env = "BRIDGE_RETRY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub retry_interval: Duration,

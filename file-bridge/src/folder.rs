@@ -3,11 +3,18 @@
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Lists the `*.csv` regular files of `dir`, oldest name first. Hidden files (temporary files of
-/// writers) are skipped silently; symlinks, FIFOs and folders are skipped with one warning each.
-pub fn ready_files(dir: &Path, warned: &mut HashSet<PathBuf>) -> std::io::Result<Vec<PathBuf>> {
+/// Lists the `*.csv` regular files of `dir` that nobody wrote to for `settle`, oldest name first,
+/// and says whether others are still being written. Hidden files (temporary files of writers) are
+/// skipped silently; symlinks, FIFOs and folders are skipped with one warning each.
+pub fn ready_files(
+    dir: &Path,
+    settle: Duration,
+    warned: &mut HashSet<PathBuf>,
+) -> std::io::Result<(Vec<PathBuf>, bool)> {
+    let mut unsettled = false;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -22,7 +29,18 @@ pub fn ready_files(dir: &Path, warned: &mut HashSet<PathBuf>) -> std::io::Result
         let path = entry.path();
         // file_type() does not follow symlinks: a link to a file is not a regular file here.
         match entry.file_type() {
-            Ok(kind) if kind.is_file() => files.push(path),
+            Ok(kind) if kind.is_file() => {
+                // A file written in place (no rename) is taken once it has been still for a while.
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|modified| modified.elapsed().unwrap_or_default());
+                match age {
+                    Ok(age) if age >= settle => files.push(path),
+                    Ok(_) => unsettled = true,
+                    Err(_) => {}
+                }
+            }
             Ok(kind) => {
                 if warned.insert(path.clone()) {
                     let kind = if kind.is_symlink() {
@@ -40,7 +58,7 @@ pub fn ready_files(dir: &Path, warned: &mut HashSet<PathBuf>) -> std::io::Result
         }
     }
     files.sort();
-    Ok(files)
+    Ok((files, unsettled))
 }
 
 /// Moves a published file to the archive folder, never overwriting an earlier file of that name.
@@ -96,9 +114,20 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink(path("b.csv"), path("link.csv")).unwrap();
         let mut warned = HashSet::new();
-        let ready = ready_files(dir.path(), &mut warned).unwrap();
+        let (ready, unsettled) = ready_files(dir.path(), Duration::ZERO, &mut warned).unwrap();
         assert_eq!(ready, vec![path("a.CSV"), path("b.csv")]);
+        assert!(!unsettled);
         assert!(warned.contains(&path("folder.csv")));
+    }
+
+    #[test]
+    fn files_still_being_written_wait_for_the_settle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), "x").unwrap();
+        let mut warned = HashSet::new();
+        let (ready, unsettled) =
+            ready_files(dir.path(), Duration::from_secs(60), &mut warned).unwrap();
+        assert!(ready.is_empty() && unsettled);
     }
 
     #[test]

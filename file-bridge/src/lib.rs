@@ -62,10 +62,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     loop {
         // --once scans a single time: what is in the folder now.
         let scan_now = !config.once || !scanned_once;
+        let mut unsettled = false;
         if scan_now && !shutdown.is_cancelled() {
-            scanned_once = true;
-            let ready = folder::ready_files(&config.input_dir, &mut warned)
-                .with_context(|| format!("failed to list {}", config.input_dir.display()))?;
+            let (ready, still_written) =
+                folder::ready_files(&config.input_dir, config.settle_time, &mut warned)
+                    .with_context(|| format!("failed to list {}", config.input_dir.display()))?;
+            unsettled = still_written;
+            // --once waits for files still being written: they are in the folder now.
+            scanned_once = !unsettled;
             retry_after.retain(|_, until| *until > Instant::now());
             for path in ready {
                 let busy = in_flight.values().any(|file| file.path == path);
@@ -100,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
         }
-        if in_flight.is_empty() && (config.once || shutdown.is_cancelled()) {
+        if in_flight.is_empty() && ((config.once && scanned_once) || shutdown.is_cancelled()) {
             break;
         }
         if shutdown.is_cancelled() {
@@ -112,7 +116,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 finish(&config, done, &mut in_flight, &mut retry_after, &mut failed_files);
             }
             _ = wake.recv() => {}
-            _ = tokio::time::sleep(config.rescan_interval) => {}
+            _ = tokio::time::sleep(if unsettled {
+                config.rescan_interval.min(config.settle_time)
+            } else {
+                config.rescan_interval
+            }) => {}
             _ = shutdown.cancelled() => {}
         }
     }
@@ -148,6 +156,7 @@ fn finish(
         }
         return;
     }
+    event_model::failpoint::hit("bridge-before-archive");
     match folder::archive(&file.path, &config.archive_dir) {
         Ok(target) => tracing::info!(
             file = %name,

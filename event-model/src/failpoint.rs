@@ -1,0 +1,35 @@
+//! Crash points for the fault tests: with `PIPELINE_FAILPOINT=name:n` set, the process aborts (no
+//! cleanup, like kill -9) the n-th time it reaches `name`. Unset, a failpoint costs one lookup.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+pub const ENV: &str = "PIPELINE_FAILPOINT";
+
+fn parse(spec: &str) -> Option<(String, u64)> {
+    let (name, count) = spec.rsplit_once(':')?;
+    Some((name.to_owned(), count.parse().ok()?))
+}
+
+/// Aborts the process if this is the armed failpoint's n-th hit.
+pub fn hit(name: &str) {
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let armed = ARMED.get_or_init(|| std::env::var(ENV).ok().as_deref().and_then(parse));
+    if let Some((armed_name, at)) = armed {
+        if armed_name == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+            eprintln!("failpoint {name} reached: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn specs_parse() {
+        assert_eq!(super::parse("a-b:3"), Some(("a-b".into(), 3)));
+        assert_eq!(super::parse("a"), None);
+        assert_eq!(super::parse("a:x"), None);
+    }
+}

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "docker")]
 pub mod containers;
+pub mod services;
 
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
@@ -42,6 +43,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// One test's world: its own database, topic, group and folders.
 pub struct World {
+    pub brokers: String,
     pub database_url: String,
     pub pool: PgPool,
     pub topic: String,
@@ -51,8 +53,13 @@ pub struct World {
 
 impl World {
     pub async fn new(name: &str) -> World {
+        World::on(name, &brokers(), &server_url()).await
+    }
+
+    /// A world on a given broker and PostgreSQL server (private ones, for restart tests).
+    pub async fn on(name: &str, brokers: &str, server: &str) -> World {
         let database = unique(&format!("it_{name}"));
-        let server = server_url();
+        let server = server.to_owned();
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&server)
@@ -73,6 +80,7 @@ impl World {
             .await
             .expect("connect to test database");
         World {
+            brokers: brokers.to_owned(),
             database_url,
             pool,
             topic: unique(&format!("it-{name}")),
@@ -113,7 +121,7 @@ impl World {
 
     pub fn bridge(&self, extra: &[&str]) -> Proc {
         let (input, archive) = (self.input_dir(), self.archive_dir());
-        let brokers = brokers();
+        let brokers = self.brokers.clone();
         let mut args = vec![
             "--input-dir",
             input.to_str().expect("utf-8 path"),
@@ -141,7 +149,12 @@ impl World {
     }
 
     pub fn consumer(&self, extra: &[&str]) -> Proc {
-        let brokers = brokers();
+        self.consumer_with_env(extra, &[])
+    }
+
+    /// A consumer with extra environment, e.g. an armed failpoint.
+    pub fn consumer_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let brokers = self.brokers.clone();
         let mut args = vec![
             "--brokers",
             &brokers,
@@ -153,11 +166,15 @@ impl World {
             &self.database_url,
         ];
         args.extend_from_slice(extra);
-        self.spawn("consumer", &args)
+        Proc::spawn(binary_path("consumer"), &args, env, self.dir.path())
     }
 
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Proc {
-        Proc::spawn(binary, args, self.dir.path())
+        Proc::spawn(binary_path(binary), args, &[], self.dir.path())
+    }
+
+    pub fn spawn_with_env(&self, binary: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn(binary_path(binary), args, env, self.dir.path())
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -233,17 +250,26 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// Where `cargo build --bins` put one of our binaries.
+pub fn binary_path(binary: &str) -> PathBuf {
+    let bin_dir = std::env::var("PIPELINE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    let path = bin_dir.join(binary);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (or set PIPELINE_BIN_DIR)",
+        path.display()
+    );
+    path
+}
+
 impl Proc {
-    fn spawn(binary: &str, args: &[&str], dir: &Path) -> Proc {
-        let bin_dir = std::env::var("PIPELINE_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
-        let path = bin_dir.join(binary);
-        assert!(
-            path.exists(),
-            "{} is missing: run `cargo build --bins` first (or set PIPELINE_BIN_DIR)",
-            path.display()
-        );
+    pub fn spawn(path: PathBuf, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Proc {
+        let binary = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let seq: u32 = rand::rng().random();
         let log = dir.join(format!("{binary}-{seq:08x}.log"));
         let out = File::create(&log).expect("log file");
@@ -252,13 +278,14 @@ impl Proc {
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|error| panic!("failed to start {}: {error}", path.display()));
         Proc {
-            name: binary.to_owned(),
+            name: binary,
             child,
             log,
         }
@@ -272,6 +299,13 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (STOP, CONT, TERM, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status();
     }
 
     /// SIGTERM and wait for a graceful exit.

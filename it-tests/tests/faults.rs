@@ -1,0 +1,286 @@
+//! Faults beyond a plain kill: crashes in the narrowest windows, rebalances, stalls, a new group
+//! replaying the topic, awkward files, and the broker and the database restarting under load.
+//! Each case ends with the invariant: the table equals the distinct valid event_ids of the input.
+
+use it_tests::services::{PrivateBroker, PrivatePostgres};
+use it_tests::{event_ids_in, World};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
+const LONG: Duration = Duration::from_secs(180);
+const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
+
+fn generate(world: &World, files: &str, per_file: &str, seed: &str) -> (BTreeSet<String>, usize) {
+    let status = world.generator(&[
+        "--files",
+        files,
+        "--events-per-file",
+        per_file,
+        "--seed",
+        seed,
+    ]);
+    assert!(status.success());
+    event_ids_in(&world.input_dir())
+}
+
+async fn assert_exactly(world: &World, expected: &BTreeSet<String>) {
+    world
+        .wait_for_count(EVENTS, expected.len() as i64, LONG)
+        .await;
+    assert_eq!(&world.event_ids().await, expected);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        world.count(EVENTS).await,
+        expected.len() as i64,
+        "nothing arrives late"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_crash_between_postgres_commit_and_offset_commit() {
+    let world = World::new("crash_commit").await;
+    let (expected, _) = generate(&world, "4", "1000", "21");
+    world.bridge_once(&[]);
+    let args = ["--batch-size", "400", "--instance-id", "one"];
+    let crashed = world
+        .consumer_with_env(
+            &args,
+            &[("PIPELINE_FAILPOINT", "consumer-after-db-commit:3")],
+        )
+        .wait_for_exit(LONG);
+    assert!(!crashed.success(), "the failpoint aborted the consumer");
+    let written = world.count(EVENTS).await;
+    assert!(
+        written > 0,
+        "three batches were in Postgres, their offsets not in Kafka"
+    );
+    let _consumer = world.consumer(&args);
+    assert_exactly(&world, &expected).await;
+    assert!(world.count(EVENTS).await > written);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_crash_after_publishing_before_archiving() {
+    let world = World::new("crash_archive").await;
+    let (expected, _) = generate(&world, "3", "500", "22");
+    let crashed = world
+        .spawn_with_env(
+            "file-bridge",
+            &[
+                "--input-dir",
+                world.input_dir().to_str().unwrap(),
+                "--archive-dir",
+                world.archive_dir().to_str().unwrap(),
+                "--brokers",
+                &world.brokers,
+                "--topic",
+                &world.topic,
+            ],
+            &[("PIPELINE_FAILPOINT", "bridge-before-archive:1")],
+        )
+        .wait_for_exit(LONG);
+    assert!(!crashed.success(), "the failpoint aborted the bridge");
+    assert_eq!(
+        std::fs::read_dir(world.input_dir()).unwrap().count(),
+        3,
+        "nothing archived"
+    );
+    world.bridge_once(&[]);
+    let _consumer = world.consumer(&[]);
+    assert_exactly(&world, &expected).await;
+    assert_eq!(world.count(REJECTED).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_group_replaying_the_topic_changes_nothing() {
+    let world = World::new("replay").await;
+    assert!(world
+        .generator(&[
+            "--files",
+            "5",
+            "--events-per-file",
+            "500",
+            "--seed",
+            "23",
+            "--duplicate-rate",
+            "0.1",
+            "--late-rate",
+            "0.05",
+            "--malformed-rate",
+            "0.05",
+        ])
+        .success());
+    world.bridge_once(&[]);
+    let policy = ["--late-policy", "quarantine", "--partitions", "3"];
+    let first = world.consumer(&policy);
+    world
+        .wait_for_count(
+            "SELECT sum(next_offset)::bigint FROM ingest_checkpoints",
+            2_500,
+            LONG,
+        )
+        .await;
+    drop(first);
+    let (events, rejected) = (world.event_ids().await, world.count(REJECTED).await);
+    assert!(
+        rejected > 100,
+        "malformed and late rows were quarantined ({rejected})"
+    );
+    let _second = world.spawn(
+        "consumer",
+        &[
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.topic,
+            "--database-url",
+            &world.database_url,
+            "--late-policy",
+            "quarantine",
+            "--group",
+            "a-second-group",
+        ],
+    );
+    world
+        .wait_for_count(
+            "SELECT sum(next_offset)::bigint FROM ingest_checkpoints WHERE consumer_group = 'a-second-group'",
+            2_500,
+            LONG,
+        )
+        .await;
+    assert_eq!(world.event_ids().await, events, "table unchanged");
+    assert_eq!(
+        world.count(REJECTED).await,
+        rejected,
+        "quarantine unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_joining_and_leaving_mid_stream_share_the_work_without_doubling() {
+    let world = World::new("rebalance").await;
+    let (expected, _) = generate(&world, "30", "1000", "24");
+    world.bridge_once(&["--partitions", "6"]);
+    let small = |id: &'static str| ["--batch-size", "500", "--instance-id", id];
+    let _first = world.consumer(&small("first"));
+    world.wait_for_at_least(EVENTS, 3_000, LONG).await;
+    let second = world.consumer(&small("second"));
+    let third = world.consumer(&small("third"));
+    world.wait_for_at_least(EVENTS, 15_000, LONG).await;
+    assert!(second.terminate(Duration::from_secs(30)).success());
+    assert!(third.terminate(Duration::from_secs(30)).success());
+    assert_exactly(&world, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_stalled_past_its_session_and_resumed_writes_nothing_twice() {
+    let world = World::new("stall").await;
+    let (expected, _) = generate(&world, "10", "1000", "25");
+    world.bridge_once(&[]);
+    let consumer = world.consumer(&["--batch-size", "300", "--batch-timeout", "20ms"]);
+    world.wait_for_at_least(EVENTS, 1_000, LONG).await;
+    consumer.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    consumer.signal("CONT");
+    assert_exactly(&world, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_arriving_late_slowly_twice_and_by_the_thousand() {
+    let world = World::new("files").await;
+    let _consumer = world.consumer(&[]);
+    let _bridge = world.bridge(&["--settle-time", "1s"]);
+    // A file written in place, slowly, without a rename: taken only once it is complete.
+    let slow = world.input_dir().join("slow.csv");
+    std::fs::create_dir_all(world.input_dir()).unwrap();
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&slow).unwrap();
+        file.write_all(HEADER.as_bytes()).unwrap();
+        for i in 0..20 {
+            write!(file, "slow-{i},1,view,10,1.00,2026-11-25T12:00:").unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            writeln!(file, "{:02}Z", i).unwrap();
+        }
+    }
+    // The same name twice with new content: both versions count.
+    world.drop_file("twice.csv", format!("{HEADER}t1,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n").as_bytes());
+    world.wait_for_count(REJECTED, 1, LONG).await;
+    world.drop_file("twice.csv", format!("{HEADER}t2,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n").as_bytes());
+    world.wait_for_count(REJECTED, 2, LONG).await;
+
+    let mut expected: BTreeSet<String> = (0..20).map(|i| format!("slow-{i}")).collect();
+    expected.extend(["t1".to_owned(), "t2".to_owned()]);
+    assert_exactly(&world, &expected).await;
+    assert_eq!(
+        world.count(REJECTED).await,
+        2,
+        "the slow file was never read half-written"
+    );
+    let archived: BTreeSet<String> = std::fs::read_dir(world.archive_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        archived,
+        ["slow.csv", "twice.1.csv", "twice.csv"]
+            .map(String::from)
+            .into()
+    );
+
+    // Ten thousand small files at once.
+    let many = World::new("many_files").await;
+    let (expected, rows) = generate(&many, "10000", "1", "26");
+    assert_eq!(rows, 10_000);
+    many.bridge_once(&[]);
+    let _consumer = many.consumer(&[]);
+    assert_exactly(&many, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_under_load_loses_nothing() {
+    let mut broker = PrivateBroker::start();
+    let world = World::on("broker_restart", &broker.address(), &it_tests::server_url()).await;
+    let (expected, _) = generate(&world, "20", "1000", "27");
+    let _consumer = world.consumer(&["--batch-size", "500"]);
+    let _bridge = world.bridge(&[]);
+    world.wait_for_at_least(EVENTS, 2_000, LONG).await;
+    broker.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.restart();
+    assert_exactly(&world, &expected).await;
+    assert_eq!(
+        std::fs::read_dir(world.input_dir()).unwrap().count(),
+        0,
+        "all archived"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_crash_mid_stream_then_recovery_loses_nothing() {
+    let postgres = PrivatePostgres::start();
+    let world = World::on("pg_restart", &it_tests::brokers(), &postgres.server_url()).await;
+    let (expected, _) = generate(&world, "20", "1000", "28");
+    world.bridge_once(&[]);
+    let consumer = world.consumer(&["--batch-size", "500"]);
+    world.wait_for_at_least(EVENTS, 2_000, LONG).await;
+    world.pool.close().await;
+    postgres.crash();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    postgres.restart();
+    let world = World {
+        pool: sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&world.database_url)
+            .await
+            .unwrap(),
+        ..world
+    };
+    assert_exactly(&world, &expected).await;
+    assert!(consumer
+        .log_text()
+        .contains("batch not written; will retry"));
+}

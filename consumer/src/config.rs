@@ -47,8 +47,11 @@ pub struct Config {
     #[arg(long, env = "DEDUP_CAPACITY", default_value_t = 200_000)]
     pub dedup_capacity: usize,
     /// Skip applying the migrations (when a separate owner role runs them).
-    #[arg(long, env = "SKIP_MIGRATIONS")]
+    #[arg(long, env = "SKIP_MIGRATIONS", conflicts_with = "migrate_only")]
     pub skip_migrations: bool,
+    /// Apply the migrations and exit (run it with the owner role; consume with a writer role).
+    #[arg(long, env = "MIGRATE_ONLY")]
+    pub migrate_only: bool,
     /// Extra librdkafka consumer option, repeatable: -X security.protocol=SASL_SSL.
     /// From the environment: KAFKA_OPTIONS="key=value,key=value".
     #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]

@@ -49,6 +49,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             )
         })?;
     }
+    if config.migrate_only {
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
     let mut kafka =
         pipeline_kafka::client_config(&config.brokers, CONSUMER_DEFAULTS, &config.kafka_options);
     kafka.set("group.id", &config.group);

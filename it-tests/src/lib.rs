@@ -7,6 +7,7 @@
 //!   tests may create databases.
 //! - `PIPELINE_BIN_DIR` (default `target/debug`): where `cargo build --bins` put the binaries.
 
+pub mod chaos;
 #[cfg(feature = "docker")]
 pub mod containers;
 pub mod services;

@@ -1,0 +1,117 @@
+//! Least privilege: an owner role runs the migrations, the consumer runs as a writer role that
+//! can write rows but cannot create anything; passwords never reach the logs.
+
+use it_tests::{unique, World};
+use std::time::Duration;
+
+const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
+    let world = World::new("access").await;
+    let (owner, writer) = (unique("owner"), unique("writer"));
+    let (owner_secret, writer_secret) = ("0wner-s3cret-pw", "wr1ter-s3cret-pw");
+    let database = world.database_url.rsplit('/').next().unwrap().to_owned();
+    for statement in [
+        format!("CREATE ROLE \"{owner}\" LOGIN PASSWORD '{owner_secret}'"),
+        format!("CREATE ROLE \"{writer}\" LOGIN PASSWORD '{writer_secret}'"),
+        format!("ALTER DATABASE \"{database}\" OWNER TO \"{owner}\""),
+        format!("ALTER SCHEMA public OWNER TO \"{owner}\""),
+        format!("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+    ] {
+        sqlx::query(&statement).execute(&world.pool).await.unwrap();
+    }
+    let url_for = |role: &str, secret: &str| {
+        world.database_url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://{role}:{secret}@"),
+            1,
+        )
+    };
+    let owner_url = url_for(&owner, owner_secret);
+    let writer_url = url_for(&writer, writer_secret);
+
+    let migrate = world.spawn(
+        "consumer",
+        &["--database-url", &owner_url, "--migrate-only"],
+    );
+    let log = migrate.log.clone();
+    assert!(migrate.wait_for_exit(Duration::from_secs(60)).success());
+    let owner_log = std::fs::read_to_string(log).unwrap();
+    assert!(owner_log.contains("migrations applied"), "{owner_log}");
+
+    // The grants README.md gives the writer, made by the owner.
+    let as_owner = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&owner_url)
+        .await
+        .unwrap();
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA public TO \"{writer}\""),
+        format!(
+            "GRANT SELECT, INSERT ON ecommerce_events, ecommerce_events_rejected TO \"{writer}\""
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE ON ingest_checkpoints TO \"{writer}\""),
+        format!("GRANT USAGE ON SEQUENCE ecommerce_events_rejected_id_seq TO \"{writer}\""),
+    ] {
+        sqlx::query(&statement).execute(&as_owner).await.unwrap();
+    }
+
+    world.drop_file(
+        "a.csv",
+        format!("{HEADER}w1,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n").as_bytes(),
+    );
+    world.bridge_once(&[]);
+    let consumer = world.spawn(
+        "consumer",
+        &[
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.topic,
+            "--group",
+            &world.group,
+            "--database-url",
+            &writer_url,
+            "--skip-migrations",
+        ],
+    );
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events_rejected",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    let as_writer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&writer_url)
+        .await
+        .unwrap();
+    let create = sqlx::query("CREATE TABLE sneaky (x int)")
+        .execute(&as_writer)
+        .await;
+    assert!(create.is_err(), "the writer role cannot create tables");
+    let drop_table = sqlx::query("DROP TABLE ecommerce_events")
+        .execute(&as_writer)
+        .await;
+    assert!(drop_table.is_err(), "the writer role cannot drop tables");
+
+    let writer_log = consumer.log_text();
+    assert!(writer_log.contains("batch committed"));
+    for secret in [owner_secret, writer_secret] {
+        assert!(
+            !owner_log.contains(secret) && !writer_log.contains(secret),
+            "a password was logged"
+        );
+    }
+    assert!(writer_log.contains(":***@"), "the URL is logged, redacted");
+}

@@ -17,7 +17,7 @@ async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
         format!("CREATE ROLE \"{writer}\" LOGIN PASSWORD '{writer_secret}'"),
         format!("ALTER DATABASE \"{database}\" OWNER TO \"{owner}\""),
         format!("ALTER SCHEMA public OWNER TO \"{owner}\""),
-        format!("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
     ] {
         sqlx::query(&statement).execute(&world.pool).await.unwrap();
     }

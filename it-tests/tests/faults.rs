@@ -284,3 +284,65 @@ async fn postgres_crash_mid_stream_then_recovery_loses_nothing() {
         .log_text()
         .contains("batch not written; will retry"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_classification_survives_a_crash() {
+    let world = World::new("late_crash").await;
+    // One partition, one row per transaction: the crash lands right after A is committed, so the
+    // restarted consumer's first new row is B, late only if the watermark A set was kept.
+    world.drop_file(
+        "late.csv",
+        format!(
+            "{HEADER}A,1,view,10,1.00,2026-11-25T12:30:00Z\n\
+             B,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+             C,1,view,10,1.00,2026-11-25T12:40:00Z\n\
+             D,1,view,10,1.00,2026-11-25T12:05:00Z\n"
+        )
+        .as_bytes(),
+    );
+    world.bridge_once(&["--partitions", "1"]);
+    let args = [
+        "--late-policy",
+        "quarantine",
+        "--batch-size",
+        "1",
+        "--partitions",
+        "1",
+        "--instance-id",
+        "one",
+    ];
+    let aborted = world
+        .consumer_with_env(
+            &args,
+            &[("PIPELINE_FAILPOINT", "consumer-after-db-commit:1")],
+        )
+        .wait_for_exit(LONG);
+    assert!(!aborted.success());
+    assert_eq!(
+        world.count(EVENTS).await,
+        1,
+        "A was committed before the crash"
+    );
+    let _restarted = world.consumer(&args);
+    world
+        .wait_for_count(
+            "SELECT sum(next_offset)::bigint FROM ingest_checkpoints",
+            4,
+            LONG,
+        )
+        .await;
+    assert_eq!(
+        world.event_ids().await,
+        ["A", "C"].map(String::from).into(),
+        "B stays late after the restart"
+    );
+    let late: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT event_id FROM ecommerce_events_rejected WHERE reason_code = 'late'",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(late, ["B", "D"].map(String::from).into());
+}

@@ -52,6 +52,12 @@ pub struct Config {
     /// Apply the migrations and exit (run it with the owner role; consume with a writer role).
     #[arg(long, env = "MIGRATE_ONLY")]
     pub migrate_only: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9101.
+    #[arg(long, env = "CONSUMER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the live dashboard at http://ADDR/ (off unless set), e.g. 127.0.0.1:8080.
+    #[arg(long, env = "DASHBOARD_ADDR")]
+    pub dashboard_addr: Option<std::net::SocketAddr>,
     /// Extra librdkafka consumer option, repeatable: -X security.protocol=SASL_SSL.
     /// From the environment: KAFKA_OPTIONS="key=value,key=value".
     #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]

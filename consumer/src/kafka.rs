@@ -1,7 +1,9 @@
 //! The Kafka side of the consumer: settings, and a context that notices rebalances.
 
+use crate::metrics::ConsumerMetrics;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,24 +17,45 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("heartbeat.interval.ms", "1000"),
     // Freshness: an idle fetch returns within 100 ms instead of librdkafka's 500 ms.
     ("fetch.wait.max.ms", "100"),
+    // Lag per partition for the metrics, from librdkafka's own bookkeeping.
+    ("statistics.interval.ms", "5000"),
     // Bounds the prefetch queue, and so memory, whatever the backlog.
     ("queued.max.messages.kbytes", "32768"),
 ];
 
-/// Remembers that partitions moved, so the loop reloads their checkpoints from Postgres.
-#[derive(Default)]
+/// Remembers that partitions moved, so the loop reloads their checkpoints from Postgres; and
+/// reports each partition's lag from librdkafka's statistics.
 pub struct RebalanceWatch {
     moved: AtomicBool,
+    metrics: ConsumerMetrics,
 }
 
 impl RebalanceWatch {
+    pub fn new(metrics: ConsumerMetrics) -> RebalanceWatch {
+        RebalanceWatch {
+            moved: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
     /// True once after every rebalance.
     pub fn take_moved(&self) -> bool {
         self.moved.swap(false, Ordering::AcqRel)
     }
 }
 
-impl ClientContext for RebalanceWatch {}
+impl ClientContext for RebalanceWatch {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                // -1 marks the internal UA partition and partitions we do not consume.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.metrics.lag(*partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceWatch {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

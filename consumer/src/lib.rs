@@ -9,7 +9,9 @@
 
 pub mod batch;
 mod config;
+pub mod dashboard;
 pub mod kafka;
+pub mod metrics;
 pub mod partition;
 pub mod sink;
 
@@ -19,6 +21,7 @@ use anyhow::Context;
 use batch::{classify, Incoming, Rules, WriteBatch};
 use chrono::TimeDelta;
 use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
+use metrics::ConsumerMetrics;
 use partition::PartitionState;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -60,8 +63,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         kafka.set("group.instance.id", instance);
     }
     pipeline_kafka::ensure_topic(&kafka, &config.topic, config.partitions, 1).await?;
+    let metrics = ConsumerMetrics::new();
+    serve_http(&config, &metrics, &shutdown).await?;
     let consumer: StreamConsumer<RebalanceWatch> = kafka
-        .create_with_context(RebalanceWatch::default())
+        .create_with_context(RebalanceWatch::new(metrics.clone()))
         .context("failed to create the Kafka consumer")?;
     consumer
         .subscribe(&[&config.topic])
@@ -84,6 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         let started = Instant::now();
         let Some(batch) = write_until_done(
+            &metrics,
             &mut sink,
             &messages,
             &mut states,
@@ -120,6 +126,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!("the broker did not answer while leaving the group; exiting anyway");
     }
     tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// Starts the metrics endpoint and the dashboard, where asked for.
+async fn serve_http(
+    config: &Config,
+    metrics: &ConsumerMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_addr {
+        let handler = telemetry::metrics_handler(metrics.registry.clone());
+        let bound = telemetry::serve(addr, handler, shutdown.clone())
+            .await
+            .with_context(|| format!("failed to listen on {addr} for metrics"))?;
+        tracing::info!(%bound, "serving /metrics");
+    }
+    if let Some(addr) = config.dashboard_addr {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy(&config.database_url)
+            .context("invalid DATABASE_URL")?;
+        let handler = dashboard::handler(metrics.registry.clone(), pool);
+        let bound = telemetry::serve(addr, handler, shutdown.clone())
+            .await
+            .with_context(|| format!("failed to listen on {addr} for the dashboard"))?;
+        tracing::info!(url = %format!("http://{bound}/"), "serving the dashboard");
+    }
     Ok(())
 }
 
@@ -165,6 +198,7 @@ async fn next_batch(
 /// Writes the batch, retrying through database outages and fencing, until it is in Postgres.
 /// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
 async fn write_until_done(
+    metrics: &ConsumerMetrics,
     sink: &mut Sink,
     messages: &[Incoming],
     states: &mut HashMap<i32, PartitionState>,
@@ -187,19 +221,7 @@ async fn write_until_done(
         };
         match result {
             Ok((batch, outcome)) => {
-                let stats = batch.stats;
-                let database_duplicates = batch.events.len() as u64 - outcome.inserted;
-                let late_duplicates = batch.late_rejects.len() as u64 - outcome.late_quarantined;
-                tracing::info!(
-                    rows = stats.rows,
-                    inserted = outcome.inserted,
-                    duplicates = stats.duplicates + database_duplicates + late_duplicates,
-                    rejected = stats.rejected,
-                    late = stats.late,
-                    replayed = stats.replayed,
-                    latency_ms = started.elapsed().as_millis() as u64,
-                    "batch committed"
-                );
+                metrics.batch_committed(&batch, &outcome, started.elapsed(), rules.lateness);
                 return Some(batch);
             }
             Err(SinkError::Fenced { partition }) => {

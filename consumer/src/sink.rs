@@ -7,7 +7,7 @@
 use crate::batch::{Checkpoint, RejectRow, WriteBatch};
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +48,16 @@ SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o
 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::bytea[], $10::int4[], $11::int8[]) AS u(f, fid, l, c, fld, r, e, raw, p, o)
 WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
-ON CONFLICT DO NOTHING";
+ON CONFLICT DO NOTHING
+RETURNING reason_code";
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WriteOutcome {
     pub inserted: u64,
     pub rejected: u64,
     pub late_quarantined: u64,
+    /// Rows that went into the rejected table, by reason code.
+    pub rejected_by_reason: BTreeMap<String, u64>,
 }
 
 pub struct Sink {
@@ -138,9 +141,13 @@ impl Sink {
                 .await?
                 .rows_affected();
         }
-        outcome.rejected = insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
-        outcome.late_quarantined =
-            insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
+        let rejected = insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
+        let late = insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
+        outcome.rejected = rejected.len() as u64;
+        outcome.late_quarantined = late.len() as u64;
+        for code in rejected.into_iter().chain(late) {
+            *outcome.rejected_by_reason.entry(code).or_default() += 1;
+        }
         for checkpoint in &batch.checkpoints {
             if !advance_checkpoint(&mut tx, &group, &topic, checkpoint).await? {
                 tx.rollback().await?;
@@ -160,12 +167,12 @@ async fn insert_rejects(
     topic: &str,
     rows: &[RejectRow],
     only_if_not_an_event: bool,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let result = sqlx::query(INSERT_REJECTS)
+    sqlx::query_scalar(INSERT_REJECTS)
         .bind(column(|r| Some(r.file.clone())))
         .bind(column(|r| Some(r.file_id.clone())))
         .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())
@@ -178,9 +185,8 @@ async fn insert_rejects(
         .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
         .bind(only_if_not_an_event)
-        .execute(tx)
-        .await?;
-    Ok(result.rows_affected())
+        .fetch_all(tx)
+        .await
 }
 
 /// Moves a checkpoint forward only from where this consumer believes it is; false when another

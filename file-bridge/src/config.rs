@@ -42,6 +42,9 @@ pub struct Config {
     /// On shutdown, how long to wait for outstanding deliveries before giving up (files stay put).
     #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9100.
+    #[arg(long, env = "BRIDGE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Extra librdkafka producer option, repeatable: -X security.protocol=SASL_SSL.
     /// From the environment: KAFKA_OPTIONS="key=value,key=value".
     #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]

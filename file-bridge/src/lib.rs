@@ -6,11 +6,13 @@
 
 mod config;
 pub mod folder;
+pub mod metrics;
 pub mod publisher;
 
 pub use config::Config;
 
 use anyhow::Context;
+use metrics::BridgeMetrics;
 use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -22,6 +24,17 @@ use tokio_util::sync::CancellationToken;
 struct InFlight {
     path: PathBuf,
     started: Instant,
+}
+
+/// Files between pick-up and archive, and what to do with those that failed.
+struct Files<'a> {
+    config: &'a Config,
+    metrics: BridgeMetrics,
+    in_flight: HashMap<usize, InFlight>,
+    retry_after: HashMap<PathBuf, Instant>,
+    /// Files that could not be published (reported at the end of --once).
+    failed: Vec<String>,
+    archived: u64,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -53,12 +66,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "bridge started"
     );
 
-    let mut in_flight: HashMap<usize, InFlight> = HashMap::new();
-    let mut retry_after: HashMap<PathBuf, Instant> = HashMap::new();
+    let metrics = BridgeMetrics::new();
+    if let Some(addr) = config.metrics_addr {
+        let bound = telemetry::serve(
+            addr,
+            telemetry::metrics_handler(metrics.registry.clone()),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("failed to listen on {addr} for metrics"))?;
+        tracing::info!(%bound, "serving /metrics");
+    }
+    let mut files = Files {
+        config: &config,
+        metrics,
+        in_flight: HashMap::new(),
+        retry_after: HashMap::new(),
+        failed: Vec::new(),
+        archived: 0,
+    };
     let mut warned = HashSet::new();
     let mut next_seq = 0;
-    let mut failed_files = Vec::new();
     let mut scanned_once = false;
+    let mut last_progress = Instant::now();
     loop {
         // --once scans a single time: what is in the folder now.
         let scan_now = !config.once || !scanned_once;
@@ -70,21 +100,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             unsettled = still_written;
             // --once waits for files still being written: they are in the folder now.
             scanned_once = !unsettled;
-            retry_after.retain(|_, until| *until > Instant::now());
+            files.retry_after.retain(|_, until| *until > Instant::now());
             for path in ready {
-                let busy = in_flight.values().any(|file| file.path == path);
-                if busy || retry_after.contains_key(&path) || shutdown.is_cancelled() {
+                let busy = files.in_flight.values().any(|file| file.path == path);
+                if busy || files.retry_after.contains_key(&path) || shutdown.is_cancelled() {
                     continue;
                 }
                 let seq = next_seq;
                 next_seq += 1;
-                in_flight.insert(
+                files.in_flight.insert(
                     seq,
                     InFlight {
                         path: path.clone(),
                         started: Instant::now(),
                     },
                 );
+                files.metrics.file_seen(files.in_flight.len());
                 let (publisher, token) = (publisher.clone(), shutdown.clone());
                 let result =
                     tokio::task::spawn_blocking(move || publisher.publish_file(&path, seq, &token))
@@ -94,102 +125,104 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     tracing::warn!(%error, "file not published");
                 }
                 while let Ok(done) = completions.try_recv() {
-                    finish(
-                        &config,
-                        done,
-                        &mut in_flight,
-                        &mut retry_after,
-                        &mut failed_files,
+                    files.finish(done);
+                }
+                if config.once && last_progress.elapsed() >= PROGRESS_EVERY {
+                    last_progress = Instant::now();
+                    tracing::info!(
+                        archived = files.archived,
+                        in_flight = files.in_flight.len(),
+                        rows_published = files.metrics.registry.total(metrics::ROWS_PUBLISHED),
+                        "progress"
                     );
                 }
             }
         }
-        if in_flight.is_empty() && ((config.once && scanned_once) || shutdown.is_cancelled()) {
+        if files.in_flight.is_empty() && ((config.once && scanned_once) || shutdown.is_cancelled())
+        {
             break;
         }
         if shutdown.is_cancelled() {
-            drain_at_shutdown(&config, &publisher, &mut completions, &mut in_flight).await;
+            drain_at_shutdown(&publisher, &mut completions, &mut files).await;
             break;
         }
+        let pause = if unsettled {
+            config.rescan_interval.min(config.settle_time)
+        } else {
+            config.rescan_interval
+        };
         tokio::select! {
-            Some(done) = completions.recv() => {
-                finish(&config, done, &mut in_flight, &mut retry_after, &mut failed_files);
-            }
+            Some(done) = completions.recv() => files.finish(done),
             _ = wake.recv() => {}
-            _ = tokio::time::sleep(if unsettled {
-                config.rescan_interval.min(config.settle_time)
-            } else {
-                config.rescan_interval
-            }) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => {}
         }
     }
-    if !failed_files.is_empty() {
+    if !files.failed.is_empty() {
         anyhow::bail!(
             "{} file(s) not published, left in {}: {}",
-            failed_files.len(),
+            files.failed.len(),
             config.input_dir.display(),
-            failed_files.join(", ")
+            files.failed.join(", ")
         );
     }
-    tracing::info!("bridge stopped");
+    tracing::info!(archived = files.archived, "bridge stopped");
     Ok(())
 }
 
-/// Archives a file whose rows were all acknowledged; otherwise leaves it for a later retry.
-fn finish(
-    config: &Config,
-    done: Completion,
-    in_flight: &mut HashMap<usize, InFlight>,
-    retry_after: &mut HashMap<PathBuf, Instant>,
-    failed_files: &mut Vec<String>,
-) {
-    let Some(file) = in_flight.remove(&done.seq) else {
-        return;
-    };
-    let name = file_name(&file.path);
-    if let Some(failure) = done.failure {
-        tracing::warn!(file = %name, %failure, retry_in = ?config.retry_interval, "file kept for another try");
-        retry_after.insert(file.path, Instant::now() + config.retry_interval);
-        if config.once {
-            failed_files.push(name);
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Files<'_> {
+    /// Archives a file whose rows were all acknowledged; otherwise leaves it for a later retry.
+    fn finish(&mut self, done: Completion) {
+        let Some(file) = self.in_flight.remove(&done.seq) else {
+            return;
+        };
+        self.metrics.in_flight(self.in_flight.len());
+        let name = file_name(&file.path);
+        if let Some(failure) = done.failure {
+            self.metrics
+                .failed(&name, &failure, self.config.retry_interval);
+            self.retry_after
+                .insert(file.path, Instant::now() + self.config.retry_interval);
+            if self.config.once {
+                self.failed.push(name);
+            }
+            return;
         }
-        return;
-    }
-    event_model::failpoint::hit("bridge-before-archive");
-    match folder::archive(&file.path, &config.archive_dir) {
-        Ok(target) => tracing::info!(
-            file = %name,
-            rows = done.rows,
-            elapsed_ms = file.started.elapsed().as_millis() as u64,
-            archived = %target.display(),
-            "file published"
-        ),
-        // Left in place it is published again; duplicates are the consumer's to drop.
-        Err(error) => tracing::error!(file = %name, %error, "failed to archive a published file"),
+        event_model::failpoint::hit("bridge-before-archive");
+        match folder::archive(&file.path, &self.config.archive_dir) {
+            Ok(target) => {
+                self.archived += 1;
+                let elapsed_ms = file.started.elapsed().as_millis() as u64;
+                self.metrics.archived(&name, done.rows, elapsed_ms, &target);
+            }
+            // Left in place it is published again; duplicates are the consumer's to drop.
+            Err(error) => {
+                tracing::error!(file = %name, %error, "failed to archive a published file")
+            }
+        }
     }
 }
 
 /// Gives outstanding deliveries until the shutdown timeout, archiving what completes.
 async fn drain_at_shutdown(
-    config: &Config,
     publisher: &Arc<Publisher>,
     completions: &mut mpsc::UnboundedReceiver<Completion>,
-    in_flight: &mut HashMap<usize, InFlight>,
+    files: &mut Files<'_>,
 ) {
     let flusher = publisher.clone();
-    let timeout = config.shutdown_timeout;
+    let timeout = files.config.shutdown_timeout;
     let flushed = tokio::task::spawn_blocking(move || flusher.flush(timeout))
         .await
         .unwrap_or(false);
-    let (mut retry_after, mut failed) = (HashMap::new(), Vec::new());
     while let Ok(done) = completions.try_recv() {
-        finish(config, done, in_flight, &mut retry_after, &mut failed);
+        files.finish(done);
     }
-    if !flushed || !in_flight.is_empty() {
+    if !flushed || !files.in_flight.is_empty() {
         tracing::warn!(
             unconfirmed_messages = publisher.in_flight(),
-            files_left = in_flight.len(),
+            files_left = files.in_flight.len(),
             "shutdown before every delivery was confirmed; those files are published again on restart"
         );
     }

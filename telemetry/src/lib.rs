@@ -1,0 +1,357 @@
+//! Just enough Prometheus: label-keyed counters, gauges and fixed-bucket histograms rendered as
+//! text exposition format, and a small HTTP/1.1 server for `/metrics` and a few more routes.
+//!
+//! Hand-written rather than a metrics stack: a handful of series, updated once per batch or file.
+//! Names follow `<namespace>_<name>_<unit>_total` for counters; labels stay low-cardinality.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct Family {
+    help: &'static str,
+    kind: Kind,
+    series: BTreeMap<Labels, f64>,
+}
+
+struct Histogram {
+    help: &'static str,
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+/// One process's metrics. Cheap to clone; updates lock a mutex, which is fine at per-batch rates.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    families: BTreeMap<&'static str, Family>,
+    histograms: BTreeMap<&'static str, Histogram>,
+}
+
+impl Registry {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut inner)
+    }
+
+    fn series(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        labels: &[(&'static str, &str)],
+        update: impl FnOnce(&mut f64),
+    ) {
+        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        self.with(|inner| {
+            let family = inner.families.entry(name).or_insert_with(|| Family {
+                help,
+                kind,
+                series: BTreeMap::new(),
+            });
+            update(family.series.entry(labels).or_insert(0.0));
+        });
+    }
+
+    /// Declares a counter at 0 so it is exported before its first increment.
+    pub fn declare_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) {
+        self.series(name, help, Kind::Counter, labels, |_| {});
+    }
+
+    pub fn add(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        by: u64,
+    ) {
+        self.series(name, help, Kind::Counter, labels, |value| {
+            *value += by as f64
+        });
+    }
+
+    pub fn set(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        to: f64,
+    ) {
+        self.series(name, help, Kind::Gauge, labels, |value| *value = to);
+    }
+
+    /// Current value of a series, for status pages.
+    pub fn get(&self, name: &str, labels: &[(&'static str, &str)]) -> Option<f64> {
+        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        self.with(|inner| {
+            inner
+                .families
+                .get(name)
+                .and_then(|f| f.series.get(&labels).copied())
+        })
+    }
+
+    /// Sum over every series of a family.
+    pub fn total(&self, name: &str) -> f64 {
+        self.with(|inner| {
+            inner
+                .families
+                .get(name)
+                .map_or(0.0, |f| f.series.values().sum())
+        })
+    }
+
+    pub fn observe(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        bounds: &'static [f64],
+        value: f64,
+    ) {
+        self.observe_many(name, help, bounds, [value]);
+    }
+
+    /// Observes many values under one lock (a batch's rows).
+    pub fn observe_many(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        bounds: &'static [f64],
+        values: impl IntoIterator<Item = f64>,
+    ) {
+        self.with(|inner| {
+            let histogram = inner.histograms.entry(name).or_insert_with(|| Histogram {
+                help,
+                bounds,
+                counts: vec![0; bounds.len()],
+                sum: 0.0,
+                count: 0,
+            });
+            for value in values {
+                for (bound, count) in histogram.bounds.iter().zip(histogram.counts.iter_mut()) {
+                    if value <= *bound {
+                        *count += 1;
+                    }
+                }
+                histogram.sum += value;
+                histogram.count += 1;
+            }
+        });
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        self.with(|inner| {
+            let mut out = String::new();
+            for (name, family) in &inner.families {
+                let kind = match family.kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", family.help);
+                for (labels, value) in &family.series {
+                    let _ = writeln!(
+                        out,
+                        "{name}{} {}",
+                        render_labels(labels, None),
+                        number(*value)
+                    );
+                }
+            }
+            for (name, histogram) in &inner.histograms {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {}\n# TYPE {name} histogram",
+                    histogram.help
+                );
+                for (bound, count) in histogram.bounds.iter().zip(&histogram.counts) {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {count}", number(*bound));
+                }
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+                let _ = writeln!(out, "{name}_sum {}", number(histogram.sum));
+                let _ = writeln!(out, "{name}_count {}", histogram.count);
+            }
+            out
+        })
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+fn render_labels(labels: &Labels, extra: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
+        .collect();
+    if let Some((key, value)) = extra {
+        parts.push(format!("{key}=\"{value}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// What a route answers: status, content type, body.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    pub fn not_found() -> Response {
+        Response {
+            status: 404,
+            content_type: "text/plain",
+            body: b"not found\n".to_vec(),
+        }
+    }
+}
+
+pub type Handler =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// Serves GET requests on `addr` until `shutdown`; `handler` gets the path (query stripped).
+pub async fn serve(
+    addr: SocketAddr,
+    handler: Handler,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.cancelled() => return,
+            };
+            let Ok((mut stream, _)) = accepted else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let mut read = 0;
+                // Headers only: we serve GET, so there is no body to read.
+                while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n")
+                {
+                    match stream.read(&mut request[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let text = String::from_utf8_lossy(&request[..read]);
+                let mut words = text.split_whitespace();
+                let response = match (words.next(), words.next()) {
+                    (Some("GET"), Some(target)) => {
+                        let path = target.split('?').next().unwrap_or("/").to_owned();
+                        handler(path).await
+                    }
+                    _ => Response {
+                        status: 405,
+                        content_type: "text/plain",
+                        body: b"GET only\n".to_vec(),
+                    },
+                };
+                let reason = match response.status {
+                    200 => "OK",
+                    404 => "Not Found",
+                    _ => "Error",
+                };
+                let head = format!(
+                    "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+                    response.status, response.content_type, response.body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&response.body).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+/// A handler serving only `/metrics` from `registry`.
+pub fn metrics_handler(registry: Registry) -> Handler {
+    Arc::new(move |path: String| {
+        let registry = registry.clone();
+        Box::pin(async move {
+            match path.as_str() {
+                "/metrics" => Response::ok("text/plain; version=0.0.4", registry.render()),
+                _ => Response::not_found(),
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let registry = Registry::default();
+        registry.add("x_rows_total", "rows", &[("reason", "late")], 2);
+        registry.add("x_rows_total", "rows", &[("reason", "late")], 3);
+        registry.set("x_lag_messages", "lag", &[("partition", "0")], 7.0);
+        registry.observe("x_latency_seconds", "latency", &[0.1, 1.0], 0.5);
+        let text = registry.render();
+        assert!(
+            text.contains("# TYPE x_rows_total counter\nx_rows_total{reason=\"late\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_lag_messages{partition=\"0\"} 7\n"));
+        assert!(text.contains("x_latency_seconds_bucket{le=\"0.1\"} 0\n"));
+        assert!(text.contains("x_latency_seconds_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1\nx_latency_seconds_sum 0.5\nx_latency_seconds_count 1\n"));
+        assert_eq!(registry.total("x_rows_total"), 5.0);
+    }
+}

@@ -355,3 +355,41 @@ mod tests {
         assert_eq!(registry.total("x_rows_total"), 5.0);
     }
 }
+
+/// A plain HTTP/1.1 GET of `http://host:port/path`, for liveness checks and tests.
+pub async fn http_get(url: &str, timeout: std::time::Duration) -> std::io::Result<(u16, String)> {
+    let invalid = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not an http:// URL: {url}"),
+        )
+    };
+    let rest = url.strip_prefix("http://").ok_or_else(invalid)?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{url} did not answer"),
+            )
+        })??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(invalid)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(invalid)?;
+    Ok((status, body.to_owned()))
+}

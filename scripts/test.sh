@@ -12,6 +12,10 @@ ensure_system_packages
 ensure_tansu
 ensure_postgres "$TEST_DATABASE_URL"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
+# The metrics test parses /metrics with the reference client's parser; the dashboard test drives
+# Debian's Chromium headless.
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
+command -v chromium >/dev/null || { log "installing chromium"; apt_install chromium; }
 
 log "format and lints"
 cargo fmt --all -- --check

@@ -9,10 +9,10 @@ with open(path, encoding="utf-8") as handle:
 
 services = compose.get("services", {})
 problems = []
-for name in ("redpanda", "postgres", "generator", "file-bridge", "consumer"):
+for name in ("redpanda", "console", "postgres", "generator", "file-bridge", "consumer", "dashboard", "prometheus"):
     if name not in services:
         problems.append(f"service {name} is missing")
-for name in ("redpanda", "postgres"):
+for name in ("redpanda", "postgres", "file-bridge", "consumer"):
     if "healthcheck" not in services.get(name, {}):
         problems.append(f"service {name} has no healthcheck")
 consumer = services.get("consumer", {})
@@ -27,6 +27,11 @@ for name in ("file-bridge", "consumer"):
         d.get("condition") != "service_healthy" for d in depends.values()
     ):
         problems.append(f"{name} must wait for healthy dependencies")
+
+if "monitoring" not in services.get("prometheus", {}).get("profiles", []):
+    problems.append("prometheus belongs in the monitoring profile")
+with open(path.replace("docker-compose.yml", "deploy/prometheus.yml"), encoding="utf-8") as handle:
+    yaml.safe_load(handle)
 
 if problems:
     sys.exit(f"{path}: " + "; ".join(problems))

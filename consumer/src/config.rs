@@ -58,6 +58,10 @@ pub struct Config {
     /// Serve the live dashboard at http://ADDR/ (off unless set), e.g. 127.0.0.1:8080.
     #[arg(long, env = "DASHBOARD_ADDR")]
     pub dashboard_addr: Option<std::net::SocketAddr>,
+    /// Serve the dashboard (and metrics) without consuming: one per deployment, however many
+    /// consumers run.
+    #[arg(long, env = "DASHBOARD_ONLY", requires = "dashboard_addr")]
+    pub dashboard_only: bool,
     /// Extra librdkafka consumer option, repeatable: -X security.protocol=SASL_SSL.
     /// From the environment: KAFKA_OPTIONS="key=value,key=value".
     #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]

@@ -90,7 +90,8 @@ pub async fn summary(pool: &PgPool, registry: &Registry) -> Result<serde_json::V
             "view_to_cart_rate": view_to_cart,
             "cart_to_purchase_rate": cart_to_purchase,
         },
-        "lag_total": registry.total(LAG),
+        // Known only where this process consumes (not with --dashboard-only).
+        "lag_total": registry.has(LAG).then(|| registry.total(LAG)),
         "inserted_by_this_consumer": registry.total(ROWS_INSERTED),
     }))
 }

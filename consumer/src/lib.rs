@@ -65,6 +65,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     pipeline_kafka::ensure_topic(&kafka, &config.topic, config.partitions, 1).await?;
     let metrics = ConsumerMetrics::new();
     serve_http(&config, &metrics, &shutdown).await?;
+    if config.dashboard_only {
+        shutdown.cancelled().await;
+        return Ok(());
+    }
     let consumer: StreamConsumer<RebalanceWatch> = kafka
         .create_with_context(RebalanceWatch::new(metrics.clone()))
         .context("failed to create the Kafka consumer")?;

@@ -116,6 +116,11 @@ impl Registry {
         })
     }
 
+    /// Whether any series of the family was recorded.
+    pub fn has(&self, name: &str) -> bool {
+        self.with(|inner| inner.families.contains_key(name))
+    }
+
     /// Sum over every series of a family.
     pub fn total(&self, name: &str) -> f64 {
         self.with(|inner| {

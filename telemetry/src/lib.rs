@@ -337,30 +337,6 @@ pub fn metrics_handler(registry: Registry) -> Handler {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_prometheus_text() {
-        let registry = Registry::default();
-        registry.add("x_rows_total", "rows", &[("reason", "late")], 2);
-        registry.add("x_rows_total", "rows", &[("reason", "late")], 3);
-        registry.set("x_lag_messages", "lag", &[("partition", "0")], 7.0);
-        registry.observe("x_latency_seconds", "latency", &[0.1, 1.0], 0.5);
-        let text = registry.render();
-        assert!(
-            text.contains("# TYPE x_rows_total counter\nx_rows_total{reason=\"late\"} 5\n"),
-            "{text}"
-        );
-        assert!(text.contains("x_lag_messages{partition=\"0\"} 7\n"));
-        assert!(text.contains("x_latency_seconds_bucket{le=\"0.1\"} 0\n"));
-        assert!(text.contains("x_latency_seconds_bucket{le=\"1\"} 1\n"));
-        assert!(text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1\nx_latency_seconds_sum 0.5\nx_latency_seconds_count 1\n"));
-        assert_eq!(registry.total("x_rows_total"), 5.0);
-    }
-}
-
 /// A plain HTTP/1.1 GET of `http://host:port/path`, for liveness checks and tests.
 pub async fn http_get(url: &str, timeout: std::time::Duration) -> std::io::Result<(u16, String)> {
     let invalid = || {
@@ -397,4 +373,28 @@ pub async fn http_get(url: &str, timeout: std::time::Duration) -> std::io::Resul
         .and_then(|code| code.parse().ok())
         .ok_or_else(invalid)?;
     Ok((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let registry = Registry::default();
+        registry.add("x_rows_total", "rows", &[("reason", "late")], 2);
+        registry.add("x_rows_total", "rows", &[("reason", "late")], 3);
+        registry.set("x_lag_messages", "lag", &[("partition", "0")], 7.0);
+        registry.observe("x_latency_seconds", "latency", &[0.1, 1.0], 0.5);
+        let text = registry.render();
+        assert!(
+            text.contains("# TYPE x_rows_total counter\nx_rows_total{reason=\"late\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_lag_messages{partition=\"0\"} 7\n"));
+        assert!(text.contains("x_latency_seconds_bucket{le=\"0.1\"} 0\n"));
+        assert!(text.contains("x_latency_seconds_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1\nx_latency_seconds_sum 0.5\nx_latency_seconds_count 1\n"));
+        assert_eq!(registry.total("x_rows_total"), 5.0);
+    }
 }

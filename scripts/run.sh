@@ -8,6 +8,10 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
 export INPUT_DIR="${INPUT_DIR:-data/input}" ARCHIVE_DIR="${ARCHIVE_DIR:-data/archive}"
+# Operators' views, on localhost only.
+export DASHBOARD_ADDR="${DASHBOARD_ADDR:-127.0.0.1:8080}"
+export CONSUMER_METRICS_ADDR="${CONSUMER_METRICS_ADDR:-127.0.0.1:9101}"
+export BRIDGE_METRICS_ADDR="${BRIDGE_METRICS_ADDR:-127.0.0.1:9100}"
 LOGS="data/logs"
 
 ensure_system_packages
@@ -37,7 +41,8 @@ bin="target/release"
 "$bin/file-bridge" >"$LOGS/file-bridge.log" 2>&1 & pids+=($!)
 "$bin/generator" "$@" >"$LOGS/generator.log" 2>&1 & pids+=($!)
 log "pipeline running: generator -> $INPUT_DIR -> file-bridge -> $KAFKA_BROKERS -> consumer -> $DATABASE_URL"
-log "logs in $LOGS/; Ctrl-C to stop"
+log "dashboard: http://$DASHBOARD_ADDR/ · metrics: http://$CONSUMER_METRICS_ADDR/metrics, http://$BRIDGE_METRICS_ADDR/metrics"
+log "one-screen status: target/release/status · logs in $LOGS/ · Ctrl-C to stop"
 
 while sleep 5; do
     for pid in "${pids[@]}"; do

@@ -15,6 +15,6 @@ pub mod validate;
 pub mod wire;
 
 pub use event::{Column, Event, EventType, COLUMNS};
-pub use reader::{ReadError, RowReader};
+pub use reader::{Limits, ReadError, RowReader};
 pub use validate::{validate, RejectCode, Rejection};
 pub use wire::{Defect, RawRow};

@@ -20,6 +20,30 @@ pub enum ReadError {
     },
 }
 
+/// Caps that keep one hostile row from exhausting memory or the broker's message size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A record with more bytes of field data is rejected (`row_too_large`) and only its first
+    /// `max_row_bytes` bytes are kept; reading it costs no more memory than that.
+    pub max_row_bytes: usize,
+    /// A field longer than this rejects its row (`field_too_large`).
+    pub max_field_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_row_bytes: 256 * 1024,
+            max_field_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Fields per record beyond which a record counts as too large.
+const MAX_FIELDS: usize = 4096;
+/// Room past the cap where an oversized record's further bytes are written and overwritten.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
 /// One row ready to publish: its message key and its payload.
 #[derive(Debug, Clone)]
 pub struct KeyedRow {
@@ -45,10 +69,16 @@ struct RecordSplitter<R: Read> {
     fields: Vec<u8>,
     ends: Vec<usize>,
     field_count: usize,
+    max_bytes: usize,
+    /// The current record went past `max_bytes` or `MAX_FIELDS`; only its prefix was kept.
+    oversized: bool,
+    /// Field bytes of the current record, including those not kept.
+    record_bytes: usize,
+    kept_bytes: usize,
 }
 
 impl<R: Read> RecordSplitter<R> {
-    fn new(input: R) -> Self {
+    fn new(input: R, max_bytes: usize) -> Self {
         RecordSplitter {
             input,
             buffer: vec![0; 64 * 1024].into_boxed_slice(),
@@ -61,6 +91,10 @@ impl<R: Read> RecordSplitter<R> {
             fields: vec![0; 1024],
             ends: vec![0; 16],
             field_count: 0,
+            max_bytes,
+            oversized: false,
+            record_bytes: 0,
+            kept_bytes: 0,
         }
     }
 
@@ -103,6 +137,8 @@ impl<R: Read> RecordSplitter<R> {
         }
         let start_line = self.line;
         let (mut out, mut ends) = (0, 0);
+        self.oversized = false;
+        self.record_bytes = 0;
         loop {
             self.fill()?;
             let input = &self.buffer[self.start..self.end];
@@ -113,18 +149,33 @@ impl<R: Read> RecordSplitter<R> {
             self.start += read;
             out += written;
             ends += ended;
+            self.record_bytes += written;
             match result {
                 csv_core::ReadRecordResult::InputEmpty => {}
                 csv_core::ReadRecordResult::OutputFull => {
-                    let grown = self.fields.len() * 2;
-                    self.fields.resize(grown, 0);
+                    let limit = self.max_bytes + SCRATCH_BYTES;
+                    if self.fields.len() < limit {
+                        let grown = (self.fields.len() * 2).min(limit);
+                        self.fields.resize(grown, 0);
+                    } else {
+                        // Keep the first max_bytes; let the rest overwrite the scratch room.
+                        self.oversized = true;
+                        out = self.max_bytes;
+                    }
                 }
                 csv_core::ReadRecordResult::OutputEndsFull => {
-                    let grown = self.ends.len() * 2;
-                    self.ends.resize(grown, 0);
+                    if self.ends.len() < MAX_FIELDS {
+                        let grown = self.ends.len() * 2;
+                        self.ends.resize(grown, 0);
+                    } else {
+                        self.oversized = true;
+                        ends = MAX_FIELDS / 2;
+                    }
                 }
                 csv_core::ReadRecordResult::Record => {
-                    self.field_count = ends;
+                    self.oversized |= self.record_bytes > self.max_bytes;
+                    self.kept_bytes = out.min(self.max_bytes);
+                    self.field_count = if self.oversized { 0 } else { ends };
                     return Ok(Some(start_line));
                 }
                 csv_core::ReadRecordResult::End => return Ok(None),
@@ -134,6 +185,11 @@ impl<R: Read> RecordSplitter<R> {
 
     fn len(&self) -> usize {
         self.field_count
+    }
+
+    /// The kept bytes of an oversized record's fields (separators and quoting are not kept).
+    fn kept_prefix(&self) -> &[u8] {
+        &self.fields[..self.kept_bytes]
     }
 
     fn field(&self, index: usize) -> Option<&[u8]> {
@@ -151,6 +207,7 @@ impl<R: Read> RecordSplitter<R> {
 
 pub struct RowReader<R: Read> {
     records: RecordSplitter<R>,
+    limits: Limits,
     file: String,
     file_id: String,
     landed_ms: i64,
@@ -163,8 +220,19 @@ pub struct RowReader<R: Read> {
 
 impl<R: Read> RowReader<R> {
     pub fn new(input: R, file: &str, file_id: &str, landed_ms: i64) -> Self {
+        Self::with_limits(input, file, file_id, landed_ms, Limits::default())
+    }
+
+    pub fn with_limits(
+        input: R,
+        file: &str,
+        file_id: &str,
+        landed_ms: i64,
+        limits: Limits,
+    ) -> Self {
         RowReader {
-            records: RecordSplitter::new(input),
+            records: RecordSplitter::new(input, limits.max_row_bytes),
+            limits,
             file: file.to_owned(),
             file_id: file_id.to_owned(),
             landed_ms,
@@ -241,6 +309,11 @@ impl<R: Read> RowReader<R> {
                 .map(str::to_owned)
         });
         let defect = self.defect();
+        // An oversized row travels as its defect alone, so the message stays small.
+        let values = match &defect {
+            Some(d) if d.code.ends_with("_too_large") => [const { None }; 6],
+            _ => values,
+        };
         let key = match values[Column::EventId.index()].as_deref().map(str::trim) {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => format!("{}:{line}", self.file),
@@ -258,6 +331,18 @@ impl<R: Read> RowReader<R> {
     }
 
     fn defect(&self) -> Option<Defect> {
+        if self.records.oversized {
+            return Some(Defect {
+                code: "row_too_large".to_owned(),
+                reason: format!(
+                    "row has {} bytes of fields, the limit is {}; raw keeps the first {} bytes of field data",
+                    self.records.record_bytes,
+                    self.limits.max_row_bytes,
+                    self.records.kept_prefix().len()
+                ),
+                raw_hex: to_hex(self.records.kept_prefix()),
+            });
+        }
         let (code, reason) = if self.records.len() != self.header.len() {
             (
                 "field_count",
@@ -265,6 +350,21 @@ impl<R: Read> RowReader<R> {
                     "row has {} fields, header has {}",
                     self.records.len(),
                     self.header.len()
+                ),
+            )
+        } else if let Some((index, field)) = self
+            .records
+            .iter()
+            .enumerate()
+            .find(|(_, field)| field.len() > self.limits.max_field_bytes)
+        {
+            (
+                "field_too_large",
+                format!(
+                    "field `{}`: {} bytes, the limit is {}",
+                    self.header[index],
+                    field.len(),
+                    self.limits.max_field_bytes
                 ),
             )
         } else {
@@ -396,6 +496,43 @@ mod tests {
             b"e1,1,view,2,9\xff\x00,2026-01-01T00:00:00Z".to_vec()
         );
         assert_eq!(rows[0].row.value(Column::Price), None);
+    }
+
+    #[test]
+    fn oversized_rows_and_fields_are_defects_and_memory_stays_capped() {
+        let limits = Limits {
+            max_row_bytes: 1_000,
+            max_field_bytes: 100,
+        };
+        // An unbalanced quote swallows the rest of a 5 MB file into one field.
+        let mut input = format!("{HEADER}\ne1,1,view,2,3,\"").into_bytes();
+        input.extend(std::iter::repeat_n(b'x', 5_000_000));
+        let mut reader = RowReader::with_limits(&input[..], "f.csv", "id", 0, limits);
+        let row = reader.next_row().unwrap().unwrap();
+        let defect = row.row.defect.unwrap();
+        assert_eq!(defect.code, "row_too_large");
+        assert!(
+            defect.reason.contains("the limit is 1000"),
+            "{}",
+            defect.reason
+        );
+        assert_eq!(from_hex(&defect.raw_hex).unwrap().len(), 1_000);
+        assert!(row.row.values.iter().all(Option::is_none));
+        assert_eq!(row.key, "f.csv:2");
+        assert!(reader.records.fields.len() <= 1_000 + SCRATCH_BYTES);
+        assert!(reader.next_row().unwrap().is_none());
+
+        let input = format!(
+            "{HEADER}\ne1,1,view,2,{},2026-01-01T00:00:00Z\ne2,1,view,2,3,2026-01-01T00:00:00Z\n",
+            "9".repeat(500)
+        );
+        let mut reader = RowReader::with_limits(input.as_bytes(), "f.csv", "id", 0, limits);
+        let big = reader.next_row().unwrap().unwrap().row.defect.unwrap();
+        assert_eq!(big.code, "field_too_large");
+        assert_eq!(big.reason, "field `price`: 500 bytes, the limit is 100");
+        let next = reader.next_row().unwrap().unwrap();
+        assert!(next.row.defect.is_none());
+        assert_eq!(next.row.line, 3, "reading goes on after an oversized row");
     }
 
     #[test]

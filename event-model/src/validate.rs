@@ -11,6 +11,8 @@ pub enum RejectCode {
     MissingColumn,
     FieldCount,
     InvalidUtf8,
+    RowTooLarge,
+    FieldTooLarge,
     InvalidField,
     Late,
     Undecodable,
@@ -22,6 +24,8 @@ impl RejectCode {
             RejectCode::MissingColumn => "missing_column",
             RejectCode::FieldCount => "field_count",
             RejectCode::InvalidUtf8 => "invalid_utf8",
+            RejectCode::RowTooLarge => "row_too_large",
+            RejectCode::FieldTooLarge => "field_too_large",
             RejectCode::InvalidField => "invalid_field",
             RejectCode::Late => "late",
             RejectCode::Undecodable => "undecodable",
@@ -57,6 +61,8 @@ pub fn validate(row: &RawRow) -> Result<Event, Rejection> {
         let code = match defect.code.as_str() {
             "field_count" => RejectCode::FieldCount,
             "invalid_utf8" => RejectCode::InvalidUtf8,
+            "row_too_large" => RejectCode::RowTooLarge,
+            "field_too_large" => RejectCode::FieldTooLarge,
             _ => RejectCode::Undecodable,
         };
         return Err(Rejection {

@@ -42,6 +42,13 @@ pub struct Config {
     /// On shutdown, how long to wait for outstanding deliveries before giving up (files stay put).
     #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A row with more bytes than this is quarantined (`row_too_large`), its first bytes kept;
+    /// it also bounds the memory one row can take, whatever the file.
+    #[arg(long, env = "BRIDGE_MAX_ROW_BYTES", default_value_t = 256 * 1024)]
+    pub max_row_bytes: usize,
+    /// A field longer than this quarantines its row (`field_too_large`).
+    #[arg(long, env = "BRIDGE_MAX_FIELD_BYTES", default_value_t = 64 * 1024)]
+    pub max_field_bytes: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9100.
     #[arg(long, env = "BRIDGE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

@@ -52,7 +52,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
     let (completions_tx, mut completions) = mpsc::unbounded_channel();
-    let publisher = Arc::new(Publisher::new(&kafka, &config.topic, completions_tx)?);
+    let limits = event_model::Limits {
+        max_row_bytes: config.max_row_bytes,
+        max_field_bytes: config.max_field_bytes,
+    };
+    let publisher = Arc::new(Publisher::new(
+        &kafka,
+        &config.topic,
+        limits,
+        completions_tx,
+    )?);
     let (wake_tx, mut wake) = mpsc::channel(1);
     // Events make us quick; the periodic rescan makes us right even where events are not delivered.
     let _watcher = folder::watch(&config.input_dir, wake_tx)

@@ -5,7 +5,7 @@
 //! while read, a shutdown mid-file) completes with a failure and the file stays where it is, to be
 //! published again in full; the consumer deduplicates the rows that did arrive.
 
-use event_model::RowReader;
+use event_model::{Limits, RowReader};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -29,7 +29,8 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "50"),
     ("batch.size", "1000000"),
     ("queue.buffering.max.messages", "500000"),
-    ("queue.buffering.max.kbytes", "262144"),
+    // Bounds the bridge's memory: what is queued for the broker at most.
+    ("queue.buffering.max.kbytes", "65536"),
     ("message.timeout.ms", "300000"),
 ];
 
@@ -125,12 +126,14 @@ impl ProducerContext for DeliveryTracker {
 pub struct Publisher {
     producer: ThreadedProducer<DeliveryTracker>,
     topic: String,
+    limits: Limits,
 }
 
 impl Publisher {
     pub fn new(
         config: &ClientConfig,
         topic: &str,
+        limits: Limits,
         completions: UnboundedSender<Completion>,
     ) -> Result<Publisher, PublishError> {
         let tracker = DeliveryTracker {
@@ -143,6 +146,7 @@ impl Publisher {
         Ok(Publisher {
             producer,
             topic: topic.to_owned(),
+            limits,
         })
     }
 
@@ -179,7 +183,13 @@ impl Publisher {
         };
         let file = File::open(path).map_err(open_error)?;
         let before = Fingerprint::of(&file).map_err(open_error)?;
-        let mut reader = RowReader::new(file, &name, &before.file_id(), before.modified_ms);
+        let mut reader = RowReader::with_limits(
+            file,
+            &name,
+            &before.file_id(),
+            before.modified_ms,
+            self.limits,
+        );
         let tracker = self.producer.context();
         let mut rows: u64 = 0;
         while let Some(keyed) = reader.next_row()? {

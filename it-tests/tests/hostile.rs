@@ -1,0 +1,119 @@
+//! Hostile input: each bad row lands in the rejected table with a precise reason, nothing else is
+//! disturbed, memory stays bounded, and odd things in the folder are ignored with a warning.
+
+use it_tests::World;
+use std::time::Duration;
+
+const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
+const LONG: Duration = Duration::from_secs(120);
+const TIME: &str = "2026-11-25T12:00:00Z";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_rows_are_quarantined_precisely_and_memory_stays_bounded() {
+    let world = World::new("hostile").await;
+    let mut body = format!(
+        "{HEADER}'; DROP TABLE ecommerce_events; --,1,view,10,1.00,{TIME}\n\
+         \"=SUM(A1:A9)\",1,view,10,1.00,{TIME}\n\
+         nan,1,view,10,NaN,{TIME}\n\
+         huge-exponent,1,view,10,1e309,{TIME}\n\
+         negative,1,view,10,-0.01,{TIME}\n\
+         big-id-"
+    )
+    .into_bytes();
+    body.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    body.extend_from_slice(
+        format!(
+            ",1,view,10,1.00,{TIME}\nafter-big,1,view,10,1.00,{TIME}\nlast,1,view,10,1.00,{TIME}"
+        )
+        .as_bytes(),
+    );
+    world.drop_file("hostile.csv", &body);
+    // An unbalanced quote swallows the rest of the file into one field.
+    world.drop_file(
+        "unbalanced.csv",
+        format!("{HEADER}fine,1,view,10,1.00,{TIME}\nu1,1,view,10,\"1.00,{TIME}\nu2,1,view,10,1.00,{TIME}\n").as_bytes(),
+    );
+    // 50 MB in one unterminated field: rejected, and the bridge never holds it in memory.
+    let mut huge = format!("{HEADER}h1,1,view,10,1.00,\"").into_bytes();
+    huge.extend(std::iter::repeat_n(b'y', 50 * 1024 * 1024));
+    world.drop_file("huge-field.csv", &huge);
+    // Things that are not regular files: skipped with a warning, never opened.
+    let input = world.input_dir();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(input.join("pipe.csv"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::fs::write(world.dir.path().join("outside.csv"), HEADER).unwrap();
+    std::os::unix::fs::symlink(world.dir.path().join("outside.csv"), input.join("link.csv"))
+        .unwrap();
+
+    let _consumer = world.consumer(&[]);
+    let bridge = world.bridge(&["--once"]);
+    let log = bridge.log.clone();
+    let (status, peak_kib) = bridge.wait_with_peak_rss(LONG);
+    assert!(status.success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("pipe.csv") && log.contains("special file"),
+        "{log}"
+    );
+    assert!(log.contains("link.csv") && log.contains("symlink"), "{log}");
+    assert!(
+        peak_kib < 200 * 1024,
+        "bridge peak RSS {peak_kib} KiB for a 50 MB field"
+    );
+
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 5, LONG)
+        .await;
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 6, LONG)
+        .await;
+    let events = world.event_ids().await;
+    let expected: std::collections::BTreeSet<String> = [
+        "'; DROP TABLE ecommerce_events; --",
+        "=SUM(A1:A9)",
+        "after-big",
+        "last",
+        "fine",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(
+        events, expected,
+        "values that look like SQL or formulas are stored verbatim"
+    );
+    let rejected: Vec<(String, i64, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT source_file, source_line, reason_code, field, reason FROM ecommerce_events_rejected
+         ORDER BY source_file, source_line",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    let codes: Vec<(&str, i64, &str, Option<&str>)> = rejected
+        .iter()
+        .map(|(f, l, c, fld, _)| (f.as_str(), *l, c.as_str(), fld.as_deref()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("hostile.csv", 4, "invalid_field", Some("price")),
+            ("hostile.csv", 5, "invalid_field", Some("price")),
+            ("hostile.csv", 6, "invalid_field", Some("price")),
+            ("hostile.csv", 7, "row_too_large", None),
+            ("huge-field.csv", 2, "row_too_large", None),
+            ("unbalanced.csv", 3, "field_count", None),
+        ]
+    );
+    assert!(
+        rejected[3].4.contains("the limit is 262144"),
+        "{}",
+        rejected[3].4
+    );
+    assert_eq!(rejected[5].4, "row has 5 fields, header has 6");
+    assert!(
+        std::fs::read_dir(&input).unwrap().count() == 2,
+        "only the FIFO and the link are left"
+    );
+}

@@ -22,8 +22,38 @@ pub struct EventRow {
     pub event: Event,
     pub late: bool,
     pub file: String,
+    pub file_id: String,
     pub line: i64,
     pub landed_ms: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl EventRow {
+    /// The event as one CSV line in canonical column order, for quarantine.
+    pub fn canonical_csv(&self) -> Vec<u8> {
+        let event = &self.event;
+        let row = RawRow {
+            v: event_model::wire::WIRE_VERSION,
+            file: String::new(),
+            file_id: String::new(),
+            line: 0,
+            landed_ms: 0,
+            values: [
+                event.event_id.clone(),
+                event.user_id.to_string(),
+                event.event_type.as_str().to_owned(),
+                event.product_id.to_string(),
+                event_model::event::format_price(event.price_cents),
+                event
+                    .event_time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ]
+            .map(Some),
+            defect: None,
+        };
+        row.canonical_csv()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,8 +189,11 @@ pub fn classify(
             event,
             late,
             file: row.file,
+            file_id: row.file_id,
             line: row.line as i64,
             landed_ms: row.landed_ms,
+            partition: message.partition,
+            offset: message.offset,
         });
     }
     for (partition, mut checkpoint) in checkpoints {

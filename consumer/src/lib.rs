@@ -45,12 +45,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let mut sink = Sink::new(&config.database_url, &config.group, &config.topic);
     if !config.skip_migrations {
-        sink.migrate().await.with_context(|| {
-            format!(
-                "failed to prepare the database at {}",
-                redact_url(&config.database_url)
-            )
-        })?;
+        // A database that is not up yet (or full) is waited for; a broken migration is fatal.
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match sink.migrate().await {
+                Ok(()) => break,
+                Err(SinkError::Database(error)) => {
+                    tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "database not reachable; will retry");
+                    sink.reset();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!(
+                            "failed to prepare the database at {}",
+                            redact_url(&config.database_url)
+                        )
+                    })
+                }
+            }
+        }
     }
     if config.migrate_only {
         tracing::info!("migrations applied");

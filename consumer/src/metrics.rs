@@ -61,7 +61,7 @@ impl ConsumerMetrics {
         let duplicates = stats.duplicates
             + (batch.events.len() as u64 - outcome.inserted)
             + (batch.late_rejects.len() as u64 - outcome.late_quarantined)
-            + (batch.rejects.len() as u64 - outcome.rejected);
+            + (batch.rejects.len() as u64).saturating_sub(outcome.rejected);
         tracing::info!(
             rows = stats.rows,
             inserted = outcome.inserted,

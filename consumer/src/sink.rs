@@ -4,8 +4,9 @@
 //! Events go through `COPY` into a temporary staging table, then one
 //! `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`: bulk speed, idempotent writes.
 
-use crate::batch::{Checkpoint, RejectRow, WriteBatch};
+use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
 use chrono::{DateTime, Utc};
+use event_model::RejectCode;
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -65,7 +66,6 @@ pub struct Sink {
     group: String,
     topic: String,
     connection: Option<PgConnection>,
-    copy_buffer: Vec<u8>,
 }
 
 impl Sink {
@@ -75,7 +75,6 @@ impl Sink {
             group: group.to_owned(),
             topic: topic.to_owned(),
             connection: None,
-            copy_buffer: Vec::new(),
         }
     }
 
@@ -122,44 +121,144 @@ impl Sink {
     }
 
     /// Writes the batch in one transaction; nothing of it is visible unless all of it is.
+    /// Should the database refuse a row the rules let through (a constraint added by an operator),
+    /// the batch is written again row by row and only the refused rows are quarantined.
     pub async fn write(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
-        let mut copy = std::mem::take(&mut self.copy_buffer);
-        copy.clear();
+        match self.write_bulk(batch).await {
+            Err(SinkError::Database(error)) if refuses_a_row(&error) => {
+                tracing::warn!(%error, "the database refused a row; finding it row by row");
+                self.write_row_by_row(batch).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_bulk(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
+        let mut copy = Vec::with_capacity(batch.events.len() * 160);
         for row in &batch.events {
             encode_event(&mut copy, row);
         }
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
-        let mut outcome = WriteOutcome::default();
+        let mut inserted = 0;
         if !batch.events.is_empty() {
             let mut copy_in = tx.copy_in_raw("COPY ingest_staging FROM STDIN").await?;
             copy_in.send(copy.as_slice()).await?;
             copy_in.finish().await?;
-            outcome.inserted = sqlx::query(INSERT_EVENTS)
+            inserted = sqlx::query(INSERT_EVENTS)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
         }
-        let rejected = insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
-        let late = insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
-        outcome.rejected = rejected.len() as u64;
-        outcome.late_quarantined = late.len() as u64;
-        for code in rejected.into_iter().chain(late) {
-            *outcome.rejected_by_reason.entry(code).or_default() += 1;
-        }
-        for checkpoint in &batch.checkpoints {
-            if !advance_checkpoint(&mut tx, &group, &topic, checkpoint).await? {
-                tx.rollback().await?;
-                return Err(SinkError::Fenced {
-                    partition: checkpoint.partition,
-                });
+        finish_transaction(tx, &group, &topic, batch, &[], inserted).await
+    }
+
+    async fn write_row_by_row(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let connection = self.connection().await?;
+        let mut tx = connection.begin().await?;
+        let (mut inserted, mut refused) = (0, Vec::new());
+        for row in &batch.events {
+            sqlx::query("SAVEPOINT one_row").execute(&mut *tx).await?;
+            match insert_one(&mut tx, row).await {
+                Ok(count) => {
+                    inserted += count;
+                    sqlx::query("RELEASE SAVEPOINT one_row")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Err(error) if refuses_a_row(&error) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT one_row")
+                        .execute(&mut *tx)
+                        .await?;
+                    tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
+                    refused.push(RejectRow {
+                        file: row.file.clone(),
+                        file_id: row.file_id.clone(),
+                        line: row.line,
+                        code: RejectCode::Database,
+                        field: None,
+                        reason: format!("the database refused the row: {error}"),
+                        event_id: Some(row.event.event_id.clone()),
+                        raw: row.canonical_csv(),
+                        partition: row.partition,
+                        offset: row.offset,
+                    });
+                }
+                Err(error) => return Err(error.into()),
             }
         }
-        tx.commit().await?;
-        self.copy_buffer = copy;
-        Ok(outcome)
+        finish_transaction(tx, &group, &topic, batch, &refused, inserted).await
     }
+}
+
+/// Errors about the data (SQLSTATE classes 22 and 23), as opposed to the connection or the server.
+fn refuses_a_row(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+async fn insert_one(tx: &mut PgConnection, row: &EventRow) -> Result<u64, sqlx::Error> {
+    let event = &row.event;
+    let landed = DateTime::from_timestamp_millis(row.landed_ms).unwrap_or_default();
+    let result = sqlx::query(
+        "INSERT INTO ecommerce_events
+             (event_id, user_id, event_type, product_id, price, event_time, is_late, source_file,
+              source_line, landed_at)
+         SELECT $1, $2, $3, $4, $5::numeric, $6, $7, $8, $9, $10
+         WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
+                           WHERE r.reason_code = 'late' AND r.event_id = $1)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&event.event_id)
+    .bind(event.user_id)
+    .bind(event.event_type.as_str())
+    .bind(event.product_id)
+    .bind(event_model::event::format_price(event.price_cents))
+    .bind(event.event_time)
+    .bind(row.late)
+    .bind(&row.file)
+    .bind(row.line)
+    .bind(landed)
+    .execute(tx)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The common end of a batch's transaction: quarantined rows, checkpoints (the fence), commit.
+async fn finish_transaction(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    group: &str,
+    topic: &str,
+    batch: &WriteBatch,
+    refused: &[RejectRow],
+    inserted: u64,
+) -> Result<WriteOutcome, SinkError> {
+    let mut outcome = WriteOutcome {
+        inserted,
+        ..WriteOutcome::default()
+    };
+    let mut rejected = insert_rejects(&mut tx, topic, &batch.rejects, false).await?;
+    rejected.extend(insert_rejects(&mut tx, topic, refused, false).await?);
+    let late = insert_rejects(&mut tx, topic, &batch.late_rejects, true).await?;
+    outcome.rejected = rejected.len() as u64;
+    outcome.late_quarantined = late.len() as u64;
+    for code in rejected.into_iter().chain(late) {
+        *outcome.rejected_by_reason.entry(code).or_default() += 1;
+    }
+    for checkpoint in &batch.checkpoints {
+        if !advance_checkpoint(&mut tx, group, topic, checkpoint).await? {
+            tx.rollback().await?;
+            return Err(SinkError::Fenced {
+                partition: checkpoint.partition,
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 async fn insert_rejects(
@@ -223,7 +322,7 @@ async fn advance_checkpoint(
 }
 
 /// One line of PostgreSQL's COPY text format.
-fn encode_event(out: &mut Vec<u8>, row: &crate::batch::EventRow) {
+fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
     let event = &row.event;
     push_copy_text(out, &event.event_id);
     // Writing to a Vec cannot fail.

@@ -16,6 +16,8 @@ pub enum RejectCode {
     InvalidField,
     Late,
     Undecodable,
+    /// Valid by the contract, refused by the database (a constraint an operator added, say).
+    Database,
 }
 
 impl RejectCode {
@@ -29,6 +31,7 @@ impl RejectCode {
             RejectCode::InvalidField => "invalid_field",
             RejectCode::Late => "late",
             RejectCode::Undecodable => "undecodable",
+            RejectCode::Database => "database",
         }
     }
 }

@@ -35,6 +35,9 @@ struct Files<'a> {
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
+    /// A delivery failed: the producer's idempotence state (producer id, epoch, sequences) may
+    /// no longer match the broker's, so it is replaced once nothing is in flight.
+    producer_suspect: bool,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -56,11 +59,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_row_bytes: config.max_row_bytes,
         max_field_bytes: config.max_field_bytes,
     };
-    let publisher = Arc::new(Publisher::new(
+    let mut publisher = Arc::new(Publisher::new(
         &kafka,
         &config.topic,
         limits,
-        completions_tx,
+        completions_tx.clone(),
     )?);
     let (wake_tx, mut wake) = mpsc::channel(1);
     // Events make us quick; the periodic rescan makes us right even where events are not delivered.
@@ -93,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         retry_after: HashMap::new(),
         failed: Vec::new(),
         archived: 0,
+        producer_suspect: false,
     };
     let mut warned = HashSet::new();
     let mut next_seq = 0;
@@ -101,6 +105,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     loop {
         // --once scans a single time: what is in the folder now.
         let scan_now = !config.once || !scanned_once;
+        if files.producer_suspect && files.in_flight.is_empty() {
+            files.producer_suspect = false;
+            let fresh = Publisher::new(&kafka, &config.topic, limits, completions_tx.clone())?;
+            let old = std::mem::replace(&mut publisher, Arc::new(fresh));
+            // Dropping a producer may wait on the network: not on the async threads.
+            tokio::task::spawn_blocking(move || drop(old));
+            tracing::info!("producer replaced after failed deliveries");
+        }
         let mut unsettled = false;
         if scan_now && !shutdown.is_cancelled() {
             let (ready, still_written) =
@@ -192,6 +204,7 @@ impl Files<'_> {
         if let Some(failure) = done.failure {
             self.metrics
                 .failed(&name, &failure, self.config.retry_interval);
+            self.producer_suspect = true;
             self.retry_after
                 .insert(file.path, Instant::now() + self.config.retry_interval);
             if self.config.once {

@@ -87,10 +87,16 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     port: u16,
     bin: PathBuf,
+    settings: String,
 }
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with("")
+    }
+
+    /// Starts with extra server settings, e.g. `-c max_connections=6`.
+    pub fn start_with(settings: &str) -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
@@ -102,6 +108,7 @@ impl PrivatePostgres {
             dir,
             port: free_port(),
             bin,
+            settings: settings.to_owned(),
         };
         // initdb refuses to run as root: run the server as the postgres user there.
         if is_root() {
@@ -144,12 +151,13 @@ impl PrivatePostgres {
 
     pub fn restart(&self) {
         self.as_owner(&format!(
-            "{} -D {} -l {}/log -w -o '-p {} -k {} -c listen_addresses=127.0.0.1' start >/dev/null",
+            "{} -D {} -l {}/log -w -o '-p {} -k {} -c listen_addresses=127.0.0.1 {}' start >/dev/null",
             self.bin.join("pg_ctl").display(),
             self.data_dir(),
             self.dir.display(),
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         ));
     }
 

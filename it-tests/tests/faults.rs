@@ -4,6 +4,7 @@
 
 use it_tests::services::{PrivateBroker, PrivatePostgres};
 use it_tests::{event_ids_in, World};
+use sqlx::Connection;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -345,4 +346,105 @@ async fn late_classification_survives_a_crash() {
     .into_iter()
     .collect();
     assert_eq!(late, ["B", "D"].map(String::from).into());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_database_refuses_is_quarantined_alone() {
+    let world = World::new("db_refuses").await;
+    world.drop_file(
+        "a.csv",
+        format!(
+            "{HEADER}r1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+             r2,1,view,666,1.00,2026-11-25T12:00:00Z\n\
+             r3,1,view,11,1.00,2026-11-25T12:00:00Z\n"
+        )
+        .as_bytes(),
+    );
+    // An operator's rule the contract knows nothing about.
+    let migrate = world.spawn(
+        "consumer",
+        &["--database-url", &world.database_url, "--migrate-only"],
+    );
+    assert!(migrate.wait_for_exit(LONG).success());
+    sqlx::query("ALTER TABLE ecommerce_events ADD CONSTRAINT no_666 CHECK (product_id <> 666)")
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    world.bridge_once(&[]);
+    let _consumer = world.consumer(&[]);
+    assert_exactly(&world, &["r1", "r3"].map(String::from).into()).await;
+    let (code, reason, event_id): (String, String, String) =
+        sqlx::query_as("SELECT reason_code, reason, event_id FROM ecommerce_events_rejected")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!((code.as_str(), event_id.as_str()), ("database", "r2"));
+    assert!(reason.contains("no_666"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_down_longer_than_the_message_timeout_keeps_the_file_until_it_is_back() {
+    let mut broker = PrivateBroker::start();
+    let world = World::on("broker_down", &broker.address(), &it_tests::server_url()).await;
+    let _consumer = world.consumer(&[]);
+    let _bridge = world.bridge(&["-X", "message.timeout.ms=2000"]);
+    world
+        .wait_for_count("SELECT count(*) FROM ingest_checkpoints", 0, LONG)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.kill9();
+    let (expected, _) = generate(&world, "3", "500", "30");
+    // Deliveries time out: the files must stay where they are.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        std::fs::read_dir(world.input_dir()).unwrap().count(),
+        3,
+        "nothing archived"
+    );
+    broker.restart();
+    assert_exactly(&world, &expected).await;
+    assert_eq!(
+        std::fs::read_dir(world.input_dir()).unwrap().count(),
+        0,
+        "archived after recovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_cut_again_and_again_and_a_full_server_lose_nothing() {
+    let postgres = PrivatePostgres::start_with("-c max_connections=8");
+    let world = World::on("conn_cuts", &it_tests::brokers(), &postgres.server_url()).await;
+    let (expected, _) = generate(&world, "20", "1000", "32");
+    world.bridge_once(&[]);
+    // Every connection the server allows is taken: the consumer waits, then gets in.
+    let mut held = Vec::new();
+    while let Ok(connection) = sqlx::PgConnection::connect(&world.database_url).await {
+        held.push(connection);
+        assert!(held.len() < 20, "max_connections is not in force");
+    }
+    let consumer = world.consumer(&["--batch-size", "500"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        consumer.log_text().contains("too many clients"),
+        "the full server was felt"
+    );
+    drop(held);
+    // Then its connection is cut, over and over, at whatever point of a transaction it is in.
+    world.wait_for_at_least(EVENTS, 1, LONG).await;
+    for _ in 0..30 {
+        let _ = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&world.pool)
+        .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_exactly(&world, &expected).await;
+    let log = consumer.log_text();
+    assert!(
+        log.contains("too many clients") || log.contains("53300"),
+        "the full server was felt"
+    );
+    assert!(log.contains("batch not written; will retry"));
 }

@@ -388,8 +388,11 @@ async fn sink_alone(input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
                 event,
                 late: false,
                 file: keyed.row.file,
+                file_id: keyed.row.file_id,
                 line: keyed.row.line as i64,
                 landed_ms: 0,
+                partition: 0,
+                offset: 0,
             });
         }
     }

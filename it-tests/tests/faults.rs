@@ -459,3 +459,70 @@ async fn connections_cut_again_and_again_and_a_full_server_lose_nothing() {
     );
     assert!(log.contains("batch not written; will retry"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_renamed_or_deleted_while_read_double_nothing() {
+    let world = World::new("moved").await;
+    let (expected, _) = generate(&world, "1", "100000", "33");
+    let original = std::fs::read_dir(world.input_dir())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let _consumer = world.consumer(&[]);
+    let bridge = world.bridge(&[]);
+    // Renamed within the folder while the bridge reads it: the new name is published in full.
+    world.wait_for_at_least(EVENTS, 1, LONG).await;
+    std::fs::rename(&original, world.input_dir().join("renamed.csv")).unwrap();
+    assert_exactly(&world, &expected).await;
+    assert_eq!(world.count(REJECTED).await, 0);
+
+    // Deleted while read: what was published stays (once), the bridge goes on with other files.
+    let (more, _) = {
+        let other = World::new("moved_other").await;
+        let generated = generate(&other, "1", "100000", "34");
+        for entry in std::fs::read_dir(other.input_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::rename(&path, world.input_dir().join("doomed.csv")).unwrap();
+        }
+        generated
+    };
+    world
+        .wait_for_at_least(EVENTS, expected.len() as i64 + 1, LONG)
+        .await;
+    std::fs::remove_file(world.input_dir().join("doomed.csv")).unwrap();
+    world.drop_file(
+        "after.csv",
+        format!("{HEADER}after,1,view,10,1.00,2026-11-25T12:00:00Z\n").as_bytes(),
+    );
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events WHERE event_id = 'after'",
+            1,
+            LONG,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = world.event_ids().await;
+    let allowed: BTreeSet<String> = expected
+        .iter()
+        .chain(more.iter())
+        .cloned()
+        .chain(["after".to_owned()])
+        .collect();
+    assert!(
+        stored.is_subset(&allowed),
+        "only rows that were in the files"
+    );
+    assert!(
+        stored.is_superset(&expected),
+        "the renamed file is complete"
+    );
+    assert_eq!(
+        world.count(REJECTED).await,
+        0,
+        "no half-read row was quarantined"
+    );
+    drop(bridge);
+}

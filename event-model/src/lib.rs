@@ -10,7 +10,6 @@ pub mod duration;
 pub mod event;
 pub mod failpoint;
 pub mod reader;
-pub mod signal;
 pub mod validate;
 pub mod wire;
 

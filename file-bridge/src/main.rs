@@ -1,20 +1,10 @@
 use clap::Parser;
 use file_bridge::Config;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    telemetry::init_logging();
     let config = Config::parse();
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        event_model::signal::shutdown_signal().await;
-        on_signal.cancel();
-    });
+    let shutdown = telemetry::shutdown_token();
     file_bridge::run(config, shutdown).await
 }

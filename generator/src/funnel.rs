@@ -2,7 +2,7 @@
 //! through the funnel view -> add_to_cart -> purchase, sometimes removing items again.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use event_model::EventType;
+use event_model::{Event, EventType};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -10,17 +10,6 @@ const CATALOG_SIZE: usize = 500;
 const USER_COUNT: i32 = 20_000;
 const ACTIVE_SESSIONS: usize = 200;
 const FIRST_PRODUCT_ID: i32 = 1_000;
-
-/// One event as the generator means it; malformed rows are made from these by [`crate::rows`].
-#[derive(Debug, Clone)]
-pub struct Generated {
-    pub event_id: String,
-    pub user_id: i32,
-    pub event_type: EventType,
-    pub product_id: i32,
-    pub price_cents: i64,
-    pub event_time: DateTime<Utc>,
-}
 
 struct Session {
     user_id: i32,
@@ -49,7 +38,7 @@ impl Shop {
     }
 
     /// The next event of a random shopper, at `now`.
-    pub fn next_event(&mut self, rng: &mut StdRng, now: DateTime<Utc>) -> Generated {
+    pub fn next_event(&mut self, rng: &mut StdRng, now: DateTime<Utc>) -> Event {
         if self.sessions.len() < ACTIVE_SESSIONS || rng.random_bool(0.02) {
             let user_id = rng.random_range(1..=USER_COUNT);
             self.sessions.push(Session {
@@ -90,7 +79,7 @@ impl Shop {
         if session_over {
             self.sessions.swap_remove(index);
         }
-        Generated {
+        Event {
             event_id: uuid_v4(rng),
             user_id,
             event_type,

@@ -1,8 +1,9 @@
 //! Turns generated events into CSV lines, mixing in duplicates, late and malformed rows on request.
 
-use crate::funnel::{uuid_v4, Generated, Shop};
+use crate::funnel::{uuid_v4, Shop};
 use crate::Config;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use event_model::Event;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::VecDeque;
@@ -67,7 +68,7 @@ impl RowMaker {
     }
 }
 
-fn write_line(body: &mut Vec<u8>, event: &Generated) {
+fn write_line(body: &mut Vec<u8>, event: &Event) {
     // Writing to a Vec cannot fail.
     let _ = writeln!(
         body,
@@ -85,7 +86,7 @@ fn write_line(body: &mut Vec<u8>, event: &Generated) {
 }
 
 /// A row that breaks exactly one rule of the contract; each kind is equally likely.
-fn write_malformed(rng: &mut StdRng, event: &Generated, body: &mut Vec<u8>) {
+fn write_malformed(rng: &mut StdRng, event: &Event, body: &mut Vec<u8>) {
     let time = event
         .event_time
         .to_rfc3339_opts(SecondsFormat::Micros, true);

@@ -4,6 +4,10 @@
 //! Hand-written rather than a metrics stack: a handful of series, updated once per batch or file.
 //! Names follow `<namespace>_<name>_<unit>_total` for counters; labels stay low-cardinality.
 
+pub mod signal;
+
+pub use signal::{init_logging, shutdown_token};
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;

@@ -430,7 +430,15 @@ async fn freshness(
     std::fs::create_dir_all(world.input_dir())?;
     let consumer = world.consumer(&[]);
     let bridge = world.bridge(&[]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Warm up: the first file also pays for the group join and topic discovery. Steady-state
+    // freshness is measured on what follows.
+    world.drop_file(
+        "warmup.csv",
+        b"event_id,user_id,event_type,product_id,price,event_time\nwarmup,1,view,1,1.00,2026-01-01T00:00:00Z\n",
+    );
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 1, LONG)
+        .await;
     let input = world.input_dir();
     let generator = world.spawn(
         "generator",
@@ -448,7 +456,7 @@ async fn freshness(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
         "WITH f AS (SELECT extract(epoch FROM ingested_at - landed_at) * 1000 AS ms
-                    FROM ecommerce_events)
+                    FROM ecommerce_events WHERE source_file <> 'warmup.csv')
          SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::float8,
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::float8,
                 max(ms)::float8 FROM f",

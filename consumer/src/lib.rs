@@ -100,41 +100,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let mut states: HashMap<i32, PartitionState> = HashMap::new();
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut messages = next_batch(&consumer, &config, &shutdown).await;
     while !shutdown.is_cancelled() {
-        let messages = next_batch(&consumer, &config, &shutdown).await;
         if consumer.context().take_moved() {
             // Partitions may have changed hands: trust only Postgres for where each one stands.
             states.clear();
         }
         if messages.is_empty() {
+            messages = next_batch(&consumer, &config, &shutdown).await;
             continue;
         }
-        let started = Instant::now();
-        let Some(batch) = write_until_done(
-            &metrics,
-            &mut sink,
-            &messages,
-            &mut states,
-            &rules,
-            &config,
-            &shutdown,
-        )
-        .await
-        else {
+        // This batch is written while the next one is received: the broker and the database
+        // work at the same time. Batches are still classified and committed strictly in order.
+        let write = async {
+            let batch = write_until_done(
+                &metrics,
+                &mut sink,
+                &messages,
+                &mut states,
+                &rules,
+                &config,
+                &shutdown,
+            )
+            .await?;
+            event_model::failpoint::hit("consumer-after-db-commit");
+            commit_offsets(
+                &consumer,
+                &config.topic,
+                &batch.commit_offsets,
+                CommitMode::Async,
+            );
+            Some(batch)
+        };
+        let (written, next) = tokio::join!(write, next_batch(&consumer, &config, &shutdown));
+        let Some(batch) = written else {
             break;
         };
-        event_model::failpoint::hit("consumer-after-db-commit");
-        commit_offsets(
-            &consumer,
-            &config.topic,
-            &batch.commit_offsets,
-            CommitMode::Async,
-        );
         committed.extend(&batch.commit_offsets);
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "batch done"
-        );
+        messages = next;
     }
     // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group. Bounded,
     // since a broker that is down would hold us forever; Postgres has the checkpoint regardless.

@@ -187,7 +187,7 @@ impl Publisher {
             file,
             &name,
             &before.file_id(),
-            before.modified_ms,
+            before.landed_ms,
             self.limits,
         );
         let tracker = self.producer.context();
@@ -253,13 +253,15 @@ pub fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// What identifies one version of a file: inode, size and modification time.
+/// What identifies one version of a file: inode, size and modification time; and when it landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
     inode: u64,
     len: u64,
-    modified_ms: i64,
     modified_ns: u128,
+    /// When the file appeared in the folder: its inode change time, which a rename into the
+    /// folder sets (the modification time is earlier, before the writer's fsync).
+    landed_ms: i64,
 }
 
 impl Fingerprint {
@@ -270,14 +272,18 @@ impl Fingerprint {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+        let (inode, landed_ms) = {
+            use std::os::unix::fs::MetadataExt;
+            let changed_ms = metadata.ctime() * 1000 + metadata.ctime_nsec() / 1_000_000;
+            (metadata.ino(), changed_ms.max(modified.as_millis() as i64))
+        };
         #[cfg(not(unix))]
-        let inode = 0;
+        let (inode, landed_ms) = (0, modified.as_millis() as i64);
         Ok(Fingerprint {
             inode,
             len: metadata.len(),
-            modified_ms: modified.as_millis() as i64,
             modified_ns: modified.as_nanos(),
+            landed_ms,
         })
     }
 

@@ -139,15 +139,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         committed.extend(&batch.commit_offsets);
         messages = next;
     }
-    // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group. Bounded,
-    // since a broker that is down would hold us forever; Postgres has the checkpoint regardless.
+    // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group. Each
+    // step is bounded, since a broker that is down would hold us forever; Postgres has the
+    // checkpoint regardless.
+    let consumer = std::sync::Arc::new(consumer);
+    let committer = consumer.clone();
     let topic = config.topic.clone();
-    let leave = tokio::task::spawn_blocking(move || {
-        commit_offsets(&consumer, &topic, &committed, CommitMode::Sync);
-        consumer.unsubscribe();
-        drop(consumer);
+    let commit = tokio::task::spawn_blocking(move || {
+        commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
     });
-    if tokio::time::timeout(LEAVE_TIMEOUT, leave).await.is_err() {
+    if tokio::time::timeout(LEAVE_TIMEOUT, commit).await.is_err() {
+        tracing::warn!("the broker did not confirm the final offset commit; exiting anyway");
+    }
+    consumer.unsubscribe();
+    // The revoke that unsubscribing triggers is served through the consumer's queue: keep
+    // polling until it has run, so closing does not wait on it.
+    let _ = consumer.context().take_moved();
+    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+    while !consumer.context().take_moved() && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    let close = tokio::task::spawn_blocking(move || drop(consumer));
+    if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
         tracing::warn!("the broker did not answer while leaving the group; exiting anyway");
     }
     tracing::info!("consumer stopped");

@@ -109,17 +109,6 @@ impl Registry {
         self.series(name, help, Kind::Gauge, labels, |value| *value = to);
     }
 
-    /// Current value of a series, for status pages.
-    pub fn get(&self, name: &str, labels: &[(&'static str, &str)]) -> Option<f64> {
-        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        self.with(|inner| {
-            inner
-                .families
-                .get(name)
-                .and_then(|f| f.series.get(&labels).copied())
-        })
-    }
-
     /// Whether any series of the family was recorded.
     pub fn has(&self, name: &str) -> bool {
         self.with(|inner| inner.families.contains_key(name))

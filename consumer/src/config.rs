@@ -7,15 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(version)]
 pub struct Config {
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
-    pub brokers: String,
-    /// Topic to consume; created when missing.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "ecommerce-events")]
-    pub topic: String,
-    /// Partitions of the topic when the consumer creates it.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 3)]
-    pub partitions: i32,
+    #[command(flatten)]
+    pub kafka: pipeline_kafka::KafkaArgs,
     /// Consumer group; a new group starts from the earliest offset.
     #[arg(long, env = "KAFKA_GROUP", default_value = "ecommerce-pg")]
     pub group: String,
@@ -62,10 +55,6 @@ pub struct Config {
     /// consumers run.
     #[arg(long, env = "DASHBOARD_ONLY", requires = "dashboard_addr")]
     pub dashboard_only: bool,
-    /// Extra librdkafka consumer option, repeatable: -X security.protocol=SASL_SSL.
-    /// From the environment: KAFKA_OPTIONS="key=value,key=value".
-    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
-    pub kafka_options: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -37,13 +37,13 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(
         database = %redact_url(&config.database_url),
-        brokers = %config.brokers,
-        topic = %config.topic,
+        brokers = %config.kafka.brokers,
+        topic = %config.kafka.topic,
         group = %config.group,
         late_policy = ?config.late_policy,
         "consumer starting"
     );
-    let mut sink = Sink::new(&config.database_url, &config.group, &config.topic);
+    let mut sink = Sink::new(&config.database_url, &config.group, &config.kafka.topic);
     if !config.skip_migrations {
         // A database that is not up yet (or full) is waited for; a broken migration is fatal.
         let mut backoff = Duration::from_millis(250);
@@ -74,13 +74,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let mut kafka =
-        pipeline_kafka::client_config(&config.brokers, CONSUMER_DEFAULTS, &config.kafka_options);
+    let mut kafka = config.kafka.client_config(CONSUMER_DEFAULTS);
     kafka.set("group.id", &config.group);
     if let Some(instance) = &config.instance_id {
         kafka.set("group.instance.id", instance);
     }
-    pipeline_kafka::ensure_topic(&kafka, &config.topic, config.partitions, 1).await?;
+    config.kafka.ensure_topic(&kafka).await?;
     let metrics = ConsumerMetrics::new();
     serve_http(&config, &metrics, &shutdown).await?;
     if config.dashboard_only {
@@ -91,7 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .create_with_context(RebalanceWatch::new(metrics.clone()))
         .context("failed to create the Kafka consumer")?;
     consumer
-        .subscribe(&[&config.topic])
+        .subscribe(&[&config.kafka.topic])
         .context("failed to subscribe")?;
 
     let rules = Rules {
@@ -126,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             event_model::failpoint::hit("consumer-after-db-commit");
             commit_offsets(
                 &consumer,
-                &config.topic,
+                &config.kafka.topic,
                 &batch.commit_offsets,
                 CommitMode::Async,
             );
@@ -144,7 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // checkpoint regardless.
     let consumer = std::sync::Arc::new(consumer);
     let committer = consumer.clone();
-    let topic = config.topic.clone();
+    let topic = config.kafka.topic.clone();
     let commit = tokio::task::spawn_blocking(move || {
         commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
     });
@@ -252,7 +251,7 @@ async fn write_until_done(
     loop {
         let result = match load_states(sink, &partitions, states, config.dedup_capacity).await {
             Ok(()) => {
-                let batch = classify(messages, states, rules, &config.topic);
+                let batch = classify(messages, states, rules, &config.kafka.topic);
                 sink.write(&batch).await.map(|outcome| (batch, outcome))
             }
             Err(error) => Err(error),

@@ -14,18 +14,8 @@ pub struct Config {
     /// Folder published files are moved to.
     #[arg(long, env = "ARCHIVE_DIR", default_value = "data/archive")]
     pub archive_dir: PathBuf,
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
-    pub brokers: String,
-    /// Topic to publish to; created when missing.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "ecommerce-events")]
-    pub topic: String,
-    /// Partitions of the topic when the bridge creates it.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 3)]
-    pub partitions: i32,
-    /// Replication factor of the topic when the bridge creates it.
-    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
-    pub replication_factor: i32,
+    #[command(flatten)]
+    pub kafka: pipeline_kafka::KafkaArgs,
     /// Publish what is in the folder now, wait for every delivery, archive, and exit.
     #[arg(long, env = "BRIDGE_ONCE")]
     pub once: bool,
@@ -52,8 +42,4 @@ pub struct Config {
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9100.
     #[arg(long, env = "BRIDGE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Extra librdkafka producer option, repeatable: -X security.protocol=SASL_SSL.
-    /// From the environment: KAFKA_OPTIONS="key=value,key=value".
-    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
-    pub kafka_options: Vec<(String, String)>,
 }

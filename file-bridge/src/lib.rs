@@ -45,15 +45,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create folder {}", dir.display()))?;
     }
-    let kafka =
-        pipeline_kafka::client_config(&config.brokers, PRODUCER_DEFAULTS, &config.kafka_options);
-    pipeline_kafka::ensure_topic(
-        &kafka,
-        &config.topic,
-        config.partitions,
-        config.replication_factor,
-    )
-    .await?;
+    let kafka = config.kafka.client_config(PRODUCER_DEFAULTS);
+    config.kafka.ensure_topic(&kafka).await?;
     let (completions_tx, mut completions) = mpsc::unbounded_channel();
     let limits = event_model::Limits {
         max_row_bytes: config.max_row_bytes,
@@ -61,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let mut publisher = Arc::new(Publisher::new(
         &kafka,
-        &config.topic,
+        &config.kafka.topic,
         limits,
         completions_tx.clone(),
     )?);
@@ -73,8 +66,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(
         input = %config.input_dir.display(),
         archive = %config.archive_dir.display(),
-        topic = %config.topic,
-        brokers = %config.brokers,
+        topic = %config.kafka.topic,
+        brokers = %config.kafka.brokers,
         "bridge started"
     );
 
@@ -107,7 +100,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let scan_now = !config.once || !scanned_once;
         if files.producer_suspect && files.in_flight.is_empty() {
             files.producer_suspect = false;
-            let fresh = Publisher::new(&kafka, &config.topic, limits, completions_tx.clone())?;
+            let fresh =
+                Publisher::new(&kafka, &config.kafka.topic, limits, completions_tx.clone())?;
             let old = std::mem::replace(&mut publisher, Arc::new(fresh));
             // Dropping a producer may wait on the network: not on the async threads.
             tokio::task::spawn_blocking(move || drop(old));

@@ -30,6 +30,45 @@ pub enum SetupError {
     },
 }
 
+/// The Kafka flags every component shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// The event topic; created when missing.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "ecommerce-events")]
+    pub topic: String,
+    /// Partitions of the topic, when this component is the one that creates it.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+    /// Replication factor of the topic, when this component is the one that creates it.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Extra librdkafka option, repeatable: -X security.protocol=SASL_SSL.
+    /// From the environment: KAFKA_OPTIONS="key=value,key=value".
+    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// Client settings: `defaults` first, then the user's `-X` options, which win.
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        client_config(&self.brokers, defaults, &self.options)
+    }
+
+    /// Creates the topic unless it exists (see [`ensure_topic`]).
+    pub async fn ensure_topic(&self, config: &ClientConfig) -> Result<(), SetupError> {
+        ensure_topic(
+            config,
+            &self.topic,
+            self.partitions,
+            self.replication_factor,
+        )
+        .await
+    }
+}
+
 /// Parses one `-X key=value` librdkafka option.
 pub fn parse_option(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {

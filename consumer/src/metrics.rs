@@ -1,7 +1,7 @@
 //! The consumer's telemetry: one place per event that both logs and counts.
 
 use crate::batch::WriteBatch;
-use crate::sink::WriteOutcome;
+use crate::sink::{WriteOutcome, WritePath};
 use chrono::{TimeDelta, Utc};
 use std::time::Duration;
 use telemetry::Registry;
@@ -17,6 +17,9 @@ pub const BATCH_LATENCY: &str = "pipeline_consumer_batch_latency_seconds";
 pub const FRESHNESS: &str = "pipeline_consumer_freshness_seconds";
 pub const LAG: &str = "pipeline_consumer_lag_messages";
 pub const WATERMARK: &str = "pipeline_consumer_watermark_seconds";
+
+const BATCHES_HELP: &str =
+    "transactions committed, by how their events went in (copy, staging, row_by_row)";
 
 const LATENCY_BOUNDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -43,9 +46,13 @@ impl ConsumerMetrics {
                 ROWS_REPLAYED,
                 "messages skipped because Postgres already holds them",
             ),
-            (BATCHES, "transactions committed"),
         ] {
             metrics.registry.declare_counter(name, help, &[]);
+        }
+        for path in [WritePath::Copy, WritePath::Staging, WritePath::RowByRow] {
+            metrics
+                .registry
+                .declare_counter(BATCHES, BATCHES_HELP, &[("path", path.as_str())]);
         }
         metrics
     }
@@ -103,7 +110,7 @@ impl ConsumerMetrics {
             &[],
             stats.replayed,
         );
-        registry.add(BATCHES, "transactions committed", &[], 1);
+        registry.add(BATCHES, BATCHES_HELP, &[("path", outcome.path.as_str())], 1);
         for (reason, rows) in &outcome.rejected_by_reason {
             registry.add(
                 ROWS_REJECTED,

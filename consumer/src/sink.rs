@@ -1,14 +1,19 @@
 //! The Postgres writer: one transaction per batch holding the events, the quarantined rows and the
 //! partitions' checkpoints, so the checkpoint can never disagree with the data.
 //!
-//! Events go through `COPY` into a temporary staging table, then one
-//! `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`: bulk speed, idempotent writes.
+//! Events go by `COPY` straight into `ecommerce_events` inside a savepoint: the fastest way in,
+//! and right whenever none of them is there yet, which is the steady state (duplicates are mostly
+//! caught in memory, replays by the checkpoint). Should one be there already (a duplicate beyond
+//! the dedup window, a new group replaying the topic), the COPY fails, is rolled back to the
+//! savepoint, and the batch goes through a temporary staging table and
+//! `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING` instead; the sink stays on that path
+//! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
 use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use sqlx::{Connection, PgConnection, Row};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,13 @@ WHERE NOT EXISTS (
 )
 ON CONFLICT (event_id) DO NOTHING";
 
+const EVENT_COLUMNS: &str = "event_id, user_id, event_type, product_id, price, event_time, \
+    is_late, source_file, source_line, landed_at";
+
+/// The ids among a batch's events that were quarantined as late: they stay out of the events.
+const LATE_QUARANTINED: &str = "SELECT event_id::text FROM ecommerce_events_rejected
+    WHERE reason_code = 'late' AND event_id = ANY($1::text[])";
+
 const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
     (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
      kafka_topic, kafka_partition, kafka_offset)
@@ -52,8 +64,31 @@ WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id
 ON CONFLICT DO NOTHING
 RETURNING reason_code";
 
+/// How a batch's events went in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WritePath {
+    /// `COPY` straight into the table: none of them was there yet.
+    #[default]
+    Copy,
+    /// Through the staging table and `ON CONFLICT DO NOTHING`: some may have been there.
+    Staging,
+    /// One by one, because the database refused a row.
+    RowByRow,
+}
+
+impl WritePath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePath::Copy => "copy",
+            WritePath::Staging => "staging",
+            WritePath::RowByRow => "row_by_row",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct WriteOutcome {
+    pub path: WritePath,
     pub inserted: u64,
     pub rejected: u64,
     pub late_quarantined: u64,
@@ -66,6 +101,8 @@ pub struct Sink {
     group: String,
     topic: String,
     connection: Option<PgConnection>,
+    /// Try the direct `COPY` first; false after a batch met rows already written.
+    copy_direct: bool,
 }
 
 impl Sink {
@@ -75,6 +112,7 @@ impl Sink {
             group: group.to_owned(),
             topic: topic.to_owned(),
             connection: None,
+            copy_direct: true,
         }
     }
 
@@ -134,24 +172,46 @@ impl Sink {
     }
 
     async fn write_bulk(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
-        let mut copy = Vec::with_capacity(batch.events.len() * 160);
-        for row in &batch.events {
-            encode_event(&mut copy, row);
-        }
         let (group, topic) = (self.group.clone(), self.topic.clone());
+        let try_direct = self.copy_direct;
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
-        let mut inserted = 0;
-        if !batch.events.is_empty() {
-            let mut copy_in = tx.copy_in_raw("COPY ingest_staging FROM STDIN").await?;
-            copy_in.send(copy.as_slice()).await?;
-            copy_in.finish().await?;
-            inserted = sqlx::query(INSERT_EVENTS)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let (mut inserted, mut next_direct) = (None, try_direct);
+        if try_direct && !batch.events.is_empty() {
+            inserted = copy_direct(&mut tx, &batch.events).await?;
         }
-        finish_transaction(tx, &group, &topic, batch, &[], inserted).await
+        let inserted_directly = inserted.is_some() || batch.events.is_empty();
+        let inserted = match inserted {
+            Some(count) => count,
+            None if batch.events.is_empty() => 0,
+            None => {
+                let mut copy = Vec::with_capacity(batch.events.len() * 160);
+                for row in &batch.events {
+                    encode_event(&mut copy, row);
+                }
+                let mut copy_in = tx.copy_in_raw("COPY ingest_staging FROM STDIN").await?;
+                copy_in.send(copy.as_slice()).await?;
+                copy_in.finish().await?;
+                let count = sqlx::query(INSERT_EVENTS)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                // Back to the fast path once a batch had nothing already written.
+                next_direct = count == batch.events.len() as u64;
+                count
+            }
+        };
+        let path = if inserted_directly {
+            WritePath::Copy
+        } else {
+            WritePath::Staging
+        };
+        let outcome = finish_transaction(tx, &group, &topic, batch, &[], inserted, path).await?;
+        if try_direct && !next_direct {
+            tracing::debug!("rows already written: staging batches until one meets none");
+        }
+        self.copy_direct = next_direct;
+        Ok(outcome)
     }
 
     async fn write_row_by_row(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
@@ -189,7 +249,60 @@ impl Sink {
                 Err(error) => return Err(error.into()),
             }
         }
-        finish_transaction(tx, &group, &topic, batch, &refused, inserted).await
+        finish_transaction(
+            tx,
+            &group,
+            &topic,
+            batch,
+            &refused,
+            inserted,
+            WritePath::RowByRow,
+        )
+        .await
+    }
+}
+
+/// `COPY` of the events straight into `ecommerce_events`, in a savepoint. `None` when the database
+/// refused it (a row already there, or a row it will not take): the savepoint is rolled back and
+/// the caller takes the staging path, which sorts out which rows are which.
+async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Option<u64>, SinkError> {
+    let ids: Vec<&str> = events.iter().map(|r| r.event.event_id.as_str()).collect();
+    let late: HashSet<String> = sqlx::query_scalar(LATE_QUARANTINED)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    let mut copy = Vec::with_capacity(events.len() * 160);
+    for row in events {
+        if !late.contains(&row.event.event_id) {
+            encode_event(&mut copy, row);
+        }
+    }
+    sqlx::query("SAVEPOINT copy_direct")
+        .execute(&mut *tx)
+        .await?;
+    let statement = format!("COPY ecommerce_events ({EVENT_COLUMNS}) FROM STDIN");
+    let copied = async {
+        let mut copy_in = tx.copy_in_raw(&statement).await?;
+        copy_in.send(copy.as_slice()).await?;
+        copy_in.finish().await
+    }
+    .await;
+    match copied {
+        Ok(count) => {
+            sqlx::query("RELEASE SAVEPOINT copy_direct")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Some(count))
+        }
+        Err(error) if refuses_a_row(&error) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT copy_direct")
+                .execute(&mut *tx)
+                .await?;
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -236,8 +349,10 @@ async fn finish_transaction(
     batch: &WriteBatch,
     refused: &[RejectRow],
     inserted: u64,
+    path: WritePath,
 ) -> Result<WriteOutcome, SinkError> {
     let mut outcome = WriteOutcome {
+        path,
         inserted,
         ..WriteOutcome::default()
     };

@@ -1,0 +1,136 @@
+//! The Postgres writer alone, against the real PostgreSQL: which path a batch takes, and that every
+//! path writes each event once and nothing else.
+
+use consumer::batch::{Checkpoint, EventRow, WriteBatch};
+use consumer::sink::{Sink, WritePath};
+use event_model::{Event, EventType};
+use it_tests::World;
+
+fn row(id: &str, product_id: i32, line: i64) -> EventRow {
+    EventRow {
+        event: Event {
+            event_id: id.to_owned(),
+            user_id: 7,
+            event_type: EventType::View,
+            product_id,
+            price_cents: 1999,
+            event_time: "2026-11-25T12:00:00.123456Z".parse().unwrap(),
+        },
+        late: false,
+        file: "a\tfile\\with\nodd name.csv".to_owned(),
+        file_id: "id".to_owned(),
+        line,
+        landed_ms: 1_764_072_000_000,
+        partition: 0,
+        offset: line,
+    }
+}
+
+/// Batch `index` of partition 0, covering `ids`; each batch moves the checkpoint by 1,000.
+fn batch(index: i64, ids: std::ops::Range<i64>, product_id: i32) -> WriteBatch {
+    WriteBatch {
+        events: ids
+            .map(|n| row(&format!("e{n:05}"), product_id, n))
+            .collect(),
+        checkpoints: vec![Checkpoint {
+            partition: 0,
+            expected: (index > 0).then_some(index * 1_000),
+            next_offset: (index + 1) * 1_000,
+            max_event_time: None,
+        }],
+        ..WriteBatch::default()
+    }
+}
+
+async fn new_sink(world: &World) -> Sink {
+    let mut sink = Sink::new(&world.database_url, "group", "topic");
+    sink.migrate().await.unwrap();
+    sink
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_already_written_switch_to_staging_until_a_batch_meets_none() {
+    let world = World::new("sink_paths").await;
+    let mut sink = new_sink(&world).await;
+
+    let first = sink.write(&batch(0, 0..100, 1)).await.unwrap();
+    assert_eq!((first.path, first.inserted), (WritePath::Copy, 100));
+
+    // Half of these are there already (as after a new group replays the topic): the direct COPY
+    // is refused, the batch goes through staging, and the first copy of each event stays.
+    let overlapping = sink.write(&batch(1, 50..150, 2)).await.unwrap();
+    assert_eq!(
+        (overlapping.path, overlapping.inserted),
+        (WritePath::Staging, 50)
+    );
+    // The sink stays on staging for the next batch; that one meets no conflict...
+    let fresh = sink.write(&batch(2, 150..200, 3)).await.unwrap();
+    assert_eq!((fresh.path, fresh.inserted), (WritePath::Staging, 50));
+    // ...so the one after goes straight in again.
+    let after = sink.write(&batch(3, 200..260, 4)).await.unwrap();
+    assert_eq!((after.path, after.inserted), (WritePath::Copy, 60));
+
+    let by_product: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT product_id, count(*) FROM ecommerce_events GROUP BY 1 ORDER BY 1")
+            .fetch_all(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(by_product, [(1, 100), (2, 50), (3, 50), (4, 60)]);
+    let next_offset: i64 = sqlx::query_scalar("SELECT next_offset FROM ingest_checkpoints")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(next_offset, 4_000);
+
+    // Every column survives the COPY text format, escapes included.
+    let (file, price, time, landed): (String, String, String, String) = sqlx::query_as(
+        "SELECT source_file, price::text, to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+                to_char(landed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')
+         FROM ecommerce_events WHERE event_id = 'e00200'",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(file, "a\tfile\\with\nodd name.csv");
+    assert_eq!(price, "19.99");
+    assert_eq!(time, "2026-11-25 12:00:00.123456");
+    assert_eq!(landed, "2025-11-25 12:00:00.000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_quarantined_as_late_stays_out_on_the_direct_path() {
+    let world = World::new("sink_late").await;
+    let mut sink = new_sink(&world).await;
+    sqlx::query(
+        "INSERT INTO ecommerce_events_rejected
+             (source_file, source_file_id, source_line, reason_code, reason, event_id, raw,
+              kafka_topic, kafka_partition, kafka_offset)
+         VALUES ('old.csv', 'x', 2, 'late', 'late', 'e00003', '\\x00', 'topic', 0, 0)",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let outcome = sink.write(&batch(0, 0..10, 1)).await.unwrap();
+    assert_eq!((outcome.path, outcome.inserted), (WritePath::Copy, 9));
+    let ids = world.event_ids().await;
+    assert_eq!(ids.len(), 9);
+    assert!(!ids.contains("e00003"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_batch_writes_nothing_on_the_direct_path() {
+    let world = World::new("sink_fenced").await;
+    let mut sink = new_sink(&world).await;
+    sink.write(&batch(0, 0..10, 1)).await.unwrap();
+    // Another consumer took the partition and moved its checkpoint meanwhile.
+    sqlx::query("UPDATE ingest_checkpoints SET next_offset = 5000")
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let error = sink.write(&batch(1, 10..20, 2)).await.unwrap_err();
+    assert!(
+        matches!(error, consumer::sink::SinkError::Fenced { partition: 0 }),
+        "{error}"
+    );
+    assert_eq!(world.event_ids().await.len(), 10);
+}

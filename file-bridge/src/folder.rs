@@ -1,6 +1,7 @@
 //! The input and archive folders: which files are ready, waking up when one lands, archiving.
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,14 +90,30 @@ pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
     Ok(target)
 }
 
-/// Sends a wake-up whenever something happens in `dir`. Wake-ups coalesce: one pending is enough,
-/// since each leads to a full rescan.
+/// Sends a wake-up whenever a file in `dir` appears, changes or goes. Wake-ups coalesce: one
+/// pending is enough, since each leads to a full rescan.
 pub fn watch(dir: &Path, wake: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |_event| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| is_read_only(&event.kind)) {
+            return;
+        }
         let _ = wake.try_send(());
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Opening or reading a file (or listing the folder) changes nothing; but every rescan lists the
+/// folder and every publish opens a file, so waking on these would rescan in a loop forever.
+fn is_read_only(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_)
+                | AccessKind::Read
+                | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
+        )
+    )
 }
 
 #[cfg(test)]
@@ -128,6 +145,24 @@ mod tests {
         let (ready, unsettled) =
             ready_files(dir.path(), Duration::from_secs(60), &mut warned).unwrap();
         assert!(ready.is_empty() && unsettled);
+    }
+
+    #[tokio::test]
+    async fn listing_and_reading_do_not_wake_the_watcher_but_new_files_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old.csv"), "x").unwrap();
+        let (wake_tx, mut wake) = mpsc::channel(1);
+        let _watcher = watch(dir.path(), wake_tx).unwrap();
+        let quiet = Duration::from_millis(300);
+        for _ in 0..3 {
+            ready_files(dir.path(), Duration::ZERO, &mut HashSet::new()).unwrap();
+            std::fs::read(dir.path().join("old.csv")).unwrap();
+            let woken = tokio::time::timeout(quiet, wake.recv()).await;
+            assert!(woken.is_err(), "woken by our own listing or reading");
+        }
+        std::fs::write(dir.path().join("new.csv"), "y").unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(5), wake.recv()).await;
+        assert!(woken.is_ok(), "not woken by a new file");
     }
 
     #[test]

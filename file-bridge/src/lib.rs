@@ -35,8 +35,9 @@ struct Files<'a> {
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
-    /// A delivery failed: the producer's idempotence state (producer id, epoch, sequences) may
-    /// no longer match the broker's, so it is replaced once nothing is in flight.
+    /// A delivery failed: the producer's state (connections, and under `-X enable.idempotence=true`
+    /// its producer id and sequences) may no longer match the broker's, so it is replaced once
+    /// nothing is in flight.
     producer_suspect: bool,
 }
 

@@ -1,7 +1,7 @@
 //! Publishes files row by row and learns, through delivery reports, when a whole file is safe.
 //!
 //! Guarantee: a [`Completion`] without failure is sent only after the broker acknowledged every row
-//! of the file (idempotent producer, `acks=all`). Anything else (a failed delivery, a file changed
+//! of the file (`acks=all`). Anything else (a failed delivery, a file changed
 //! while read, a shutdown mid-file) completes with a failure and the file stays where it is, to be
 //! published again in full; the consumer deduplicates the rows that did arrive.
 
@@ -23,8 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Our producer defaults; `-X` options override them. Batching settings measured on Tansu and
 /// sensible on Redpanda: large batches, a short linger.
+///
+/// Not idempotent: exactly-once is the consumer's job (event_id and file line are unique in
+/// Postgres), so a retry's duplicate costs nothing, while librdkafka's idempotent producer keeps
+/// one request in flight per partition and busy-polls while it waits: measured end to end on 200k
+/// rows, the bridge used 6.6 CPU-s with it and 0.6 without, and the run took 9.0 s instead of 7.7.
+/// `-X enable.idempotence=true` turns it back on.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
-    ("enable.idempotence", "true"),
+    ("enable.idempotence", "false"),
     ("acks", "all"),
     ("linger.ms", "50"),
     ("batch.size", "1000000"),

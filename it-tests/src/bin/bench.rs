@@ -29,6 +29,9 @@ struct Args {
     /// Seconds each freshness run lasts.
     #[arg(long, env = "BENCH_FRESHNESS_SECONDS", default_value_t = 30)]
     freshness_seconds: u64,
+    /// Events in the backlog the consumer drains for its memory figure (0 skips that stage).
+    #[arg(long, env = "BENCH_BACKLOG_EVENTS", default_value_t = 10_000_000)]
+    backlog_events: usize,
     /// Where the figures go as JSON.
     #[arg(long, env = "BENCH_JSON", default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -161,15 +164,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "file-bridge --once failed");
     let bridge_rate = rate(events, started.elapsed());
 
-    let started = Instant::now();
-    let consumer = world.consumer(&[]);
-    world
-        .wait_for_count(EVENTS_COUNT, events as i64, LONG)
-        .await;
-    let consumer_rate = rate(events, started.elapsed());
-    let consumer_rss = consumer.peak_rss_kib();
-    drop(consumer);
-
+    let (consumer_rate, consumer_rss) = drain(&world, events).await;
     figures.add(
         "generator_rows_per_s",
         "generator",
@@ -268,6 +263,24 @@ async fn main() -> anyhow::Result<()> {
         "target < 256",
     );
 
+    if args.backlog_events > 0 {
+        let (rate, rss) = backlog(args.backlog_events, args.events_per_file).await?;
+        figures.add(
+            "backlog_consumer_rows_per_s",
+            &format!("consumer draining a {}-event backlog", args.backlog_events),
+            rate,
+            "rows/s",
+            &ratio(rate, consume_rate.min(copy_rate)),
+        );
+        figures.add(
+            "backlog_consumer_peak_rss_mib",
+            "peak RSS: consumer (that backlog)",
+            mib(rss),
+            "MiB",
+            "target < 256",
+        );
+    }
+
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -283,6 +296,58 @@ fn sorted_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     files.retain(|path| path.extension().is_some_and(|ext| ext == "csv"));
     files.sort();
     Ok(files)
+}
+
+/// Starts a consumer on `world`'s pre-filled topic and waits until all `events` are in Postgres.
+/// Timed from its first committed row, as the bare consumer is from its first message: joining
+/// the group is not throughput. Returns rows/s and the consumer's peak RSS in KiB.
+async fn drain(world: &World, events: usize) -> (f64, u64) {
+    let consumer = world.consumer(&[]);
+    world.wait_for_at_least(EVENTS_COUNT, 1, LONG).await;
+    let (started, first) = (Instant::now(), world.count(EVENTS_COUNT).await);
+    world
+        .wait_for_count(EVENTS_COUNT, events as i64, LONG)
+        .await;
+    let rate = rate(events - first as usize, started.elapsed());
+    (rate, consumer.peak_rss_kib())
+}
+
+/// A backlog of `events` (generated, published by the bridge) drained by one consumer.
+async fn backlog(events: usize, per_file: usize) -> anyhow::Result<(f64, u64)> {
+    let files = events.div_ceil(per_file);
+    println!("filling a backlog of {} events...", files * per_file);
+    let world = World::new("bench_backlog").await;
+    let status = world.generator(&[
+        "--files",
+        &files.to_string(),
+        "--events-per-file",
+        &per_file.to_string(),
+        "--seed",
+        "2",
+    ]);
+    anyhow::ensure!(status.success(), "generator failed");
+    let (status, _) = world
+        .bridge(&["--once"])
+        .wait_with_peak_rss(Duration::from_secs(7200));
+    anyhow::ensure!(status.success(), "file-bridge --once failed");
+    let figures = drain(&world, files * per_file).await;
+    // Gigabytes of rows nobody needs after this.
+    let database = world
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    world.pool.close().await;
+    drop(world);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let admin = sqlx::PgPool::connect(&it_tests::server_url()).await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    ))
+    .execute(&admin)
+    .await?;
+    Ok(figures)
 }
 
 /// Ceiling (a): the CSV files, as they are, through `COPY` into a table identical to

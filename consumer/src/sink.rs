@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -447,33 +446,84 @@ async fn advance_checkpoint(
     Ok(result.rows_affected() == 1)
 }
 
-/// One line of PostgreSQL's COPY text format.
+/// One line of PostgreSQL's COPY text format. Hand-formatted: chrono's formatter took 1 µs a
+/// row, a seventh of the time PostgreSQL needs to take the row.
 fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
     let event = &row.event;
     push_copy_text(out, &event.event_id);
-    // Writing to a Vec cannot fail.
-    let _ = write!(
-        out,
-        "\t{}\t{}\t{}\t{}.{:02}\t{}\t{}\t",
-        event.user_id,
-        event.event_type.as_str(),
-        event.product_id,
-        event.price_cents / 100,
-        event.price_cents % 100,
-        event.event_time.format("%Y-%m-%d %H:%M:%S%.6f+00"),
-        if row.late { 't' } else { 'f' },
-    );
+    out.push(b'\t');
+    push_int(out, i64::from(event.user_id));
+    out.push(b'\t');
+    out.extend_from_slice(event.event_type.as_str().as_bytes());
+    out.push(b'\t');
+    push_int(out, i64::from(event.product_id));
+    out.push(b'\t');
+    if event.price_cents < 0 {
+        out.push(b'-');
+    }
+    let cents = event.price_cents.unsigned_abs();
+    push_int(out, (cents / 100) as i64);
+    out.push(b'.');
+    push_digits(out, cents % 100, 2);
+    out.push(b'\t');
+    push_timestamp(out, &event.event_time, 6);
+    out.extend_from_slice(if row.late { b"\tt\t" } else { b"\tf\t" });
     push_copy_text(out, &row.file);
+    out.push(b'\t');
+    push_int(out, row.line);
+    out.push(b'\t');
     let landed = DateTime::from_timestamp_millis(row.landed_ms).unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "\t{}\t{}",
-        row.line,
-        landed.format("%Y-%m-%d %H:%M:%S%.3f+00")
-    );
+    push_timestamp(out, &landed, 3);
+    out.push(b'\n');
+}
+
+/// `YYYY-MM-DD HH:MM:SS.f+00` with `decimals` digits of fraction (3 or 6), years 0 to 9999
+/// (what the contract admits).
+fn push_timestamp(out: &mut Vec<u8>, time: &DateTime<Utc>, decimals: u32) {
+    use chrono::{Datelike, Timelike};
+    push_digits(out, time.year().clamp(0, 9999) as u64, 4);
+    out.push(b'-');
+    push_digits(out, u64::from(time.month()), 2);
+    out.push(b'-');
+    push_digits(out, u64::from(time.day()), 2);
+    out.push(b' ');
+    push_digits(out, u64::from(time.hour()), 2);
+    out.push(b':');
+    push_digits(out, u64::from(time.minute()), 2);
+    out.push(b':');
+    // A leap second shows as nanoseconds past 1e9; PostgreSQL has no leap seconds.
+    push_digits(out, u64::from(time.second()), 2);
+    out.push(b'.');
+    let fraction = u64::from(time.nanosecond().min(999_999_999)) / 10u64.pow(9 - decimals);
+    push_digits(out, fraction, decimals as usize);
+    out.extend_from_slice(b"+00");
+}
+
+fn push_int(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    let magnitude = value.unsigned_abs();
+    let width = magnitude.checked_ilog10().map_or(1, |log| log as usize + 1);
+    push_digits(out, magnitude, width);
+}
+
+/// `value` in decimal, zero-padded to `width` digits.
+fn push_digits(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 fn push_copy_text(out: &mut Vec<u8>, text: &str) {
+    let special = |byte: &u8| matches!(byte, b'\\' | b'\t' | b'\n' | b'\r');
+    if !text.as_bytes().iter().any(special) {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
     for byte in text.bytes() {
         match byte {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -488,6 +538,28 @@ fn push_copy_text(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_times_are_written_as_copy_reads_them() {
+        let mut out = Vec::new();
+        for value in [0, 7, 10, 1234567, -42, i64::MIN] {
+            push_int(&mut out, value);
+            out.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 7 10 1234567 -42 -9223372036854775808 "
+        );
+        let time: DateTime<Utc> = "0987-01-02T03:04:05.000006Z".parse().unwrap();
+        let mut out = Vec::new();
+        push_timestamp(&mut out, &time, 6);
+        out.push(b' ');
+        push_timestamp(&mut out, &time, 3);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0987-01-02 03:04:05.000006+00 0987-01-02 03:04:05.000+00"
+        );
+    }
 
     #[test]
     fn copy_text_escapes_what_copy_would_misread() {

@@ -100,12 +100,18 @@ async fn metrics_parse_as_prometheus_text_and_match_the_database() {
         "pipeline_consumer_rows_rejected_total{reason=invalid_field} 2",
         "pipeline_consumer_rows_rejected_total{reason=field_count} 1",
         "pipeline_consumer_rows_rejected_total{reason=late} 1",
+        // Nothing was there before: every batch went straight in by COPY.
+        "pipeline_consumer_batches_total{path=staging} 0",
+        "pipeline_consumer_batches_total{path=row_by_row} 0",
     ] {
         assert!(
             consumer.iter().any(|line| line == expected),
             "{expected} not in {consumer:#?}"
         );
     }
+    assert!(consumer.iter().any(|l| l
+        .strip_prefix("pipeline_consumer_batches_total{path=copy} ")
+        .is_some_and(|count| count != "0")));
     assert!(consumer
         .iter()
         .any(|l| l.starts_with("pipeline_consumer_batch_latency_seconds_count{} ")));

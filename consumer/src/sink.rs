@@ -189,10 +189,7 @@ impl Sink {
             Some(count) => count,
             None if batch.events.is_empty() => 0,
             None => {
-                let mut copy = Vec::with_capacity(batch.events.len() * 160);
-                for row in &batch.events {
-                    encode_event(&mut copy, row);
-                }
+                let copy = encode_events(&batch.events, &HashSet::new());
                 let mut copy_in = tx.copy_in_raw("COPY ingest_staging FROM STDIN").await?;
                 copy_in.send(copy.as_slice()).await?;
                 copy_in.finish().await?;
@@ -283,12 +280,7 @@ async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Optio
             .into_iter()
             .collect();
     }
-    let mut copy = Vec::with_capacity(events.len() * 160);
-    for row in events {
-        if !late.contains(&row.event.event_id) {
-            encode_event(&mut copy, row);
-        }
-    }
+    let copy = encode_events(events, &late);
     sqlx::query("SAVEPOINT copy_direct")
         .execute(&mut *tx)
         .await?;
@@ -444,6 +436,17 @@ async fn advance_checkpoint(
         .execute(tx)
         .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// The events in PostgreSQL's COPY text format, leaving out the ids in `skip`.
+fn encode_events(events: &[EventRow], skip: &HashSet<String>) -> Vec<u8> {
+    let mut copy = Vec::with_capacity(events.len() * 160);
+    for row in events {
+        if !skip.contains(&row.event.event_id) {
+            encode_event(&mut copy, row);
+        }
+    }
+    copy
 }
 
 /// One line of PostgreSQL's COPY text format. Hand-formatted: chrono's formatter took 1 µs a

@@ -190,7 +190,9 @@ impl Sink {
             None if batch.events.is_empty() => 0,
             None => {
                 let copy = encode_events(&batch.events, &HashSet::new());
-                let mut copy_in = tx.copy_in_raw("COPY ingest_staging FROM STDIN").await?;
+                let mut copy_in = tx
+                    .copy_in_raw("COPY ingest_staging FROM STDIN (FORMAT binary)")
+                    .await?;
                 copy_in.send(copy.as_slice()).await?;
                 copy_in.finish().await?;
                 let count = sqlx::query(INSERT_EVENTS)
@@ -284,7 +286,7 @@ async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Optio
     sqlx::query("SAVEPOINT copy_direct")
         .execute(&mut *tx)
         .await?;
-    let statement = format!("COPY ecommerce_events ({EVENT_COLUMNS}) FROM STDIN");
+    let statement = format!("COPY ecommerce_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
     let copied = async {
         let mut copy_in = tx.copy_in_raw(&statement).await?;
         copy_in.send(copy.as_slice()).await?;
@@ -438,103 +440,83 @@ async fn advance_checkpoint(
     Ok(result.rows_affected() == 1)
 }
 
-/// The events in PostgreSQL's COPY text format, leaving out the ids in `skip`.
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The events in PostgreSQL's binary `COPY` format, leaving out the ids in `skip`. Binary rather
+/// than text: PostgreSQL then parses no numbers or timestamps, which took about a tenth of its
+/// time per row.
 fn encode_events(events: &[EventRow], skip: &HashSet<String>) -> Vec<u8> {
-    let mut copy = Vec::with_capacity(events.len() * 160);
+    let mut out = Vec::with_capacity(21 + events.len() * 140);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    // Flags, then the length of the header extension: none of either.
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
     for row in events {
         if !skip.contains(&row.event.event_id) {
-            encode_event(&mut copy, row);
+            encode_event(&mut out, row);
         }
     }
-    copy
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
-/// One line of PostgreSQL's COPY text format. Hand-formatted: chrono's formatter took 1 µs a
-/// row, a seventh of the time PostgreSQL needs to take the row.
+/// One tuple, the columns in the order of [`EVENT_COLUMNS`].
 fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
     let event = &row.event;
-    push_copy_text(out, &event.event_id);
-    out.push(b'\t');
-    push_int(out, i64::from(event.user_id));
-    out.push(b'\t');
-    out.extend_from_slice(event.event_type.as_str().as_bytes());
-    out.push(b'\t');
-    push_int(out, i64::from(event.product_id));
-    out.push(b'\t');
-    if event.price_cents < 0 {
-        out.push(b'-');
-    }
-    let cents = event.price_cents.unsigned_abs();
-    push_int(out, (cents / 100) as i64);
-    out.push(b'.');
-    push_digits(out, cents % 100, 2);
-    out.push(b'\t');
-    push_timestamp(out, &event.event_time, 6);
-    out.extend_from_slice(if row.late { b"\tt\t" } else { b"\tf\t" });
-    push_copy_text(out, &row.file);
-    out.push(b'\t');
-    push_int(out, row.line);
-    out.push(b'\t');
-    let landed = DateTime::from_timestamp_millis(row.landed_ms).unwrap_or_default();
-    push_timestamp(out, &landed, 3);
-    out.push(b'\n');
+    out.extend_from_slice(&10i16.to_be_bytes());
+    push_field(out, event.event_id.as_bytes());
+    push_field(out, &event.user_id.to_be_bytes());
+    push_field(out, event.event_type.as_str().as_bytes());
+    push_field(out, &event.product_id.to_be_bytes());
+    push_numeric_cents(out, event.price_cents);
+    push_field(out, &postgres_micros(event.event_time.timestamp_micros()));
+    push_field(out, &[u8::from(row.late)]);
+    push_field(out, row.file.as_bytes());
+    push_field(out, &row.line.to_be_bytes());
+    push_field(out, &postgres_micros(row.landed_ms.saturating_mul(1000)));
 }
 
-/// `YYYY-MM-DD HH:MM:SS.f+00` with `decimals` digits of fraction (3 or 6), years 0 to 9999
-/// (what the contract admits).
-fn push_timestamp(out: &mut Vec<u8>, time: &DateTime<Utc>, decimals: u32) {
-    use chrono::{Datelike, Timelike};
-    push_digits(out, time.year().clamp(0, 9999) as u64, 4);
-    out.push(b'-');
-    push_digits(out, u64::from(time.month()), 2);
-    out.push(b'-');
-    push_digits(out, u64::from(time.day()), 2);
-    out.push(b' ');
-    push_digits(out, u64::from(time.hour()), 2);
-    out.push(b':');
-    push_digits(out, u64::from(time.minute()), 2);
-    out.push(b':');
-    // A leap second shows as nanoseconds past 1e9; PostgreSQL has no leap seconds.
-    push_digits(out, u64::from(time.second()), 2);
-    out.push(b'.');
-    let fraction = u64::from(time.nanosecond().min(999_999_999)) / 10u64.pow(9 - decimals);
-    push_digits(out, fraction, decimals as usize);
-    out.extend_from_slice(b"+00");
+fn postgres_micros(unix_micros: i64) -> [u8; 8] {
+    unix_micros
+        .saturating_sub(POSTGRES_EPOCH_MICROS)
+        .to_be_bytes()
 }
 
-fn push_int(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    let magnitude = value.unsigned_abs();
-    let width = magnitude.checked_ilog10().map_or(1, |log| log as usize + 1);
-    push_digits(out, magnitude, width);
+fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Fields are bounded by the row size limit, far below 2 GiB.
+    out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
-/// `value` in decimal, zero-padded to `width` digits.
-fn push_digits(out: &mut Vec<u8>, mut value: u64, width: usize) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for slot in out[start..].iter_mut().rev() {
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
+/// `cents / 100` as PostgreSQL's binary NUMERIC: base-10000 digits, most significant first, the
+/// weight of the first one, sign, and a display scale of 2; no leading or trailing zero digits.
+fn push_numeric_cents(out: &mut Vec<u8>, cents: i64) {
+    let magnitude = cents.unsigned_abs();
+    let (mut whole, fraction) = (magnitude / 100, (magnitude % 100) as i16 * 100);
+    let mut digits: Vec<i16> = Vec::with_capacity(6);
+    while whole > 0 {
+        digits.push((whole % 10_000) as i16);
+        whole /= 10_000;
     }
-}
-
-fn push_copy_text(out: &mut Vec<u8>, text: &str) {
-    let special = |byte: &u8| matches!(byte, b'\\' | b'\t' | b'\n' | b'\r');
-    if !text.as_bytes().iter().any(special) {
-        out.extend_from_slice(text.as_bytes());
-        return;
+    digits.reverse();
+    let mut weight = digits.len() as i16 - 1;
+    digits.push(fraction);
+    while digits.last() == Some(&0) {
+        digits.pop();
     }
-    for byte in text.bytes() {
-        match byte {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(byte),
-        }
+    if digits.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if cents < 0 { 0x4000 } else { 0 };
+    let length = 8 + 2 * digits.len();
+    out.extend_from_slice(&(length as i32).to_be_bytes());
+    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&2u16.to_be_bytes());
+    for digit in digits {
+        out.extend_from_slice(&digit.to_be_bytes());
     }
 }
 
@@ -542,32 +524,24 @@ fn push_copy_text(out: &mut Vec<u8>, text: &str) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn numbers_and_times_are_written_as_copy_reads_them() {
+    fn numeric(cents: i64) -> Vec<i16> {
         let mut out = Vec::new();
-        for value in [0, 7, 10, 1234567, -42, i64::MIN] {
-            push_int(&mut out, value);
-            out.push(b' ');
-        }
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "0 7 10 1234567 -42 -9223372036854775808 "
-        );
-        let time: DateTime<Utc> = "0987-01-02T03:04:05.000006Z".parse().unwrap();
-        let mut out = Vec::new();
-        push_timestamp(&mut out, &time, 6);
-        out.push(b' ');
-        push_timestamp(&mut out, &time, 3);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "0987-01-02 03:04:05.000006+00 0987-01-02 03:04:05.000+00"
-        );
+        push_numeric_cents(&mut out, cents);
+        out[4..]
+            .chunks(2)
+            .map(|pair| i16::from_be_bytes([pair[0], pair[1]]))
+            .collect()
     }
 
     #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let mut out = Vec::new();
-        push_copy_text(&mut out, "a\\b\tc\nd\re");
-        assert_eq!(out, b"a\\\\b\\tc\\nd\\re");
+    fn prices_become_base_10000_numerics() {
+        // ndigits, weight, sign, dscale, digits...
+        assert_eq!(numeric(0), [0, 0, 0, 2]);
+        assert_eq!(numeric(1), [1, -1, 0, 2, 100]);
+        assert_eq!(numeric(1999), [2, 0, 0, 2, 19, 9900]);
+        assert_eq!(numeric(100), [1, 0, 0, 2, 1]);
+        assert_eq!(numeric(1_000_000), [1, 1, 0, 2, 1]);
+        assert_eq!(numeric(1_234_567_890), [3, 1, 0, 2, 1234, 5678, 9000]);
+        assert_eq!(numeric(-250), [2, 0, 0x4000, 2, 2, 5000]);
     }
 }

@@ -134,3 +134,74 @@ async fn a_fenced_batch_writes_nothing_on_the_direct_path() {
     );
     assert_eq!(world.event_ids().await.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prices_and_times_arrive_exactly_on_both_paths() {
+    let world = World::new("sink_values").await;
+    let mut sink = new_sink(&world).await;
+    let prices = [
+        0,
+        1,
+        99,
+        100,
+        1999,
+        100_000,
+        1_000_000,
+        1_234_567_890,
+        9_999_999_999,
+    ];
+    let times = [
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999999Z",
+        "2000-01-01T00:00:00Z",
+        "2026-11-25T12:00:00.000001Z",
+        "9999-12-31T23:59:59.999999Z",
+    ];
+    let rows = |first: usize| -> Vec<EventRow> {
+        prices
+            .iter()
+            .zip(times.iter().cycle())
+            .enumerate()
+            .map(|(n, (cents, time))| {
+                let mut row = row(&format!("v{:03}", first + n), 1, n as i64);
+                row.event.price_cents = *cents;
+                row.event.event_time = time.parse().unwrap();
+                row
+            })
+            .collect()
+    };
+    let direct = WriteBatch {
+        events: rows(0),
+        ..WriteBatch::default()
+    };
+    assert_eq!(sink.write(&direct).await.unwrap().path, WritePath::Copy);
+    // The first row again, so the batch goes through staging.
+    let mut staged = rows(100);
+    staged.push(rows(0).remove(0));
+    let staged = WriteBatch {
+        events: staged,
+        ..WriteBatch::default()
+    };
+    assert_eq!(sink.write(&staged).await.unwrap().path, WritePath::Staging);
+
+    let stored: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT event_id, price::text,
+                to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+         FROM ecommerce_events ORDER BY event_id",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 2 * prices.len());
+    for (id, price, time) in stored {
+        let n: usize = id[1..].parse::<usize>().unwrap() % 100;
+        let cents = prices[n];
+        assert_eq!(price, format!("{}.{:02}", cents / 100, cents % 100), "{id}");
+        let expected: chrono::DateTime<chrono::Utc> = times[n % times.len()].parse().unwrap();
+        assert_eq!(
+            time,
+            expected.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+            "{id}"
+        );
+    }
+}

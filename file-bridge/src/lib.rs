@@ -122,6 +122,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 if busy || files.retry_after.contains_key(&path) || shutdown.is_cancelled() {
                     continue;
                 }
+                // The listing is as old as this loop: a file of it may have been published and
+                // archived since (completions are handled between two publishes).
+                if path.symlink_metadata().is_err() {
+                    continue;
+                }
                 let seq = next_seq;
                 next_seq += 1;
                 files.in_flight.insert(
@@ -200,11 +205,12 @@ impl Files<'_> {
             self.metrics
                 .failed(&name, &failure, self.config.retry_interval);
             self.producer_suspect = true;
-            self.retry_after
-                .insert(file.path, Instant::now() + self.config.retry_interval);
-            if self.config.once {
+            // A file deleted from the folder meanwhile is not left to anyone to publish again.
+            if self.config.once && file.path.symlink_metadata().is_ok() {
                 self.failed.push(name);
             }
+            self.retry_after
+                .insert(file.path, Instant::now() + self.config.retry_interval);
             return;
         }
         event_model::failpoint::hit("bridge-before-archive");

@@ -52,8 +52,8 @@ async fn hostile_rows_are_quarantined_precisely_and_memory_stays_bounded() {
     let bridge = world.bridge(&["--once"]);
     let log = bridge.log.clone();
     let (status, peak_kib) = bridge.wait_with_peak_rss(LONG);
-    assert!(status.success());
     let log = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "file-bridge --once failed:\n{log}");
     assert!(
         log.contains("pipe.csv") && log.contains("special file"),
         "{log}"

@@ -180,34 +180,31 @@ impl Sink {
         let try_direct = self.copy_direct;
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
-        let (mut inserted, mut next_direct) = (None, try_direct);
-        if try_direct && !batch.events.is_empty() {
-            inserted = copy_direct(&mut tx, &batch.events).await?;
-        }
-        let inserted_directly = inserted.is_some() || batch.events.is_empty();
-        let inserted = match inserted {
-            Some(count) => count,
-            None if batch.events.is_empty() => 0,
+        let mut next_direct = try_direct;
+        let direct = if try_direct && !batch.events.is_empty() {
+            copy_direct(&mut tx, &batch.events).await?
+        } else {
+            None
+        };
+        let (inserted, path) = match direct {
+            Some(count) => (count, WritePath::Copy),
+            None if batch.events.is_empty() => (0, WritePath::Copy),
             None => {
                 let copy = encode_events(&batch.events, &HashSet::new());
-                let mut copy_in = tx
-                    .copy_in_raw("COPY ingest_staging FROM STDIN (FORMAT binary)")
-                    .await?;
-                copy_in.send(copy.as_slice()).await?;
-                copy_in.finish().await?;
+                copy_in(
+                    &mut tx,
+                    "COPY ingest_staging FROM STDIN (FORMAT binary)",
+                    &copy,
+                )
+                .await?;
                 let count = sqlx::query(INSERT_EVENTS)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
                 // Back to the fast path once a batch had nothing already written.
                 next_direct = count == batch.events.len() as u64;
-                count
+                (count, WritePath::Staging)
             }
-        };
-        let path = if inserted_directly {
-            WritePath::Copy
-        } else {
-            WritePath::Staging
         };
         let outcome = finish_transaction(tx, &group, &topic, batch, &[], inserted, path).await?;
         if try_direct && !next_direct {
@@ -287,13 +284,7 @@ async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Optio
         .execute(&mut *tx)
         .await?;
     let statement = format!("COPY ecommerce_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
-    let copied = async {
-        let mut copy_in = tx.copy_in_raw(&statement).await?;
-        copy_in.send(copy.as_slice()).await?;
-        copy_in.finish().await
-    }
-    .await;
-    match copied {
+    match copy_in(&mut *tx, &statement, &copy).await {
         Ok(count) => {
             sqlx::query("RELEASE SAVEPOINT copy_direct")
                 .execute(&mut *tx)
@@ -308,6 +299,13 @@ async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Optio
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Sends `data` through `statement` (a `COPY ... FROM STDIN`); the number of rows it took.
+async fn copy_in(tx: &mut PgConnection, statement: &str, data: &[u8]) -> Result<u64, sqlx::Error> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    copy.send(data).await?;
+    copy.finish().await
 }
 
 /// Errors about the data (SQLSTATE classes 22 and 23), as opposed to the connection or the server.

@@ -155,19 +155,38 @@ impl World {
 
     /// A consumer with extra environment, e.g. an armed failpoint.
     pub fn consumer_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-        let brokers = self.brokers.clone();
-        let mut args = vec![
+        self.spawn_consumer(&self.database_url, extra, env)
+    }
+
+    /// A consumer of this world's topic and group writing through another URL (another role).
+    pub fn consumer_on(&self, database_url: &str, extra: &[&str]) -> Proc {
+        self.spawn_consumer(database_url, extra, &[])
+    }
+
+    fn spawn_consumer(&self, database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut args = self.topic_args().to_vec();
+        args.extend_from_slice(&["--database-url", database_url]);
+        args.extend_from_slice(extra);
+        Proc::spawn(binary_path("consumer"), &args, env, self.dir.path())
+    }
+
+    /// `--brokers`, `--topic` and `--group`: what every reader of this world's topic is given.
+    pub fn topic_args(&self) -> [&str; 6] {
+        [
             "--brokers",
-            &brokers,
+            &self.brokers,
             "--topic",
             &self.topic,
             "--group",
             &self.group,
-            "--database-url",
-            &self.database_url,
-        ];
-        args.extend_from_slice(extra);
-        Proc::spawn(binary_path("consumer"), &args, env, self.dir.path())
+        ]
+    }
+
+    /// How many entries the input folder still holds (files not archived yet).
+    pub fn files_waiting(&self) -> usize {
+        std::fs::read_dir(self.input_dir())
+            .expect("read the input folder")
+            .count()
     }
 
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Proc {

@@ -62,20 +62,7 @@ async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
         format!("{HEADER}w1,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n").as_bytes(),
     );
     world.bridge_once(&[]);
-    let consumer = world.spawn(
-        "consumer",
-        &[
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--group",
-            &world.group,
-            "--database-url",
-            &writer_url,
-            "--skip-migrations",
-        ],
-    );
+    let consumer = world.consumer_on(&writer_url, &["--skip-migrations"]);
     world
         .wait_for_count(
             "SELECT count(*) FROM ecommerce_events",

@@ -263,14 +263,7 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
         )
         .await;
     let output = Command::new(it_tests::binary_path("status"))
-        .args([
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--group",
-            &world.group,
-        ])
+        .args(world.topic_args())
         .args(["--database-url", &world.database_url])
         .args([
             "--consumer-metrics-url",

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 pub struct Incoming {
     pub partition: i32,
     pub offset: i64,
+    pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
 }
 
@@ -66,6 +67,8 @@ pub struct RejectRow {
     pub reason: String,
     pub event_id: Option<String>,
     pub raw: Vec<u8>,
+    /// The message's key, kept for messages that are not pipeline rows.
+    pub kafka_key: Option<Vec<u8>>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -78,6 +81,8 @@ pub struct Checkpoint {
     pub expected: Option<i64>,
     pub next_offset: i64,
     pub max_event_time: Option<DateTime<Utc>>,
+    /// Hash of the message at `next_offset - 1`: what ties the checkpoint to its log.
+    pub last_message: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,18 +112,25 @@ pub struct WriteBatch {
 pub struct Rules {
     pub lateness: TimeDelta,
     pub late_policy: LatePolicy,
+    /// How far ahead of the consumer's clock an event_time may be; further is quarantined as
+    /// `future` and never moves the watermark (one event dated 9999 would make all others late).
+    pub max_future: TimeDelta,
 }
 
-/// Classifies `messages`, moving each partition's state forward as if the batch commits.
-/// Every partition of `messages` must have a state in `states`.
+/// Classifies `messages`, moving each partition's state forward as if the batch commits; `now` is
+/// the consumer's clock, for `max_future`. Every partition of `messages` must have a state in
+/// `states`.
 pub fn classify(
     messages: &[Incoming],
     states: &mut HashMap<i32, PartitionState>,
     rules: &Rules,
     topic: &str,
+    now: DateTime<Utc>,
 ) -> WriteBatch {
+    let horizon = now.checked_add_signed(rules.max_future);
     let mut batch = WriteBatch::default();
     let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
+    let mut last_of_partition: HashMap<i32, &Incoming> = HashMap::new();
     for message in messages {
         batch.stats.rows += 1;
         let next = message.offset + 1;
@@ -141,15 +153,21 @@ pub fn classify(
                 expected: state.next_offset,
                 next_offset: next,
                 max_event_time: None,
+                last_message: String::new(),
             })
             .next_offset = next;
+        last_of_partition.insert(message.partition, message);
         state.next_offset = Some(next);
 
-        let row = match message.payload.as_deref().map(RawRow::decode) {
-            Some(Ok(row)) => row,
-            Some(Err(_)) | None => {
+        let decoded = match message.payload.as_deref() {
+            Some(payload) => RawRow::decode_pipeline_message(payload),
+            None => Err("message has no payload".to_owned()),
+        };
+        let row = match decoded {
+            Ok(row) => row,
+            Err(reason) => {
                 batch.stats.rejected += 1;
-                batch.rejects.push(undecodable(message, topic));
+                batch.rejects.push(undecodable(message, topic, reason));
                 continue;
             }
         };
@@ -161,6 +179,21 @@ pub fn classify(
                 continue;
             }
         };
+        if horizon.is_some_and(|horizon| event.event_time > horizon) {
+            let rejection = Rejection {
+                code: RejectCode::Future,
+                field: Some(Column::EventTime),
+                reason: format!(
+                    "field `event_time`: {} is more than {}s ahead of the consumer's clock ({})",
+                    event.event_time.to_rfc3339(),
+                    rules.max_future.num_seconds(),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            };
+            batch.stats.rejected += 1;
+            batch.rejects.push(reject_row(&row, message, rejection));
+            continue;
+        }
         if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
             batch.stats.duplicates += 1;
             continue;
@@ -198,6 +231,10 @@ pub fn classify(
     }
     for (partition, mut checkpoint) in checkpoints {
         checkpoint.max_event_time = states.get(&partition).and_then(|s| s.max_event_time);
+        if let Some(last) = last_of_partition.get(&partition) {
+            checkpoint.last_message =
+                crate::log_check::message_hash(last.key.as_deref(), last.payload.as_deref());
+        }
         batch.checkpoints.push(checkpoint);
     }
     batch
@@ -221,24 +258,33 @@ fn reject_row(row: &RawRow, message: &Incoming, rejection: Rejection) -> RejectR
         reason: rejection.reason,
         event_id,
         raw,
+        kafka_key: None,
         partition: message.partition,
         offset: message.offset,
     }
 }
 
-fn undecodable(message: &Incoming, topic: &str) -> RejectRow {
+/// A message that is not a pipeline row, whoever produced it: kept whole (key and value) under its
+/// Kafka identity. The identity includes a hash of the content, so the same message read again is
+/// recorded once, and a different message at a reused offset (a log that restarted) is not lost.
+fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
+    let key = message.key.as_deref().unwrap_or_default();
+    let payload = message.payload.as_deref().unwrap_or_default();
+    let content = [&(key.len() as u64).to_be_bytes()[..], key, payload].concat();
     RejectRow {
         file: format!("kafka:{topic}"),
-        file_id: format!("partition-{}", message.partition),
+        file_id: format!(
+            "partition-{}:{}",
+            message.partition,
+            crate::storable::short_hash(&content, 16)
+        ),
         line: message.offset,
         code: RejectCode::Undecodable,
         field: None,
-        reason: match &message.payload {
-            None => "message has no payload".to_owned(),
-            Some(_) => "message is not a row published by file-bridge".to_owned(),
-        },
+        reason,
         event_id: None,
-        raw: message.payload.clone().unwrap_or_default(),
+        raw: payload.to_vec(),
+        kafka_key: message.key.clone(),
         partition: message.partition,
         offset: message.offset,
     }
@@ -252,7 +298,12 @@ mod tests {
     const RULES: Rules = Rules {
         lateness: TimeDelta::minutes(10),
         late_policy: LatePolicy::Accept,
+        max_future: TimeDelta::minutes(15),
     };
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-25T12:40:00Z".parse().unwrap()
+    }
 
     fn message(partition: i32, offset: i64, id: &str, time: &str) -> Incoming {
         let row = RawRow {
@@ -267,6 +318,7 @@ mod tests {
         Incoming {
             partition,
             offset,
+            key: Some(id.as_bytes().to_vec()),
             payload: Some(row.encode()),
         }
     }
@@ -287,17 +339,19 @@ mod tests {
             Incoming {
                 partition: 1,
                 offset: 7,
+                key: Some(b"k\0".to_vec()),
                 payload: Some(b"\xffnot json".to_vec()),
             },
         ];
         let mut states = fresh_states(&[0, 1]);
-        let batch = classify(&messages, &mut states, &RULES, "t");
+        let batch = classify(&messages, &mut states, &RULES, "t", now());
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.rejects.len(), 2);
         assert_eq!(batch.rejects[0].field, Some("event_time"));
         assert_eq!(batch.rejects[0].event_id.as_deref(), Some("b"));
         assert_eq!(batch.rejects[1].code, RejectCode::Undecodable);
         assert_eq!(batch.rejects[1].raw, b"\xffnot json");
+        assert_eq!(batch.rejects[1].kafka_key.as_deref(), Some(&b"k\0"[..]));
         assert_eq!(
             batch.stats,
             BatchStats {
@@ -321,7 +375,7 @@ mod tests {
             message(0, 1, "b", "2026-11-25T12:00:00Z"),
             message(0, 2, "c", "2026-11-25T12:00:00Z"),
         ];
-        let batch = classify(&messages, &mut states, &RULES, "t");
+        let batch = classify(&messages, &mut states, &RULES, "t", now());
         assert_eq!(batch.stats.replayed, 2);
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.events[0].event.event_id, "c");
@@ -335,7 +389,7 @@ mod tests {
             message(0, 0, "new", "2026-11-25T12:30:00Z"),
             message(0, 1, "old", "2026-11-25T12:00:00Z"),
         ];
-        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, "t");
+        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, "t", now());
         assert_eq!(batch.events.len(), 2);
         assert!(batch.events[1].late);
         assert_eq!(batch.stats.late, 1);
@@ -344,11 +398,79 @@ mod tests {
             late_policy: LatePolicy::Quarantine,
             ..RULES
         };
-        let batch = classify(&messages, &mut fresh_states(&[0]), &quarantine, "t");
+        let batch = classify(&messages, &mut fresh_states(&[0]), &quarantine, "t", now());
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.late_rejects.len(), 1);
         assert_eq!(batch.late_rejects[0].code, RejectCode::Late);
         assert_eq!(batch.late_rejects[0].event_id.as_deref(), Some("old"));
         assert!(batch.late_rejects[0].reason.contains("watermark"));
+    }
+
+    #[test]
+    fn far_future_events_are_quarantined_and_leave_the_watermark_alone() {
+        let messages = vec![
+            message(0, 0, "now", "2026-11-25T12:30:00Z"),
+            message(0, 1, "y9999", "9999-12-31T23:59:59Z"),
+            message(0, 2, "soon", "2026-11-25T12:54:59Z"),
+            message(0, 3, "after", "2026-11-25T12:45:00Z"),
+        ];
+        let quarantine = Rules {
+            late_policy: LatePolicy::Quarantine,
+            ..RULES
+        };
+        let mut states = fresh_states(&[0]);
+        let batch = classify(&messages, &mut states, &quarantine, "t", now());
+        let ids: Vec<&str> = batch
+            .events
+            .iter()
+            .map(|e| e.event.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["now", "soon", "after"]);
+        assert_eq!(batch.rejects.len(), 1);
+        assert_eq!(batch.rejects[0].code, RejectCode::Future);
+        assert_eq!(batch.rejects[0].event_id.as_deref(), Some("y9999"));
+        assert!(batch.late_rejects.is_empty());
+        assert_eq!(
+            batch.checkpoints[0].max_event_time,
+            Some("2026-11-25T12:54:59Z".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn foreign_messages_are_quarantined_by_their_kafka_identity() {
+        let mut wrong_version =
+            RawRow::decode(&message(0, 0, "a", "2026-11-25T12:00:00Z").payload.unwrap()).unwrap();
+        wrong_version.v = 7;
+        let payloads: Vec<Option<Vec<u8>>> = vec![
+            None,
+            Some(b"{}".to_vec()),
+            Some(b"plain text".to_vec()),
+            Some(wrong_version.encode()),
+            Some(br#"{"v":1,"file":"","file_id":"x","line":1,"landed_ms":0,"values":[null,null,null,null,null,null]}"#.to_vec()),
+            Some(br#"{"v":1,"file":"f","file_id":"x","line":0,"landed_ms":0,"values":[null,null,null,null,null,null]}"#.to_vec()),
+        ];
+        let messages: Vec<Incoming> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(offset, payload)| Incoming {
+                partition: 2,
+                offset: offset as i64,
+                key: None,
+                payload,
+            })
+            .collect();
+        let batch = classify(&messages, &mut fresh_states(&[2]), &RULES, "t", now());
+        assert_eq!(batch.rejects.len(), messages.len());
+        for (reject, message) in batch.rejects.iter().zip(&messages) {
+            assert_eq!(reject.code, RejectCode::Undecodable);
+            assert_eq!(reject.file, "kafka:t");
+            assert_eq!(reject.line, message.offset);
+            assert!(reject.file_id.starts_with("partition-2:"));
+        }
+        assert!(
+            batch.rejects[3].reason.contains("version 7"),
+            "{}",
+            batch.rejects[3].reason
+        );
     }
 }

@@ -27,6 +27,14 @@ pub struct Config {
     /// How far behind a partition's newest event_time an event may be before it is late.
     #[arg(long, env = "ALLOWED_LATENESS", default_value = "10m", value_parser = parse_duration)]
     pub allowed_lateness: Duration,
+    /// How far ahead of this consumer's clock an event_time may be. An event further ahead is
+    /// quarantined with reason `future` and never moves the watermark.
+    #[arg(long, env = "MAX_FUTURE", default_value = "15m", value_parser = parse_duration)]
+    pub max_future: Duration,
+    /// A partition that cannot move forward for this long (its batch refused, the database
+    /// unreachable) is reported: an error log, `pipeline_consumer_stuck_partitions`, readiness.
+    #[arg(long, env = "STUCK_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub stuck_after: Duration,
     /// What to do with a late event: write it (flagged is_late) or quarantine it with reason `late`.
     #[arg(long, env = "LATE_POLICY", value_enum, default_value_t = LatePolicy::Accept)]
     pub late_policy: LatePolicy,
@@ -63,19 +71,81 @@ pub enum LatePolicy {
     Quarantine,
 }
 
-/// The URL with its password replaced, fit for a log line.
+/// The URL with every password form replaced, fit for a log line: `user:pass@`, a query
+/// parameter whose name holds `password` (`?password=`, `sslpassword=`), and libpq's key=value
+/// form (`host=db password=...`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_key_values(url);
     };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((credentials, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
     };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-        None => url.to_owned(),
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", parameters.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret")
+}
+
+/// `host=db password='a b' user=x` with the password's value, quoted or not, replaced.
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('=') {
+        let key = rest[..at]
+            .rsplit(char::is_whitespace)
+            .next()
+            .unwrap_or_default();
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        if !is_secret_key(key) {
+            continue;
+        }
+        let end = if let Some(quoted) = rest.strip_prefix('\'') {
+            // Up to the closing quote; a backslash escapes the next character.
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((index, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '\'' => {
+                        end = index + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            1 + end
+        } else {
+            rest.find(char::is_whitespace).unwrap_or(rest.len())
+        };
+        out.push_str("***");
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -93,5 +163,21 @@ mod tests {
             "postgres://postgres@127.0.0.1/test"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("postgres://db/events?user=w&password=s3cret&sslmode=require"),
+            "postgres://db/events?user=w&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@db?sslpassword=k"),
+            "postgres://u:***@db?sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("host=db password='a b\\' c' user=x"),
+            "host=db password=*** user=x"
+        );
+        assert_eq!(
+            redact_url("host=db password=plain user=x"),
+            "host=db password=*** user=x"
+        );
     }
 }

@@ -11,9 +11,11 @@ pub mod batch;
 mod config;
 pub mod dashboard;
 pub mod kafka;
+pub mod log_check;
 pub mod metrics;
 pub mod partition;
 pub mod sink;
+pub mod storable;
 
 pub use config::{redact_url, Config, LatePolicy};
 
@@ -21,13 +23,15 @@ use anyhow::Context;
 use batch::{classify, Incoming, Rules, WriteBatch};
 use chrono::TimeDelta;
 use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
+use log_check::{LogCheck, LogProbe};
 use metrics::ConsumerMetrics;
 use partition::PartitionState;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use sink::{Sink, SinkError};
+use sink::{Sink, SinkError, StoredCheckpoint};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -96,14 +100,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let rules = Rules {
         lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
         late_policy: config.late_policy,
+        max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
     };
-    let mut states: HashMap<i32, PartitionState> = HashMap::new();
+    let probe = LogProbe::new(&kafka, &config.kafka.topic)
+        .context("failed to create the Kafka log probe")?;
+    let mut writer = Writer {
+        config: &config,
+        metrics: &metrics,
+        sink,
+        probe: Arc::new(probe),
+        rules,
+        states: HashMap::new(),
+        shutdown: &shutdown,
+    };
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
     let mut messages = next_batch(&consumer, &config, &shutdown).await;
     while !shutdown.is_cancelled() {
         if consumer.context().take_moved() {
             // Partitions may have changed hands: trust only Postgres for where each one stands.
-            states.clear();
+            writer.states.clear();
         }
         if messages.is_empty() {
             messages = next_batch(&consumer, &config, &shutdown).await;
@@ -112,16 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // This batch is written while the next one is received: the broker and the database
         // work at the same time. Batches are still classified and committed strictly in order.
         let write = async {
-            let batch = write_until_done(
-                &metrics,
-                &mut sink,
-                &messages,
-                &mut states,
-                &rules,
-                &config,
-                &shutdown,
-            )
-            .await?;
+            let batch = writer.write_until_done(&messages).await?;
             event_model::failpoint::hit("consumer-after-db-commit");
             commit_offsets(
                 &consumer,
@@ -216,6 +222,7 @@ async fn next_batch(
                     messages.push(Incoming {
                         partition: message.partition(),
                         offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
                         payload: message.payload().map(<[u8]>::to_vec),
                     });
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.batch_timeout);
@@ -232,84 +239,198 @@ async fn next_batch(
     messages
 }
 
-/// Writes the batch, retrying through database outages and fencing, until it is in Postgres.
-/// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
-async fn write_until_done(
-    metrics: &ConsumerMetrics,
-    sink: &mut Sink,
-    messages: &[Incoming],
-    states: &mut HashMap<i32, PartitionState>,
-    rules: &Rules,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Option<WriteBatch> {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(250);
-    let mut partitions: Vec<i32> = messages.iter().map(|m| m.partition).collect();
-    partitions.sort_unstable();
-    partitions.dedup();
-    loop {
-        let result = match load_states(sink, &partitions, states, config.dedup_capacity).await {
-            Ok(()) => {
-                let batch = classify(messages, states, rules, &config.kafka.topic);
-                sink.write(&batch).await.map(|outcome| (batch, outcome))
-            }
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok((batch, outcome)) => {
-                metrics.batch_committed(&batch, &outcome, started.elapsed(), rules.lateness);
-                return Some(batch);
-            }
-            Err(SinkError::Fenced { partition }) => {
-                tracing::warn!(
-                    partition,
-                    "partition was written by another consumer; reloading its checkpoint"
-                );
-            }
-            Err(error) => {
-                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "batch not written; will retry");
-                sink.reset();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return None,
+/// Turns batches of messages into committed transactions; owns the sink and what it knows of
+/// each partition.
+struct Writer<'a> {
+    config: &'a Config,
+    metrics: &'a ConsumerMetrics,
+    sink: Sink,
+    probe: Arc<LogProbe>,
+    rules: Rules,
+    states: HashMap<i32, PartitionState>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Writer<'_> {
+    /// Writes the batch, retrying through database outages and fencing, until it is in Postgres.
+    /// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
+    /// A batch that takes longer than `--stuck-after` (failing, or blocked on a lock) marks its
+    /// partitions stuck until it is written: nothing waits silently.
+    async fn write_until_done(&mut self, messages: &[Incoming]) -> Option<WriteBatch> {
+        let (metrics, stuck_after) = (self.metrics, self.config.stuck_after);
+        let partitions = partitions_of(messages);
+        let write = self.write_with_retry(messages, &partitions);
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => return written,
+            _ = tokio::time::sleep(stuck_after) => {}
+        }
+        tracing::error!(
+            ?partitions,
+            stuck_after_s = stuck_after.as_secs(),
+            "partitions cannot advance: their batch is not written yet"
+        );
+        metrics.stuck(&partitions, true);
+        let written = write.await;
+        metrics.stuck(&partitions, false);
+        if written.is_some() {
+            tracing::info!(?partitions, "partitions moving again");
+        }
+        written
+    }
+
+    async fn write_with_retry(
+        &mut self,
+        messages: &[Incoming],
+        partitions: &[i32],
+    ) -> Option<WriteBatch> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let result = match self.load_states(partitions).await {
+                Ok(()) => {
+                    let now = chrono::Utc::now();
+                    let batch = classify(
+                        messages,
+                        &mut self.states,
+                        &self.rules,
+                        &self.config.kafka.topic,
+                        now,
+                    );
+                    self.sink
+                        .write(&batch)
+                        .await
+                        .map(|outcome| (batch, outcome))
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok((batch, outcome)) => {
+                    let lateness = self.rules.lateness;
+                    self.metrics
+                        .batch_committed(&batch, &outcome, started.elapsed(), lateness);
+                    return Some(batch);
+                }
+                Err(SinkError::Fenced { partition }) => {
+                    tracing::warn!(
+                        partition,
+                        "partition was written by another consumer; reloading its checkpoint"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%error, fault = ?error.fault(), retry_in_ms = backoff.as_millis() as u64, "batch not written; will retry");
+                    self.sink.reset();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => return None,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            // The failed attempt moved the in-memory states as if it had committed: start over
+            // from Postgres.
+            for partition in partitions {
+                self.states.remove(partition);
             }
         }
-        // The failed attempt moved the in-memory states as if it had committed: start over from Postgres.
-        for partition in &partitions {
-            states.remove(partition);
+    }
+
+    /// Loads the checkpoint of each partition not known yet, and checks that the partition's log
+    /// is still the one it describes.
+    async fn load_states(&mut self, partitions: &[i32]) -> Result<(), SinkError> {
+        let missing: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.states.contains_key(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let stored = self.sink.load_checkpoints(&missing).await?;
+        for partition in missing {
+            let (next_offset, max_event_time) = match stored.get(&partition) {
+                Some(checkpoint) => (
+                    Some(self.check_log(partition, checkpoint).await?),
+                    self.sane_watermark(partition, checkpoint.max_event_time),
+                ),
+                None => (None, None),
+            };
+            self.states.insert(
+                partition,
+                PartitionState::new(next_offset, max_event_time, self.config.dedup_capacity),
+            );
+        }
+        Ok(())
+    }
+
+    /// Where reading the partition may resume: the checkpoint, or the start of a log that
+    /// restarted (whose checkpoint is moved back, and the restart recorded).
+    async fn check_log(
+        &mut self,
+        partition: i32,
+        checkpoint: &StoredCheckpoint,
+    ) -> Result<i64, SinkError> {
+        let probe = self.probe.clone();
+        let (next, last) = (checkpoint.next_offset, checkpoint.last_message.clone());
+        let checked =
+            tokio::task::spawn_blocking(move || probe.check(partition, next, last.as_deref()))
+                .await;
+        match checked {
+            Ok(Ok(LogCheck::Continues)) => Ok(next),
+            Ok(Ok(LogCheck::Gap { from, to })) => {
+                tracing::error!(
+                    partition,
+                    from,
+                    to,
+                    "messages were removed from the log before they were read"
+                );
+                self.metrics.log_event(partition, "gap");
+                self.sink.record_gap(partition, from, to).await?;
+                Ok(next)
+            }
+            Ok(Ok(LogCheck::Restarted { start, reason })) => {
+                tracing::error!(partition, checkpoint = next, start, %reason, "the partition's log restarted; reading it again from its start");
+                self.sink
+                    .restart_checkpoint(partition, next, start, &reason)
+                    .await?;
+                self.metrics.log_event(partition, "restarted");
+                Ok(start)
+            }
+            // The broker cannot be asked now: keep the checkpoint; the next assignment asks again.
+            Ok(Err(error)) => {
+                tracing::warn!(partition, %error, "could not check the partition's log; trusting the checkpoint");
+                Ok(next)
+            }
+            Err(error) => {
+                tracing::warn!(partition, %error, "log check did not finish; trusting the checkpoint");
+                Ok(next)
+            }
+        }
+    }
+
+    /// A watermark beyond --max-future was left by a version without that rule (one event dated
+    /// 9999 would keep every later event late for good): forgotten; the next events build it.
+    fn sane_watermark(
+        &self,
+        partition: i32,
+        max_event_time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let horizon = chrono::Utc::now().checked_add_signed(self.rules.max_future)?;
+        match max_event_time {
+            Some(max) if max > horizon => {
+                tracing::warn!(partition, max_event_time = %max, "checkpointed event time is beyond --max-future; watermark reset");
+                None
+            }
+            other => other,
         }
     }
 }
 
-async fn load_states(
-    sink: &mut Sink,
-    partitions: &[i32],
-    states: &mut HashMap<i32, PartitionState>,
-    dedup_capacity: usize,
-) -> Result<(), SinkError> {
-    let missing: Vec<i32> = partitions
-        .iter()
-        .copied()
-        .filter(|p| !states.contains_key(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let stored = sink.load_checkpoints(&missing).await?;
-    for partition in missing {
-        let (next_offset, max_event_time) = match stored.get(&partition) {
-            Some((next, max)) => (Some(*next), *max),
-            None => (None, None),
-        };
-        states.insert(
-            partition,
-            PartitionState::new(next_offset, max_event_time, dedup_capacity),
-        );
-    }
-    Ok(())
+fn partitions_of(messages: &[Incoming]) -> Vec<i32> {
+    let mut partitions: Vec<i32> = messages.iter().map(|m| m.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
 }
 
 fn commit_offsets(

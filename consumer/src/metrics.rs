@@ -16,6 +16,10 @@ pub const BATCHES: &str = "pipeline_consumer_batches_total";
 pub const BATCH_LATENCY: &str = "pipeline_consumer_batch_latency_seconds";
 pub const FRESHNESS: &str = "pipeline_consumer_freshness_seconds";
 pub const LAG: &str = "pipeline_consumer_lag_messages";
+pub const LOG_EVENTS: &str = "pipeline_consumer_log_events_total";
+pub const STUCK: &str = "pipeline_consumer_stuck_partitions";
+const STUCK_HELP: &str =
+    "partitions whose batch has not been written for longer than --stuck-after";
 pub const WATERMARK: &str = "pipeline_consumer_watermark_seconds";
 
 const BATCHES_HELP: &str =
@@ -29,6 +33,7 @@ const FRESHNESS_BOUNDS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30
 #[derive(Clone, Default)]
 pub struct ConsumerMetrics {
     pub registry: Registry,
+    stuck_partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
 }
 
 impl ConsumerMetrics {
@@ -49,6 +54,7 @@ impl ConsumerMetrics {
         ] {
             metrics.registry.declare_counter(name, help, &[]);
         }
+        metrics.registry.set(STUCK, STUCK_HELP, &[], 0.0);
         for path in [WritePath::Copy, WritePath::Staging, WritePath::RowByRow] {
             metrics
                 .registry
@@ -147,6 +153,40 @@ impl ConsumerMetrics {
                 );
             }
         }
+    }
+
+    /// Marks `partitions` as stuck (or moving again); the gauge counts the stuck ones.
+    pub fn stuck(&self, partitions: &[i32], stuck: bool) {
+        let mut set = self
+            .stuck_partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for partition in partitions {
+            if stuck {
+                set.insert(*partition);
+            } else {
+                set.remove(partition);
+            }
+        }
+        self.registry.set(STUCK, STUCK_HELP, &[], set.len() as f64);
+    }
+
+    pub fn stuck_count(&self) -> usize {
+        self.stuck_partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// Counts a finding about a partition's log: `restarted` or `gap`.
+    pub fn log_event(&self, partition: i32, kind: &str) {
+        let partition = partition.to_string();
+        self.registry.add(
+            LOG_EVENTS,
+            "partition logs found restarted (re-read from their start) or with messages removed before they were read",
+            &[("partition", &partition), ("kind", kind)],
+            1,
+        );
     }
 
     pub fn lag(&self, partition: i32, messages: i64) {

@@ -10,6 +10,7 @@
 //! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
 use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
+use crate::storable;
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use sqlx::{Connection, PgConnection, Row};
@@ -23,6 +24,16 @@ pub enum SinkError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("checkpoint of partition {partition} moved under us: another consumer wrote it")]
     Fenced { partition: i32 },
+}
+
+impl SinkError {
+    /// What the error says about the batch: only `Data` faults are the rows' own.
+    pub fn fault(&self) -> Fault {
+        match self {
+            SinkError::Database(error) => fault_of(error),
+            SinkError::Migrate(_) | SinkError::Fenced { .. } => Fault::Other,
+        }
+    }
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -60,10 +71,11 @@ const ANY_LATE_QUARANTINED: &str =
 
 const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
     (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
-     kafka_topic, kafka_partition, kafka_offset)
-SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o
+     kafka_topic, kafka_partition, kafka_offset, kafka_key)
+SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o, u.k
 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::bytea[], $10::int4[], $11::int8[]) AS u(f, fid, l, c, fld, r, e, raw, p, o)
+            $8::bytea[], $10::int4[], $11::int8[], $13::bytea[])
+     AS u(f, fid, l, c, fld, r, e, raw, p, o, k)
 WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
 ON CONFLICT DO NOTHING
 RETURNING reason_code";
@@ -98,6 +110,29 @@ pub struct WriteOutcome {
     pub late_quarantined: u64,
     /// Rows that went into the rejected table, by reason code.
     pub rejected_by_reason: BTreeMap<String, u64>,
+}
+
+/// A partition's checkpoint as stored.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub next_offset: i64,
+    pub max_event_time: Option<DateTime<Utc>>,
+    /// Hash of the last message it covers; `None` if written before checkpoints kept it.
+    pub last_message: Option<String>,
+}
+
+impl WriteOutcome {
+    /// Counts quarantined rows the database took, by the codes the insert returned.
+    fn count_rejects(&mut self, codes: Vec<String>, late: bool) {
+        if late {
+            self.late_quarantined += codes.len() as u64;
+        } else {
+            self.rejected += codes.len() as u64;
+        }
+        for code in codes {
+            *self.rejected_by_reason.entry(code).or_default() += 1;
+        }
+    }
 }
 
 pub struct Sink {
@@ -141,14 +176,15 @@ impl Sink {
         self.connection = None;
     }
 
-    /// The stored checkpoints (next offset, highest event_time) of `partitions`.
+    /// The stored checkpoints of `partitions`.
     pub async fn load_checkpoints(
         &mut self,
         partitions: &[i32],
-    ) -> Result<HashMap<i32, (i64, Option<DateTime<Utc>>)>, SinkError> {
+    ) -> Result<HashMap<i32, StoredCheckpoint>, SinkError> {
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let rows = sqlx::query(
-            "SELECT kafka_partition, next_offset, max_event_time FROM ingest_checkpoints
+            "SELECT kafka_partition, next_offset, max_event_time, last_message
+             FROM ingest_checkpoints
              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
         )
         .bind(group)
@@ -157,17 +193,91 @@ impl Sink {
         .fetch_all(self.connection().await?)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?))))
+            .map(|row| {
+                let stored = StoredCheckpoint {
+                    next_offset: row.try_get(1)?,
+                    max_event_time: row.try_get(2)?,
+                    last_message: row.try_get(3)?,
+                };
+                Ok((row.try_get(0)?, stored))
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(SinkError::from)
     }
 
+    /// Moves a partition's checkpoint back to `start` because its log restarted, and records
+    /// why, in one transaction; fenced like any checkpoint update.
+    pub async fn restart_checkpoint(
+        &mut self,
+        partition: i32,
+        expected: i64,
+        start: i64,
+        reason: &str,
+    ) -> Result<(), SinkError> {
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let connection = self.connection().await?;
+        let mut tx = connection.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE ingest_checkpoints SET next_offset = $4, last_message = NULL, updated_at = now()
+             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 AND next_offset = $5",
+        )
+        .bind(&group)
+        .bind(&topic)
+        .bind(partition)
+        .bind(start)
+        .bind(expected)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            return Err(SinkError::Fenced { partition });
+        }
+        record_log_event(
+            &mut tx,
+            &group,
+            &topic,
+            partition,
+            "restarted",
+            (expected, start),
+            reason,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that `from..to` of a partition were removed before this group read them.
+    pub async fn record_gap(
+        &mut self,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<(), SinkError> {
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let detail = format!(
+            "offsets {from}..{to} were removed from the log (retention) before this group read them"
+        );
+        let connection = self.connection().await?;
+        record_log_event(
+            connection,
+            &group,
+            &topic,
+            partition,
+            "gap",
+            (from, to),
+            &detail,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Writes the batch in one transaction; nothing of it is visible unless all of it is.
-    /// Should the database refuse a row the rules let through (a constraint added by an operator),
-    /// the batch is written again row by row and only the refused rows are quarantined.
+    /// Should the database refuse a row's data (a value it will not store, a constraint an operator
+    /// added), the batch is written again row by row and only the refused rows are quarantined:
+    /// poison is data, never an outage.
     pub async fn write(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
         match self.write_bulk(batch).await {
-            Err(SinkError::Database(error)) if refuses_a_row(&error) => {
+            Err(SinkError::Database(error)) if fault_of(&error) == Fault::Data => {
                 tracing::warn!(%error, "the database refused a row; finding it row by row");
                 self.write_row_by_row(batch).await
             }
@@ -206,7 +316,20 @@ impl Sink {
                 (count, WritePath::Staging)
             }
         };
-        let outcome = finish_transaction(tx, &group, &topic, batch, &[], inserted, path).await?;
+        let mut outcome = WriteOutcome {
+            path,
+            inserted,
+            ..WriteOutcome::default()
+        };
+        outcome.count_rejects(
+            insert_rejects(&mut tx, &topic, &batch.rejects, false).await?,
+            false,
+        );
+        outcome.count_rejects(
+            insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?,
+            true,
+        );
+        let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
         if try_direct && !next_direct {
             tracing::debug!("rows already written: staging batches until one meets none");
         }
@@ -220,18 +343,11 @@ impl Sink {
         let mut tx = connection.begin().await?;
         let (mut inserted, mut refused) = (0, Vec::new());
         for row in &batch.events {
-            sqlx::query("SAVEPOINT one_row").execute(&mut *tx).await?;
-            match insert_one(&mut tx, row).await {
-                Ok(count) => {
-                    inserted += count;
-                    sqlx::query("RELEASE SAVEPOINT one_row")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Err(error) if refuses_a_row(&error) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT one_row")
-                        .execute(&mut *tx)
-                        .await?;
+            savepoint(&mut tx).await?;
+            let result = insert_one(&mut tx, row).await;
+            match settle_savepoint(&mut tx, result).await? {
+                Ok(count) => inserted += count,
+                Err(error) => {
                     tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
                     refused.push(RejectRow {
                         file: row.file.clone(),
@@ -242,24 +358,100 @@ impl Sink {
                         reason: format!("the database refused the row: {error}"),
                         event_id: Some(row.event.event_id.clone()),
                         raw: row.canonical_csv(),
+                        kafka_key: None,
                         partition: row.partition,
                         offset: row.offset,
                     });
                 }
-                Err(error) => return Err(error.into()),
             }
         }
-        finish_transaction(
-            tx,
-            &group,
-            &topic,
-            batch,
-            &refused,
+        let mut rejected = Vec::new();
+        for (rows, only_if_not_an_event) in [
+            (&batch.rejects[..], false),
+            (&refused[..], false),
+            (&batch.late_rejects[..], true),
+        ] {
+            for row in rows {
+                let codes =
+                    insert_reject_or_its_stand_in(&mut tx, &topic, row, only_if_not_an_event)
+                        .await?;
+                rejected.push((codes, only_if_not_an_event));
+            }
+        }
+        let mut outcome = WriteOutcome {
+            path: WritePath::RowByRow,
             inserted,
-            WritePath::RowByRow,
-        )
-        .await
+            ..WriteOutcome::default()
+        };
+        for (codes, late) in rejected {
+            outcome.count_rejects(codes, late);
+        }
+        finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
+}
+
+/// Opens the savepoint that [`settle_savepoint`] closes.
+async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SAVEPOINT one_row").execute(tx).await.map(drop)
+}
+
+/// Closes the savepoint around a step that ended with `result`. A refusal of the data rolls the
+/// savepoint back and is returned as `Ok(Err(..))`, the transaction still usable; any other error
+/// ends the transaction.
+async fn settle_savepoint<T>(
+    tx: &mut PgConnection,
+    result: Result<T, sqlx::Error>,
+) -> Result<Result<T, sqlx::Error>, sqlx::Error> {
+    match result {
+        Ok(value) => {
+            sqlx::query("RELEASE SAVEPOINT one_row").execute(tx).await?;
+            Ok(Ok(value))
+        }
+        Err(error) if fault_of(&error) == Fault::Data => {
+            sqlx::query("ROLLBACK TO SAVEPOINT one_row")
+                .execute(tx)
+                .await?;
+            Ok(Err(error))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Quarantines one row; should the database refuse even that (a constraint an operator put on
+/// the rejected table, say), a stand-in naming the message by its Kafka identity, with the raw
+/// bytes and the refusal, is recorded instead. Only if that is refused too does the batch fail.
+async fn insert_reject_or_its_stand_in(
+    tx: &mut PgConnection,
+    topic: &str,
+    row: &RejectRow,
+    only_if_not_an_event: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows = std::slice::from_ref(row);
+    savepoint(tx).await?;
+    let result = insert_rejects(tx, topic, rows, only_if_not_an_event).await;
+    let error = match settle_savepoint(tx, result).await? {
+        Ok(codes) => return Ok(codes),
+        Err(error) => error,
+    };
+    tracing::error!(file = %row.file, line = row.line, partition = row.partition, offset = row.offset, %error, "the database refused a quarantine row; recording a stand-in");
+    let stand_in = RejectRow {
+        file: format!("kafka:{topic}"),
+        file_id: format!("partition-{}:unstorable", row.partition),
+        line: row.offset,
+        code: RejectCode::Database,
+        field: None,
+        // Nothing the row carried goes into the text again: it may be what was refused.
+        reason: format!(
+            "the database refused this row's quarantine record ({error}); it was rejected as `{}`; its bytes are in raw",
+            row.code.as_str()
+        ),
+        event_id: None,
+        raw: row.raw.clone(),
+        kafka_key: row.kafka_key.clone(),
+        partition: row.partition,
+        offset: row.offset,
+    };
+    insert_rejects(tx, topic, std::slice::from_ref(&stand_in), false).await
 }
 
 /// `COPY` of the events straight into `ecommerce_events`, in a savepoint. `None` when the database
@@ -291,7 +483,7 @@ async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Optio
                 .await?;
             Ok(Some(count))
         }
-        Err(error) if refuses_a_row(&error) => {
+        Err(error) if fault_of(&error) == Fault::Data => {
             sqlx::query("ROLLBACK TO SAVEPOINT copy_direct")
                 .execute(&mut *tx)
                 .await?;
@@ -308,12 +500,40 @@ async fn copy_in(tx: &mut PgConnection, statement: &str, data: &[u8]) -> Result<
     copy.finish().await
 }
 
-/// Errors about the data (SQLSTATE classes 22 and 23), as opposed to the connection or the server.
-fn refuses_a_row(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+/// What a database error says about the batch that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The data was refused (SQLSTATE classes 22 data exception, 23 integrity constraint, 54
+    /// program limit such as an oversized index entry): retrying cannot help, the row that caused
+    /// it is quarantined.
+    Data,
+    /// The connection or the server failed (classes 08, 53, 57, 58, serialization failures and
+    /// deadlocks, and any error below SQL such as I/O or TLS): retried with backoff.
+    Connection,
+    /// Anything else (a missing privilege, a broken schema): retried with backoff and reported,
+    /// since an operator must act.
+    Other,
+}
+
+pub fn fault_of(error: &sqlx::Error) -> Fault {
+    let Some(database) = error.as_database_error() else {
+        return match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Fault::Connection,
+            _ => Fault::Other,
+        };
+    };
+    let code = database.code().unwrap_or_default();
+    match code.get(..2).unwrap_or_default() {
+        "22" | "23" | "54" => Fault::Data,
+        "08" | "53" | "57" | "58" => Fault::Connection,
+        "40" if code == "40001" || code == "40P01" => Fault::Connection,
+        _ => Fault::Other,
+    }
 }
 
 async fn insert_one(tx: &mut PgConnection, row: &EventRow) -> Result<u64, sqlx::Error> {
@@ -335,7 +555,7 @@ async fn insert_one(tx: &mut PgConnection, row: &EventRow) -> Result<u64, sqlx::
     .bind(event_model::event::format_price(event.price_cents))
     .bind(event.event_time)
     .bind(row.late)
-    .bind(&row.file)
+    .bind(storable::text(&row.file))
     .bind(row.line)
     .bind(landed)
     .execute(tx)
@@ -343,30 +563,15 @@ async fn insert_one(tx: &mut PgConnection, row: &EventRow) -> Result<u64, sqlx::
     Ok(result.rows_affected())
 }
 
-/// The common end of a batch's transaction: quarantined rows, checkpoints (the fence), commit.
+/// The common end of a batch's transaction: checkpoints (the fence), then commit.
 async fn finish_transaction(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     group: &str,
     topic: &str,
-    batch: &WriteBatch,
-    refused: &[RejectRow],
-    inserted: u64,
-    path: WritePath,
+    checkpoints: &[Checkpoint],
+    outcome: WriteOutcome,
 ) -> Result<WriteOutcome, SinkError> {
-    let mut outcome = WriteOutcome {
-        path,
-        inserted,
-        ..WriteOutcome::default()
-    };
-    let mut rejected = insert_rejects(&mut tx, topic, &batch.rejects, false).await?;
-    rejected.extend(insert_rejects(&mut tx, topic, refused, false).await?);
-    let late = insert_rejects(&mut tx, topic, &batch.late_rejects, true).await?;
-    outcome.rejected = rejected.len() as u64;
-    outcome.late_quarantined = late.len() as u64;
-    for code in rejected.into_iter().chain(late) {
-        *outcome.rejected_by_reason.entry(code).or_default() += 1;
-    }
-    for checkpoint in &batch.checkpoints {
+    for checkpoint in checkpoints {
         if !advance_checkpoint(&mut tx, group, topic, checkpoint).await? {
             tx.rollback().await?;
             return Err(SinkError::Fenced {
@@ -387,22 +592,55 @@ async fn insert_rejects(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // Every text made storable here, at the one door to the table: NUL escaped, indexed values
+    // bounded. The bytes as they were stay in `raw` and `kafka_key`.
     let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     sqlx::query_scalar(INSERT_REJECTS)
-        .bind(column(|r| Some(r.file.clone())))
-        .bind(column(|r| Some(r.file_id.clone())))
+        .bind(column(|r| Some(storable::key(&r.file).into_owned())))
+        .bind(column(|r| Some(storable::key(&r.file_id).into_owned())))
         .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())
         .bind(column(|r| Some(r.code.as_str().to_owned())))
         .bind(column(|r| r.field.map(str::to_owned)))
-        .bind(column(|r| Some(r.reason.clone())))
-        .bind(column(|r| r.event_id.clone()))
+        .bind(column(|r| Some(storable::text(&r.reason).into_owned())))
+        .bind(column(|r| {
+            r.event_id
+                .as_deref()
+                .map(|id| storable::key(id).into_owned())
+        }))
         .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
-        .bind(topic)
+        .bind(storable::text(topic))
         .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
         .bind(only_if_not_an_event)
+        .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
         .fetch_all(tx)
         .await
+}
+
+async fn record_log_event(
+    connection: &mut PgConnection,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    kind: &str,
+    (from, to): (i64, i64),
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ingest_log_events
+             (consumer_group, topic, kafka_partition, kind, from_offset, to_offset, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .bind(kind)
+    .bind(from)
+    .bind(to)
+    .bind(detail)
+    .execute(connection)
+    .await
+    .map(drop)
 }
 
 /// Moves a checkpoint forward only from where this consumer believes it is; false when another
@@ -416,12 +654,12 @@ async fn advance_checkpoint(
     let query = match checkpoint.expected {
         None => sqlx::query(
             "INSERT INTO ingest_checkpoints
-                 (consumer_group, topic, kafka_partition, next_offset, max_event_time)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                 (consumer_group, topic, kafka_partition, next_offset, max_event_time, last_message)
+             VALUES ($1, $2, $3, $4, $5, $7) ON CONFLICT DO NOTHING",
         ),
         Some(_) => sqlx::query(
             "UPDATE ingest_checkpoints
-             SET next_offset = $4, max_event_time = $5, updated_at = now()
+             SET next_offset = $4, max_event_time = $5, last_message = $7, updated_at = now()
              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
                AND next_offset = $6",
         ),
@@ -433,6 +671,7 @@ async fn advance_checkpoint(
         .bind(checkpoint.next_offset)
         .bind(checkpoint.max_event_time)
         .bind(checkpoint.expected)
+        .bind(&checkpoint.last_message)
         .execute(tx)
         .await?;
     Ok(result.rows_affected() == 1)
@@ -470,7 +709,7 @@ fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
     push_numeric_cents(out, event.price_cents);
     push_field(out, &postgres_micros(event.event_time.timestamp_micros()));
     push_field(out, &[u8::from(row.late)]);
-    push_field(out, row.file.as_bytes());
+    push_field(out, storable::text(&row.file).as_bytes());
     push_field(out, &row.line.to_be_bytes());
     push_field(out, &postgres_micros(row.landed_ms.saturating_mul(1000)));
 }

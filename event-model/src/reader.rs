@@ -50,6 +50,8 @@ pub struct KeyedRow {
     /// The trimmed event_id, or `file:line` when the row has none to offer.
     pub key: String,
     pub row: RawRow,
+    /// Where the row's bytes are in the file (its line end excluded).
+    pub bytes: std::ops::Range<u64>,
 }
 
 /// Splits CSV bytes into records, knowing the line each record starts on.
@@ -64,8 +66,15 @@ struct RecordSplitter<R: Read> {
     eof: bool,
     at_file_start: bool,
     core: csv_core::Reader,
-    /// Line of the next unread byte, 1-based.
+    /// Line of the next unread byte, 1-based. Lines end at LF, CRLF or a lone CR, as csv-core's
+    /// records do, so every record gets its own line number.
     line: u64,
+    /// The last byte read was a CR: a line end, unless an LF follows (then the LF is the end).
+    pending_cr: bool,
+    /// File offset of `buffer[0]`.
+    base: u64,
+    /// Byte range of the last record in the file, its line end excluded.
+    record_range: std::ops::Range<u64>,
     fields: Vec<u8>,
     ends: Vec<usize>,
     field_count: usize,
@@ -88,6 +97,9 @@ impl<R: Read> RecordSplitter<R> {
             at_file_start: true,
             core: csv_core::Reader::new(),
             line: 1,
+            pending_cr: false,
+            base: 0,
+            record_range: 0..0,
             fields: vec![0; 1024],
             ends: vec![0; 16],
             field_count: 0,
@@ -102,6 +114,7 @@ impl<R: Read> RecordSplitter<R> {
         if self.start < self.end || self.eof {
             return Ok(());
         }
+        self.base += self.end as u64;
         self.start = 0;
         self.end = loop {
             match self.input.read(&mut self.buffer) {
@@ -128,14 +141,18 @@ impl<R: Read> RecordSplitter<R> {
             if self.start == self.end {
                 return Ok(None);
             }
-            match self.buffer[self.start] {
-                b'\n' => self.line += 1,
-                b'\r' => {}
-                _ => break,
+            let byte = self.buffer[self.start];
+            if byte != b'\n' && byte != b'\r' {
+                break;
             }
+            self.count_lines(self.start, self.start + 1);
             self.start += 1;
         }
+        if std::mem::take(&mut self.pending_cr) {
+            self.line += 1;
+        }
         let start_line = self.line;
+        let start_offset = self.base + self.start as u64;
         let (mut out, mut ends) = (0, 0);
         self.oversized = false;
         self.record_bytes = 0;
@@ -145,7 +162,7 @@ impl<R: Read> RecordSplitter<R> {
             let (result, read, written, ended) =
                 self.core
                     .read_record(input, &mut self.fields[out..], &mut self.ends[ends..]);
-            self.line += input[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.count_lines(self.start, self.start + read);
             self.start += read;
             out += written;
             ends += ended;
@@ -173,12 +190,31 @@ impl<R: Read> RecordSplitter<R> {
                     }
                 }
                 csv_core::ReadRecordResult::Record => {
+                    // The range ends before the line end that closed the record, if any.
+                    let ended_by_terminator =
+                        read > 0 && matches!(self.buffer[self.start - 1], b'\n' | b'\r');
+                    let end = self.start - usize::from(ended_by_terminator);
+                    self.record_range = start_offset..self.base + end as u64;
                     self.oversized |= self.record_bytes > self.max_bytes;
                     self.kept_bytes = out.min(self.max_bytes);
                     self.field_count = if self.oversized { 0 } else { ends };
                     return Ok(Some(start_line));
                 }
                 csv_core::ReadRecordResult::End => return Ok(None),
+            }
+        }
+    }
+
+    /// Moves `line` past the buffered bytes `from..to`.
+    fn count_lines(&mut self, from: usize, to: usize) {
+        for &byte in &self.buffer[from..to] {
+            if std::mem::take(&mut self.pending_cr) && byte != b'\n' {
+                self.line += 1;
+            }
+            match byte {
+                b'\n' => self.line += 1,
+                b'\r' => self.pending_cr = true,
+                _ => {}
             }
         }
     }
@@ -327,7 +363,11 @@ impl<R: Read> RowReader<R> {
             values,
             defect,
         };
-        Ok(Some(KeyedRow { key, row }))
+        Ok(Some(KeyedRow {
+            key,
+            row,
+            bytes: self.records.record_range.clone(),
+        }))
     }
 
     fn defect(&self) -> Option<Defect> {
@@ -462,6 +502,52 @@ mod tests {
         assert_eq!((first.key.as_str(), first.row.line), ("a\r\nb", 3));
         assert_eq!((second.key.as_str(), second.row.line), ("last", 7));
         assert_eq!(second.row.value(Column::EventTime), Some("y"));
+    }
+
+    #[test]
+    fn lone_cr_and_mixed_line_endings_give_every_row_its_own_line() {
+        let input = format!(
+            "{HEADER}\ra,1,view,2,3,x\rb,1,view,2,3,x\r\rc,1,view,2,3,x\r\nd,1,view,2,3,x\n\re,1,view,2,3,x\r"
+        );
+        for whole in [true, false] {
+            let lines: Vec<(String, u64)> = if whole {
+                rows(input.as_bytes())
+                    .into_iter()
+                    .map(|r| (r.key, r.row.line))
+                    .collect()
+            } else {
+                let mut reader = RowReader::new(OneByteAtATime(input.as_bytes()), "f.csv", "id", 0);
+                std::iter::from_fn(|| reader.next_row().unwrap())
+                    .map(|r| (r.key, r.row.line))
+                    .collect()
+            };
+            let expected =
+                [("a", 2), ("b", 3), ("c", 5), ("d", 6), ("e", 8)].map(|(k, l)| (k.to_owned(), l));
+            assert_eq!(lines, expected, "one buffer: {whole}");
+        }
+    }
+
+    #[test]
+    fn byte_ranges_point_at_each_row_in_the_file() {
+        let input = format!(
+            "\u{feff}{HEADER}\r\n\na,1,view,2,3,x\r\n\"b\nb\",1,view,2,3,x\nlast,1,view,2,3,y"
+        );
+        let bytes = input.as_bytes();
+        let slices: Vec<&str> = rows(bytes)
+            .iter()
+            .map(|row| {
+                std::str::from_utf8(&bytes[row.bytes.start as usize..row.bytes.end as usize])
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            slices,
+            [
+                "a,1,view,2,3,x",
+                "\"b\nb\",1,view,2,3,x",
+                "last,1,view,2,3,y"
+            ]
+        );
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub enum RejectCode {
     Undecodable,
     /// Valid by the contract, refused by the database (a constraint an operator added, say).
     Database,
+    /// Dated further ahead of the consumer's clock than `--max-future` allows.
+    Future,
+    /// A row whose message would exceed what the broker accepts; quarantined by reference (file,
+    /// line, byte range, checksum), its bytes being in the archived file.
+    TooLarge,
 }
 
 impl RejectCode {
@@ -32,6 +37,8 @@ impl RejectCode {
             RejectCode::Late => "late",
             RejectCode::Undecodable => "undecodable",
             RejectCode::Database => "database",
+            RejectCode::Future => "future",
+            RejectCode::TooLarge => "too_large",
         }
     }
 }
@@ -66,6 +73,7 @@ pub fn validate(row: &RawRow) -> Result<Event, Rejection> {
             "invalid_utf8" => RejectCode::InvalidUtf8,
             "row_too_large" => RejectCode::RowTooLarge,
             "field_too_large" => RejectCode::FieldTooLarge,
+            "too_large" => RejectCode::TooLarge,
             _ => RejectCode::Undecodable,
         };
         return Err(Rejection {

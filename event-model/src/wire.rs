@@ -63,6 +63,28 @@ impl RawRow {
     pub fn decode(bytes: &[u8]) -> Result<RawRow, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+
+    /// Decodes a message the bridge wrote, or says why `bytes` is not one: not JSON, not this
+    /// shape, a version this build does not know, or a position no file can have. Whoever
+    /// produced it, the consumer can then quarantine it by its Kafka identity.
+    pub fn decode_pipeline_message(bytes: &[u8]) -> Result<RawRow, String> {
+        let row = RawRow::decode(bytes)
+            .map_err(|error| format!("message is not a row published by file-bridge: {error}"))?;
+        if row.v != WIRE_VERSION {
+            return Err(format!(
+                "message format version {} is not supported (this consumer reads version {WIRE_VERSION})",
+                row.v
+            ));
+        }
+        if row.file.is_empty() || row.line == 0 || row.line > i64::MAX as u64 {
+            return Err(format!(
+                "message names no valid source (file {:?}, line {})",
+                row.file.chars().take(80).collect::<String>(),
+                row.line
+            ));
+        }
+        Ok(row)
+    }
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {

@@ -59,6 +59,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         limits,
         completions_tx.clone(),
     )?);
+    let budget = Publisher::message_budget(&kafka);
+    // JSON writes a control character as six bytes: a row within the caps may still not fit.
+    if config.max_row_bytes.saturating_mul(6) > budget {
+        tracing::info!(
+            max_row_bytes = config.max_row_bytes,
+            message_budget = budget,
+            "rows whose message would exceed the budget are quarantined as too_large by reference"
+        );
+    }
     let (wake_tx, mut wake) = mpsc::channel(1);
     // Events make us quick; the periodic rescan makes us right even where events are not delivered.
     let _watcher = folder::watch(&config.input_dir, wake_tx)

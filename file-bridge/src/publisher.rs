@@ -5,7 +5,8 @@
 //! shutdown mid-file) completes with a failure and the file stays where it is, to be published
 //! again in full; the consumer deduplicates the rows that did arrive.
 
-use event_model::{Limits, RowReader};
+use event_model::reader::KeyedRow;
+use event_model::{Defect, Limits, RawRow, RowReader};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -134,7 +135,14 @@ pub struct Publisher {
     producer: ThreadedProducer<DeliveryTracker>,
     topic: String,
     limits: Limits,
+    /// The largest payload plus key this producer sends; see [`Publisher::message_budget`].
+    max_message_bytes: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room for a record's framing (headers, timestamps, lengths) within `message.max.bytes`.
+const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
 impl Publisher {
     pub fn new(
@@ -154,7 +162,19 @@ impl Publisher {
             producer,
             topic: topic.to_owned(),
             limits,
+            max_message_bytes: Self::message_budget(config),
         })
+    }
+
+    /// What one row's message may take: the producer's `message.max.bytes` less framing. A row
+    /// whose message would be larger is sent as a `too_large` reference instead, so no row is
+    /// ever refused by the broker and holds its file back.
+    pub fn message_budget(config: &ClientConfig) -> usize {
+        config
+            .get("message.max.bytes")
+            .and_then(|value| value.trim().parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+            .saturating_sub(RECORD_OVERHEAD_BYTES)
     }
 
     /// Reads `path` and enqueues every row; the outcome arrives later as a [`Completion`] for `seq`.
@@ -199,11 +219,19 @@ impl Publisher {
         );
         let tracker = self.producer.context();
         let mut rows: u64 = 0;
-        while let Some(keyed) = reader.next_row()? {
+        while let Some(mut keyed) = reader.next_row()? {
             if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
                 return Err(PublishError::Abandoned { file: name });
             }
-            let payload = keyed.row.encode();
+            let mut payload = keyed.row.encode();
+            if payload.len() + keyed.key.len() > self.max_message_bytes {
+                let reference =
+                    too_large_reference(path, &keyed, payload.len(), self.max_message_bytes);
+                tracing::warn!(file = %name, line = keyed.row.line, encoded_bytes = payload.len(), "row too large for one message; sent by reference");
+                keyed.key = format!("{}:{}", keyed.row.file, keyed.row.line);
+                keyed.row = reference;
+                payload = keyed.row.encode();
+            }
             tracker.update(seq, |progress| progress.pending += 1);
             self.send(&keyed.key, &payload, seq).map_err(|source| {
                 tracker.update(seq, |progress| progress.pending -= 1);
@@ -252,6 +280,37 @@ impl Publisher {
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }
+}
+
+/// The row as a `too_large` reject that names where its bytes are: file, line, byte range and
+/// the SHA-256 of those bytes (read again from the file, which is archived as it is).
+fn too_large_reference(path: &Path, keyed: &KeyedRow, encoded: usize, budget: usize) -> RawRow {
+    let range = &keyed.bytes;
+    let checksum =
+        checksum_of(path, range.clone()).unwrap_or_else(|error| format!("unavailable ({error})"));
+    RawRow {
+        values: [const { None }; 6],
+        defect: Some(Defect {
+            code: "too_large".to_owned(),
+            reason: format!(
+                "row encodes to a {encoded}-byte message, more than the {budget} bytes the broker takes; \
+                 its bytes are {}..{} of the file (sha256 {checksum})",
+                range.start, range.end
+            ),
+            raw_hex: String::new(),
+        }),
+        ..keyed.row.clone()
+    }
+}
+
+fn checksum_of(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::{Read, Seek};
+    let mut file = File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(range.start))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file.take(range.end - range.start), &mut hasher)?;
+    Ok(event_model::wire::to_hex(&hasher.finalize()))
 }
 
 pub fn file_name(path: &Path) -> String {

@@ -68,6 +68,22 @@ impl PrivateBroker {
         wait_for_port(self.port, "tansu");
     }
 
+    /// Kills the broker, deletes its storage (every topic, offset and group), starts it again
+    /// empty on the same port: what a broker whose disk was lost looks like to its clients.
+    pub fn wipe(&mut self) {
+        self.kill9();
+        for entry in std::fs::read_dir(self.dir.path()).expect("broker dir") {
+            let path = entry.expect("broker dir entry").path();
+            if path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("tansu.db"))
+            {
+                std::fs::remove_file(&path).expect("remove broker storage");
+            }
+        }
+        self.restart();
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -117,3 +117,37 @@ async fn hostile_rows_are_quarantined_precisely_and_memory_stays_bounded() {
         "only the FIFO and the link are left"
     );
 }
+
+/// A row within the caps whose message would still be larger than the broker takes (JSON writes a
+/// control character as six bytes): quarantined by reference, and the rows around it land.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_too_large_for_one_message_is_quarantined_by_reference() {
+    let world = World::new("too_large").await;
+    let controls = "\u{1}".repeat(60_000);
+    let before = format!("{HEADER}before,1,view,10,1.00,{TIME}\n");
+    let body = format!(
+        "{before}{controls},{controls},{controls},10,1.00,{TIME}\nafter,1,view,10,1.00,{TIME}\n"
+    );
+    world.drop_file("controls.csv", body.as_bytes());
+    let _consumer = world.consumer(&[]);
+    world.bridge_once(&[]);
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 2, LONG)
+        .await;
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 1, LONG)
+        .await;
+    let (line, code, reason): (i64, String, String) =
+        sqlx::query_as("SELECT source_line, reason_code, reason FROM ecommerce_events_rejected")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!((line, code.as_str()), (3, "too_large"));
+    let start = before.len();
+    let end = start + 3 * controls.len() + 2 + ",10,1.00,".len() + TIME.len();
+    assert!(
+        reason.contains(&format!("bytes are {start}..{end} of the file")),
+        "{reason}"
+    );
+    assert_eq!(world.files_waiting(), 0, "the file was archived");
+}

@@ -37,6 +37,7 @@ fn batch(index: i64, ids: std::ops::Range<i64>, product_id: i32) -> WriteBatch {
             expected: (index > 0).then_some(index * 1_000),
             next_offset: (index + 1) * 1_000,
             max_event_time: None,
+            last_message: String::new(),
         }],
         ..WriteBatch::default()
     }

@@ -47,7 +47,7 @@ pub struct KafkaArgs {
     pub replication_factor: i32,
     /// Extra librdkafka option, repeatable: -X security.protocol=SASL_SSL.
     /// From the environment: KAFKA_OPTIONS="key=value,key=value".
-    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_option)]
+    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = parse_option)]
     pub options: Vec<(String, String)>,
 }
 

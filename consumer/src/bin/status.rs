@@ -44,7 +44,7 @@ struct Args {
     )]
     consumer_metrics_url: String,
     /// Extra librdkafka option, repeatable.
-    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
+    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
     kafka_options: Vec<(String, String)>,
 }
 

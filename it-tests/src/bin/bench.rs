@@ -475,6 +475,7 @@ async fn sink_alone(input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
                 expected: (index > 0).then(|| (index * batch_size) as i64),
                 next_offset: ((index + 1) * batch_size) as i64,
                 max_event_time: None,
+                last_message: String::new(),
             }],
             ..WriteBatch::default()
         })

@@ -1,0 +1,312 @@
+//! Poison never stalls: bytes PostgreSQL refuses, messages no bridge wrote, events dated far ahead,
+//! constraints an operator added and locks that block a batch are each quarantined once or
+//! reported, and every later event still lands.
+
+use event_model::wire::{RawRow, WIRE_VERSION};
+use it_tests::services::free_port;
+use it_tests::World;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+
+const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
+const LONG: Duration = Duration::from_secs(120);
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn pipeline_row(file: &str, values: [&str; 6]) -> Vec<u8> {
+    RawRow {
+        v: WIRE_VERSION,
+        file: file.to_owned(),
+        file_id: "forged".into(),
+        line: 2,
+        landed_ms: 0,
+        values: values.map(|v| Some(v.to_owned())),
+        defect: None,
+    }
+    .encode()
+}
+
+/// A message as another producer might send it: key and value, either possibly absent.
+type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+async fn produce(world: &World, messages: Vec<Message>) {
+    let config = pipeline_kafka::client_config(&world.brokers, &[], &[]);
+    pipeline_kafka::ensure_topic(&config, &world.topic, 3, 1)
+        .await
+        .unwrap();
+    let producer: FutureProducer = config.create().unwrap();
+    for (key, value) in messages {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&world.topic);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        if let Some(value) = &value {
+            record = record.payload(value);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall() {
+    let world = World::new("poison").await;
+    let time = now();
+    // NUL in a header name, in values, and an event from the year 9999 ahead of an ordinary one.
+    world.drop_file(
+        "nul-header.csv",
+        format!("event_id,user_id,event_type,product_id,pri\0ce,event_time\nh1,1,view,10,1.00,{time}\nh2,1,view,10,1.00,{time}\n").as_bytes(),
+    );
+    world.drop_file(
+        "nul-values.csv",
+        format!("{HEADER}a\0b,1,view,10,1.00,{time}\nok-1,1,view,10,1.00,{time}\nok-2,1,view\0,10,1.00,{time}\n").as_bytes(),
+    );
+    world.drop_file(
+        "future.csv",
+        format!(
+            "{HEADER}far,1,view,10,1.00,9999-12-31T23:59:59Z\nafter-far,1,view,10,1.00,{time}\n"
+        )
+        .as_bytes(),
+    );
+    let long_name = "F".repeat(10_000);
+    let foreign: Vec<Message> = vec![
+        (Some(b"k1\0".to_vec()), Some(b"not json at all \0".to_vec())),
+        (None, Some(br#"{"v":2}"#.to_vec())),
+        (Some(b"tombstone".to_vec()), None),
+        (Some(b"nul".to_vec()), Some(vec![0, 0, 0])),
+        (
+            Some(b"v99".to_vec()),
+            Some(
+                String::from_utf8(pipeline_row(
+                    "x.csv",
+                    ["v99", "1", "view", "1", "1.00", &time],
+                ))
+                .unwrap()
+                .replace("\"v\":1", "\"v\":99")
+                .into_bytes(),
+            ),
+        ),
+        // Shaped like the bridge's rows: judged as rows, their text made storable.
+        (
+            Some(b"foreign-ok".to_vec()),
+            Some(pipeline_row(
+                "fo\0reign.csv",
+                ["foreign-ok", "1", "view", "1", "1.00", &time],
+            )),
+        ),
+        (
+            Some(b"long".to_vec()),
+            Some(pipeline_row(
+                &long_name,
+                ["long-name", "1", "view", "1", "x", &time],
+            )),
+        ),
+        (
+            Some(b"bad\0id".to_vec()),
+            Some(pipeline_row(
+                "nul\0file.csv",
+                ["bad\0id", "1", "view", "1", "1.00", &time],
+            )),
+        ),
+    ];
+    produce(&world, foreign).await;
+
+    let mut consumer = world.consumer(&["--late-policy", "quarantine"]);
+    world.bridge_once(&[]);
+    world.drop_file(
+        "after.csv",
+        format!("{HEADER}after-1,1,view,10,1.00,{time}\nafter-2,1,purchase,10,2.00,{time}\n")
+            .as_bytes(),
+    );
+    world.bridge_once(&[]);
+
+    let expected_events: std::collections::BTreeSet<String> =
+        ["ok-1", "after-far", "foreign-ok", "after-1", "after-2"]
+            .map(String::from)
+            .into();
+    // nul-header 2, nul-values 2, future 1, five foreign messages, two forged rows.
+    let expected_rejects = 12;
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 5, LONG)
+        .await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events_rejected",
+            expected_rejects,
+            LONG,
+        )
+        .await;
+    assert_eq!(world.event_ids().await, expected_events);
+    let stored_name: String = sqlx::query_scalar(
+        "SELECT source_file FROM ecommerce_events WHERE event_id = 'foreign-ok'",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored_name, "fo\\x00reign.csv");
+
+    let codes: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT source_file, reason_code, count(*) FROM ecommerce_events_rejected
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    let codes: Vec<(&str, &str, i64)> = codes
+        .iter()
+        .map(|(f, c, n)| {
+            (
+                if f.len() > 40 { "<long>" } else { f.as_str() },
+                c.as_str(),
+                *n,
+            )
+        })
+        .collect();
+    let topic_file = format!("kafka:{}", world.topic);
+    let mut expected = vec![
+        ("<long>", "invalid_field", 1),
+        ("future.csv", "future", 1),
+        (topic_file.as_str(), "undecodable", 5),
+        ("nul-header.csv", "missing_column", 2),
+        ("nul-values.csv", "invalid_field", 2),
+        ("nul\\x00file.csv", "invalid_field", 1),
+    ];
+    expected.sort();
+    let mut codes = codes;
+    codes.sort();
+    assert_eq!(codes, expected);
+
+    // The foreign message is kept byte for byte: key and value, partition and offset.
+    let (key, raw, offset): (Option<Vec<u8>>, Vec<u8>, i64) = sqlx::query_as(
+        "SELECT kafka_key, raw, kafka_offset FROM ecommerce_events_rejected
+         WHERE kafka_key = '\\x6b3100'::bytea",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(key.as_deref(), Some(&b"k1\0"[..]));
+    assert_eq!(raw, b"not json at all \0");
+    assert!(offset >= 0);
+    let future_reason: String = sqlx::query_scalar(
+        "SELECT reason FROM ecommerce_events_rejected WHERE reason_code = 'future'",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert!(
+        future_reason.contains("ahead of the consumer's clock"),
+        "{future_reason}"
+    );
+
+    // Read the whole topic again from scratch: every quarantine is recorded once.
+    consumer.kill9();
+    sqlx::query("DELETE FROM ingest_checkpoints")
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let replay_group = it_tests::unique("it-poison-replay");
+    let _replay = world.spawn(
+        "consumer",
+        &[
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.topic,
+            "--database-url",
+            &world.database_url,
+            "--late-policy",
+            "quarantine",
+            "--group",
+            &replay_group,
+        ],
+    );
+    let total_messages = 2 + 3 + 2 + 8 + 2;
+    world
+        .wait_for_count(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints",
+            total_messages,
+            LONG,
+        )
+        .await;
+    assert_eq!(world.event_ids().await, expected_events);
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM ecommerce_events_rejected")
+            .await,
+        expected_rejects
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_quarantine_row_and_a_blocked_batch_are_reported_not_stalled() {
+    let world = World::new("stuck").await;
+    let status = world.consumer(&["--migrate-only"]).wait_for_exit(LONG);
+    assert!(status.success());
+    // An operator's rule on the rejected table refuses the reason this row would get.
+    sqlx::query(
+        "ALTER TABLE ecommerce_events_rejected
+         ADD CONSTRAINT ops_rule CHECK (position('secret' in reason) = 0)",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let _consumer = world.consumer(&["--stuck-after", "1s", "--metrics-addr", &metrics_addr]);
+    let time = now();
+    world.drop_file(
+        "secret.csv",
+        format!("{HEADER}s1,1,view,10,secret,{time}\nfine-1,1,view,10,1.00,{time}\n").as_bytes(),
+    );
+    world.bridge_once(&["--partitions", "1"]);
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 1, LONG)
+        .await;
+    let (code, reason): (String, String) =
+        sqlx::query_as("SELECT reason_code, reason FROM ecommerce_events_rejected")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(code, "database");
+    assert!(reason.contains("ops_rule"), "{reason}");
+
+    // A lock held on the table blocks the next batch: reported stuck, then moving again.
+    let mut lock = world.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE ecommerce_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    world.drop_file(
+        "blocked.csv",
+        format!("{HEADER}blocked-1,1,view,10,1.00,{time}\n").as_bytes(),
+    );
+    world.bridge_once(&[]);
+    let url = format!("http://{metrics_addr}/metrics");
+    let stuck_value = || async {
+        let (_, body) = telemetry::http_get(&url, Duration::from_secs(2))
+            .await
+            .unwrap_or_default();
+        body.lines()
+            .find(|line| line.starts_with("pipeline_consumer_stuck_partitions "))
+            .map(|line| line.rsplit(' ').next().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + LONG;
+    while stuck_value().await != "1" {
+        assert!(std::time::Instant::now() < deadline, "never reported stuck");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lock.rollback().await.unwrap();
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 2, LONG)
+        .await;
+    let deadline = std::time::Instant::now() + LONG;
+    while stuck_value().await != "0" {
+        assert!(std::time::Instant::now() < deadline, "still reported stuck");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,18 +1,92 @@
-//! The input and archive folders: which files are ready, waking up when one lands, archiving.
+//! The input and archive folders: which files are ready, waking up when one lands, claiming a
+//! file before it is published, archiving it after.
+//!
+//! Guarantees:
+//! - A file is taken only when complete. One renamed into the folder, or whose writer closed it
+//!   (inotify close-write), is complete. One seen being written (changed, not closed) is not. One
+//!   the bridge saw nothing of (it was there before the bridge started) must be unchanged for the
+//!   settle time and end in a line end, or be unchanged for [`UNTERMINATED_SETTLE`].
+//! - The bridge claims a file by renaming it into a private folder on the same file system before
+//!   it reads it, so the file it archives is the file it published, whatever is later written or
+//!   renamed under the old name.
+//! - It opens only regular files, never following a symlink, never blocking on a FIFO.
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Lists the `*.csv` regular files of `dir` that nobody wrote to for `settle`, oldest name first,
-/// and says whether others are still being written. Hidden files (temporary files of writers) are
-/// skipped silently; symlinks, FIFOs and folders are skipped with one warning each.
+/// Name of the private folder, inside the input folder, that holds claimed files.
+pub const CLAIM_DIR: &str = ".claimed";
+
+/// How long a file the bridge saw nothing of, and that does not end in a line end, must stay
+/// unchanged before it is taken: its writer may have paused mid-line.
+pub const UNTERMINATED_SETTLE: Duration = Duration::from_secs(10);
+
+/// What the file-system events said about a file's writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Created or written, not closed yet.
+    Writing,
+    /// Closed after writing, or renamed into the folder: complete.
+    Done,
+}
+
+/// The writers of the input folder's files, as the watcher reports them.
+#[derive(Debug, Clone, Default)]
+pub struct Writers(Arc<Mutex<HashMap<OsString, Writer>>>);
+
+impl Writers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OsString, Writer>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, event: &notify::Event) {
+        let state = match event.kind {
+            EventKind::Create(CreateKind::File | CreateKind::Any)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(Writer::Writing),
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Writer::Done),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => None,
+            _ => return,
+        };
+        let mut writers = self.lock();
+        for name in event.paths.iter().filter_map(|path| path.file_name()) {
+            match state {
+                Some(state) => writers.insert(name.to_owned(), state),
+                None => writers.remove(name),
+            };
+        }
+    }
+
+    fn of(&self, name: &std::ffi::OsStr) -> Option<Writer> {
+        self.lock().get(name).copied()
+    }
+
+    /// Forgets a file that left the folder (claimed).
+    pub fn forget(&self, path: &Path) {
+        if let Some(name) = path.file_name() {
+            self.lock().remove(name);
+        }
+    }
+}
+
+/// Lists the `*.csv` regular files of `dir` that are complete (see the module's rules), oldest
+/// name first, and says whether others are still being written. Hidden files (temporary files of
+/// writers, the claim folder) are skipped silently; symlinks, FIFOs and folders are skipped with
+/// one warning each.
 pub fn ready_files(
     dir: &Path,
     settle: Duration,
+    writers: &Writers,
     warned: &mut HashSet<PathBuf>,
 ) -> std::io::Result<(Vec<PathBuf>, bool)> {
     let mut unsettled = false;
@@ -20,28 +94,22 @@ pub fn ready_files(
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let is_csv = Path::new(&*name)
+        let shown = name.to_string_lossy();
+        let is_csv = Path::new(&*shown)
             .extension()
             .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
-        if name.starts_with('.') || !is_csv {
+        if shown.starts_with('.') || !is_csv {
             continue;
         }
         let path = entry.path();
         // file_type() does not follow symlinks: a link to a file is not a regular file here.
         match entry.file_type() {
-            Ok(kind) if kind.is_file() => {
-                // A file written in place (no rename) is taken once it has been still for a while.
-                let age = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map(|modified| modified.elapsed().unwrap_or_default());
-                match age {
-                    Ok(age) if age >= settle => files.push(path),
-                    Ok(_) => unsettled = true,
-                    Err(_) => {}
-                }
-            }
+            Ok(kind) if kind.is_file() => match is_complete(&path, settle, writers.of(&name)) {
+                Ok(true) => files.push(path),
+                Ok(false) => unsettled = true,
+                // Gone between listing and looking: nothing to do.
+                Err(_) => {}
+            },
             Ok(kind) => {
                 if warned.insert(path.clone()) {
                     let kind = if kind.is_symlink() {
@@ -54,7 +122,6 @@ pub fn ready_files(
                     tracing::warn!(file = %path.display(), kind, "ignoring: not a regular file");
                 }
             }
-            // Gone between listing and looking: nothing to do.
             Err(_) => {}
         }
     }
@@ -62,7 +129,93 @@ pub fn ready_files(
     Ok((files, unsettled))
 }
 
+fn is_complete(path: &Path, settle: Duration, writer: Option<Writer>) -> std::io::Result<bool> {
+    let age = path
+        .symlink_metadata()?
+        .modified()?
+        .elapsed()
+        .unwrap_or_default();
+    Ok(match writer {
+        Some(Writer::Done) => age >= settle,
+        // A writer that never closes (or whose close event was lost) is waited out like an
+        // unknown one, but never less than the long settle.
+        Some(Writer::Writing) => {
+            age >= UNTERMINATED_SETTLE.max(settle) && ends_with_line_end(path)?
+        }
+        None => {
+            (age >= settle && ends_with_line_end(path)?) || age >= UNTERMINATED_SETTLE.max(settle)
+        }
+    })
+}
+
+fn ends_with_line_end(path: &Path) -> std::io::Result<bool> {
+    let mut file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(matches!(last[0], b'\n' | b'\r'))
+}
+
+/// Opens `path` for reading only if it is a regular file: a symlink is not followed, a FIFO does
+/// not block the open, and the opened descriptor itself is checked (not the name, which may have
+/// been swapped since it was listed).
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// The private folder claimed files wait in, created if missing.
+pub fn claim_dir(input: &Path) -> std::io::Result<PathBuf> {
+    let dir = input.join(CLAIM_DIR);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Claims `path` by renaming it into `claimed` under its own name. `None` when a claimed file of
+/// that name is still being published: this one waits its turn in the input folder.
+pub fn claim(path: &Path, claimed: &Path) -> std::io::Result<Option<PathBuf>> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("file has no name"))?;
+    let target = claimed.join(name);
+    if target.symlink_metadata().is_ok() {
+        return Ok(None);
+    }
+    std::fs::rename(path, &target)?;
+    Ok(Some(target))
+}
+
+/// Claimed files left by an earlier run (published perhaps in part): taken before new ones.
+pub fn claimed_files(claimed: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(claimed)?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+        .map(|entry| entry.path())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Moves a published file to the archive folder, never overwriting an earlier file of that name.
+/// Across file systems it copies to a hidden temporary name, syncs, renames, then removes the
+/// original: a failure at any step leaves no partial file under an archive name.
 pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
     let name = file
         .file_name()
@@ -80,24 +233,38 @@ pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
     match std::fs::rename(file, &target) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::CrossesDevices => {
-            std::fs::copy(file, &target)?;
-            std::fs::File::open(&target)?.sync_all()?;
+            let partial = archive_dir.join(format!(".{}.partial", name.to_string_lossy()));
+            let copied = std::fs::copy(file, &partial)
+                .and_then(|_| File::open(&partial)?.sync_all())
+                .and_then(|()| std::fs::rename(&partial, &target));
+            if let Err(error) = copied {
+                let _ = std::fs::remove_file(&partial);
+                return Err(error);
+            }
             std::fs::remove_file(file)?;
         }
         Err(error) => return Err(error),
     }
-    std::fs::File::open(archive_dir)?.sync_all()?;
+    File::open(archive_dir)?.sync_all()?;
     Ok(target)
 }
 
-/// Sends a wake-up whenever a file in `dir` appears, changes or goes. Wake-ups coalesce: one
-/// pending is enough, since each leads to a full rescan.
-pub fn watch(dir: &Path, wake: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
+/// Sends a wake-up whenever a file in `dir` appears, changes or goes, and keeps `writers` up to
+/// date. Wake-ups coalesce: one pending is enough, since each leads to a full rescan.
+pub fn watch(
+    dir: &Path,
+    wake: mpsc::Sender<()>,
+    writers: Writers,
+) -> notify::Result<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| is_read_only(&event.kind)) {
+        let Ok(event) = event else {
+            let _ = wake.try_send(());
             return;
+        };
+        writers.record(&event);
+        if !is_read_only(&event.kind) {
+            let _ = wake.try_send(());
         }
-        let _ = wake.try_send(());
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
@@ -125,13 +292,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
         for name in ["b.csv", "a.CSV", ".a.csv.tmp", ".hidden.csv", "notes.txt"] {
-            std::fs::write(path(name), "x").unwrap();
+            std::fs::write(path(name), "x\n").unwrap();
         }
         std::fs::create_dir(path("folder.csv")).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(path("b.csv"), path("link.csv")).unwrap();
         let mut warned = HashSet::new();
-        let (ready, unsettled) = ready_files(dir.path(), Duration::ZERO, &mut warned).unwrap();
+        let (ready, unsettled) =
+            ready_files(dir.path(), Duration::ZERO, &Writers::default(), &mut warned).unwrap();
         assert_eq!(ready, vec![path("a.CSV"), path("b.csv")]);
         assert!(!unsettled);
         assert!(warned.contains(&path("folder.csv")));
@@ -142,8 +310,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.csv"), "x").unwrap();
         let mut warned = HashSet::new();
-        let (ready, unsettled) =
-            ready_files(dir.path(), Duration::from_secs(60), &mut warned).unwrap();
+        let (ready, unsettled) = ready_files(
+            dir.path(),
+            Duration::from_secs(60),
+            &Writers::default(),
+            &mut warned,
+        )
+        .unwrap();
         assert!(ready.is_empty() && unsettled);
     }
 
@@ -152,10 +325,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("old.csv"), "x").unwrap();
         let (wake_tx, mut wake) = mpsc::channel(1);
-        let _watcher = watch(dir.path(), wake_tx).unwrap();
+        let _watcher = watch(dir.path(), wake_tx, Writers::default()).unwrap();
         let quiet = Duration::from_millis(300);
         for _ in 0..3 {
-            ready_files(dir.path(), Duration::ZERO, &mut HashSet::new()).unwrap();
+            ready_files(
+                dir.path(),
+                Duration::ZERO,
+                &Writers::default(),
+                &mut HashSet::new(),
+            )
+            .unwrap();
             std::fs::read(dir.path().join("old.csv")).unwrap();
             let woken = tokio::time::timeout(quiet, wake.recv()).await;
             assert!(woken.is_err(), "woken by our own listing or reading");
@@ -178,5 +357,78 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&second).unwrap(), "two");
         assert!(second.ends_with("e.1.csv"));
         assert!(!file.exists());
+    }
+
+    #[test]
+    fn a_file_cut_mid_line_waits_unless_its_writer_is_known_to_be_done() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cut.csv"), "h\nrow,2026-11-25T12:00:00").unwrap();
+        let writers = Writers::default();
+        let (ready, unsettled) =
+            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        assert!(
+            ready.is_empty() && unsettled,
+            "unterminated and unknown: waits"
+        );
+        writers.lock().insert("cut.csv".into(), Writer::Done);
+        let (ready, _) =
+            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        assert_eq!(ready.len(), 1, "closed by its writer: complete");
+        std::fs::write(dir.path().join("cut.csv"), "h\nrow\n").unwrap();
+        writers.lock().insert("cut.csv".into(), Writer::Writing);
+        let (ready, _) =
+            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        assert!(
+            ready.is_empty(),
+            "still open for writing: waits, line end or not"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_watcher_tells_writes_in_place_from_closed_and_renamed_files() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (wake_tx, _wake) = mpsc::channel(1);
+        let writers = Writers::default();
+        let _watcher = watch(dir.path(), wake_tx, writers.clone()).unwrap();
+        let mut open = File::create(dir.path().join("open.csv")).unwrap();
+        open.write_all(b"h\nrow\n").unwrap();
+        std::fs::write(dir.path().join(".t"), "h\n").unwrap();
+        std::fs::rename(dir.path().join(".t"), dir.path().join("renamed.csv")).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writers.of("open.csv".as_ref()), Some(Writer::Writing));
+        assert_eq!(writers.of("renamed.csv".as_ref()), Some(Writer::Done));
+        drop(open);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writers.of("open.csv".as_ref()), Some(Writer::Done));
+    }
+
+    #[test]
+    fn only_regular_files_open_and_fifos_do_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.csv");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(open_regular(&fifo).is_err());
+        std::fs::write(dir.path().join("real.csv"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real.csv"), dir.path().join("link.csv"))
+            .unwrap();
+        assert!(open_regular(&dir.path().join("link.csv")).is_err());
+        assert!(open_regular(&dir.path().join("real.csv")).is_ok());
+    }
+
+    #[test]
+    fn a_claimed_name_is_claimed_once_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let claimed = claim_dir(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.csv"), "one").unwrap();
+        let first = claim(&dir.path().join("a.csv"), &claimed).unwrap().unwrap();
+        std::fs::write(dir.path().join("a.csv"), "two").unwrap();
+        assert_eq!(claim(&dir.path().join("a.csv"), &claimed).unwrap(), None);
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), "one");
+        assert_eq!(claimed_files(&claimed).unwrap(), vec![first]);
     }
 }

@@ -17,7 +17,7 @@ use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,9 @@ struct Files<'a> {
     metrics: BridgeMetrics,
     in_flight: HashMap<usize, InFlight>,
     retry_after: HashMap<PathBuf, Instant>,
+    /// Published files whose archiving failed: retried alone (never published again), with
+    /// backoff, until the archive takes them.
+    archive_pending: HashMap<PathBuf, (Instant, Duration)>,
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
@@ -68,9 +71,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "rows whose message would exceed the budget are quarantined as too_large by reference"
         );
     }
+    let claimed_dir = folder::claim_dir(&config.input_dir).with_context(|| {
+        format!(
+            "failed to create the claim folder in {}",
+            config.input_dir.display()
+        )
+    })?;
+    let writers = folder::Writers::default();
     let (wake_tx, mut wake) = mpsc::channel(1);
-    // Events make us quick; the periodic rescan makes us right even where events are not delivered.
-    let _watcher = folder::watch(&config.input_dir, wake_tx)
+    // Events make us quick and tell us when a writer is done; the periodic rescan makes us right
+    // even where events are not delivered.
+    let _watcher = folder::watch(&config.input_dir, wake_tx, writers.clone())
         .map_err(|error| tracing::warn!(%error, "no file-system events; relying on rescans"))
         .ok();
     tracing::info!(
@@ -97,6 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics,
         in_flight: HashMap::new(),
         retry_after: HashMap::new(),
+        archive_pending: HashMap::new(),
         failed: Vec::new(),
         archived: 0,
         producer_suspect: false,
@@ -117,22 +129,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tokio::task::spawn_blocking(move || drop(old));
             tracing::info!("producer replaced after failed deliveries");
         }
+        files.retry_archives();
         let mut unsettled = false;
         if scan_now && !shutdown.is_cancelled() {
             let (ready, still_written) =
-                folder::ready_files(&config.input_dir, config.settle_time, &mut warned)
+                folder::ready_files(&config.input_dir, config.settle_time, &writers, &mut warned)
                     .with_context(|| format!("failed to list {}", config.input_dir.display()))?;
             unsettled = still_written;
+            files.retry_after.retain(|_, until| *until > Instant::now());
+            // Files claimed earlier (by an earlier run, or waiting for a retry) come first.
+            let mut candidates = folder::claimed_files(&claimed_dir)
+                .with_context(|| format!("failed to list {}", claimed_dir.display()))?;
+            for path in ready {
+                // The listing is as old as this loop: a file of it may have been claimed since.
+                match folder::claim(&path, &claimed_dir) {
+                    Ok(Some(claimed)) => {
+                        writers.forget(&path);
+                        candidates.push(claimed);
+                    }
+                    // A file of that name is still being published: this one waits its turn.
+                    Ok(None) => unsettled = true,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(file = %path.display(), %error, "failed to claim a file")
+                    }
+                }
+            }
+            candidates.dedup();
             // --once waits for files still being written: they are in the folder now.
             scanned_once = !unsettled;
-            files.retry_after.retain(|_, until| *until > Instant::now());
-            for path in ready {
-                let busy = files.in_flight.values().any(|file| file.path == path);
+            for path in candidates {
+                let busy = files.in_flight.values().any(|file| file.path == path)
+                    || files.archive_pending.contains_key(&path);
                 if busy || files.retry_after.contains_key(&path) || shutdown.is_cancelled() {
                     continue;
                 }
-                // The listing is as old as this loop: a file of it may have been published and
-                // archived since (completions are handled between two publishes).
                 if path.symlink_metadata().is_err() {
                     continue;
                 }
@@ -188,6 +219,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = shutdown.cancelled() => {}
         }
     }
+    // Published but not archived: left claimed, published again (harmlessly) by the next run.
+    files
+        .failed
+        .extend(files.archive_pending.keys().map(|path| file_name(path)));
     if !files.failed.is_empty() {
         anyhow::bail!(
             "{} file(s) not published, left in {}: {}",
@@ -200,7 +235,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const ARCHIVE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ARCHIVE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Files<'_> {
     /// Archives a file whose rows were all acknowledged; otherwise leaves it for a later retry.
@@ -229,9 +266,42 @@ impl Files<'_> {
                 let elapsed_ms = file.started.elapsed().as_millis() as u64;
                 self.metrics.archived(&name, done.rows, elapsed_ms, &target);
             }
-            // Left in place it is published again; duplicates are the consumer's to drop.
+            // Published in full: only the archiving is retried, never the publishing.
             Err(error) => {
-                tracing::error!(file = %name, %error, "failed to archive a published file")
+                let backoff = ARCHIVE_RETRY_FIRST;
+                tracing::error!(file = %name, %error, retry_in_ms = backoff.as_millis() as u64, "failed to archive a published file; will retry");
+                self.archive_pending
+                    .insert(file.path, (Instant::now() + backoff, backoff));
+            }
+        }
+    }
+
+    /// Tries again to archive published files whose archiving failed, each when its backoff ends.
+    fn retry_archives(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PathBuf> = self
+            .archive_pending
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in due {
+            let name = file_name(&path);
+            match folder::archive(&path, &self.config.archive_dir) {
+                Ok(target) => {
+                    self.archive_pending.remove(&path);
+                    self.archived += 1;
+                    tracing::info!(file = %name, archive = %target.display(), "archived after retrying");
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    self.archive_pending.remove(&path);
+                }
+                Err(error) => {
+                    let backoff = self.archive_pending[&path].1 * 2;
+                    let backoff = backoff.min(ARCHIVE_RETRY_MAX);
+                    tracing::error!(file = %name, %error, retry_in_ms = backoff.as_millis() as u64, "failed to archive a published file; will retry");
+                    self.archive_pending.insert(path, (now + backoff, backoff));
+                }
             }
         }
     }

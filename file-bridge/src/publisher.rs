@@ -208,15 +208,13 @@ impl Publisher {
             file: path.display().to_string(),
             source,
         };
-        let file = File::open(path).map_err(open_error)?;
+        let mut file = crate::folder::open_regular(path).map_err(open_error)?;
         let before = Fingerprint::of(&file).map_err(open_error)?;
-        let mut reader = RowReader::with_limits(
-            file,
-            &name,
-            &before.file_id(),
-            before.landed_ms,
-            self.limits,
-        );
+        // A file version is its content: the same bytes under another name, or dropped again,
+        // are the same file to the consumer (its bad rows are recorded once).
+        let content_id = content_sha256(&mut file).map_err(open_error)?;
+        let mut reader =
+            RowReader::with_limits(file, &name, &content_id, before.landed_ms, self.limits);
         let tracker = self.producer.context();
         let mut rows: u64 = 0;
         while let Some(mut keyed) = reader.next_row()? {
@@ -248,7 +246,7 @@ impl Publisher {
             tracing::warn!(file = %name, ?missing, "header lacks columns; every row will be rejected");
         }
         // Re-open by path: a file replaced or rewritten while we read it must be read again.
-        let after = File::open(path).and_then(|file| Fingerprint::of(&file));
+        let after = crate::folder::open_regular(path).and_then(|file| Fingerprint::of(&file));
         if after.ok().as_ref() != Some(&before) {
             return Err(PublishError::Changed { file: name });
         }
@@ -303,6 +301,16 @@ fn too_large_reference(path: &Path, keyed: &KeyedRow, encoded: usize, budget: us
     }
 }
 
+/// Hex SHA-256 of the whole file; leaves it positioned at its start.
+fn content_sha256(file: &mut File) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Seek;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(file, &mut hasher)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    Ok(event_model::wire::to_hex(&hasher.finalize()))
+}
+
 fn checksum_of(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<String> {
     use sha2::Digest;
     use std::io::{Read, Seek};
@@ -319,14 +327,16 @@ pub fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// What identifies one version of a file: inode, size and modification time; and when it landed.
+/// What tells whether a file changed while it was read: inode, size and modification time; and
+/// when it landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
     inode: u64,
     len: u64,
     modified_ns: u128,
-    /// When the file appeared in the folder: its inode change time, which a rename into the
-    /// folder sets (the modification time is earlier, before the writer's fsync).
+    /// When the file appeared in the folder: its inode change time, which a rename sets (the
+    /// modification time is earlier, before the writer's fsync). The bridge's own claim is such
+    /// a rename, within the settle time of the landing.
     landed_ms: i64,
 }
 
@@ -351,10 +361,5 @@ impl Fingerprint {
             modified_ns: modified.as_nanos(),
             landed_ms,
         })
-    }
-
-    /// Stable across a crash and a restart (a rename keeps all three), new for new content.
-    fn file_id(&self) -> String {
-        format!("{}-{}-{}", self.inode, self.len, self.modified_ns)
     }
 }

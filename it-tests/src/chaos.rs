@@ -10,6 +10,7 @@ use crate::services::{PrivateBroker, PrivatePostgres};
 use crate::{Proc, World};
 use event_model::{validate, RowReader};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 pub struct ChaosReport {
     pub seed: u64,
     pub kills: u64,
+    /// Kills per component.
+    pub victims: std::collections::BTreeMap<&'static str, u64>,
+    pub hostile_files: u64,
     pub rows_in: u64,
     pub valid_distinct: u64,
     pub invalid_rows: u64,
@@ -31,8 +35,8 @@ impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: kills {}, events in {} ({} distinct valid, {} invalid), rows out {}, rejected {}, lost {}, duplicated {}",
-            self.seed, self.kills, self.rows_in, self.valid_distinct, self.invalid_rows,
+            "seed {}: kills {} {:?}, hostile files {}, events in {} ({} distinct valid, {} invalid), rows out {}, rejected {}, lost {}, duplicated {}",
+            self.seed, self.kills, self.victims, self.hostile_files, self.rows_in, self.valid_distinct, self.invalid_rows,
             self.rows_out, self.rejected_out, self.lost, self.duplicated
         )
     }
@@ -58,6 +62,96 @@ pub struct ChaosOptions {
     /// One or two consumers in the group. With Tansu 0.6, two static members killed in turn can
     /// leave the group waiting for a member that is gone.
     pub consumers: usize,
+    /// Mix hostile files into the generated input (see [`hostile_file`]).
+    pub hostile: bool,
+}
+
+/// The n-th hostile file: each kind the contract must survive, in turn. Every one has rows with
+/// ids of its own, so the oracle's counts stay exact. Returns its name, its bytes, and whether it
+/// is written in place with a pause mid-line rather than renamed in.
+pub fn hostile_file(n: u64) -> (String, Vec<u8>, bool) {
+    const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time";
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ok = |tag: &str| format!("h{n}-{tag},1,view,10,1.00,{now}");
+    let (name, body, in_place): (&str, Vec<u8>, bool) = match n % 7 {
+        0 => (
+            "nul-header",
+            format!(
+                "event_id,user_id,event_type,product_id,pri\0ce,event_time\n{}\n{}\n",
+                ok("a"),
+                ok("b")
+            )
+            .into_bytes(),
+            false,
+        ),
+        1 => (
+            "nul-values",
+            format!(
+                "{HEADER}\nh{n}-\0x,1,view,10,1.00,{now}\n{}\nh{n}-t,1,vi\0ew,10,1.00,{now}\n",
+                ok("a")
+            )
+            .into_bytes(),
+            false,
+        ),
+        2 => (
+            "lone-cr",
+            format!(
+                "{HEADER}\r{}\rh{n}-bad,1,view,10,-1,{now}\r{}\rh{n}-bad2,x,view,10,1,{now}\r",
+                ok("a"),
+                ok("b")
+            )
+            .into_bytes(),
+            false,
+        ),
+        3 => (
+            "future",
+            format!(
+                "{HEADER}\nh{n}-far,1,view,10,1.00,9999-12-31T23:59:59Z\n{}\n",
+                ok("a")
+            )
+            .into_bytes(),
+            false,
+        ),
+        4 => {
+            let controls = "\u{1}".repeat(60_000);
+            (
+                "too-large",
+                format!(
+                    "{HEADER}\n{}\n{controls},{controls},{controls},10,1.00,{now}\n{}\n",
+                    ok("a"),
+                    ok("b")
+                )
+                .into_bytes(),
+                false,
+            )
+        }
+        5 => {
+            let mut body = format!("{HEADER}\n{}\nh{n}-utf8,1,view,10,", ok("a")).into_bytes();
+            body.extend_from_slice(b"\xff\xfe,");
+            body.extend_from_slice(format!("{now}\n").as_bytes());
+            ("invalid-utf8", body, false)
+        }
+        _ => (
+            "in-place",
+            format!("{HEADER}\n{}\n{}\n{}\n", ok("a"), ok("b"), ok("c")).into_bytes(),
+            true,
+        ),
+    };
+    (format!("hostile-{n:04}-{name}.csv"), body, in_place)
+}
+
+/// Writes a file in place, pausing 3 s in the middle of its last line.
+fn write_in_place(path: std::path::PathBuf, body: Vec<u8>) {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let cut = body.len() - 8;
+        let Ok(mut file) = std::fs::File::create(&path) else {
+            return;
+        };
+        let _ = file.write_all(&body[..cut]).and_then(|()| file.flush());
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = file.write_all(&body[cut..]);
+    });
 }
 
 pub async fn run_chaos(
@@ -112,11 +206,30 @@ pub async fn run_chaos(
         ..ChaosReport::default()
     };
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut hostile = 0;
+    let mut queue: Vec<&str> = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..3_000))).await;
-        let victim = victims[rng.random_range(0..victims.len())];
+        if options.hostile {
+            let (name, body, in_place) = hostile_file(hostile);
+            hostile += 1;
+            report.hostile_files = hostile;
+            if in_place {
+                write_in_place(world.input_dir().join(name), body);
+            } else {
+                world.drop_file(&name, &body);
+            }
+        }
+        // Every component in turn, in a random order each round: each is killed at least once
+        // per round.
+        if queue.is_empty() {
+            queue = victims.clone();
+            queue.shuffle(&mut rng);
+        }
+        let victim = queue.pop().expect("refilled above");
         let down = Duration::from_millis(rng.random_range(100..2_000));
         report.kills += 1;
+        *report.victims.entry(victim).or_default() += 1;
         match victim {
             "broker" => {
                 broker.kill9();
@@ -140,16 +253,15 @@ pub async fn run_chaos(
     }
     // Calm: stop writing, then let the survivors (restarted where they died) drain everything.
     running.retain(|(n, _)| *n != "generator");
+    // An in-place writer may still be in its pause.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     for (name, process) in running.iter_mut() {
         if !process.is_running() {
             *process = start(name);
         }
     }
     let files_deadline = Instant::now() + Duration::from_secs(300);
-    while std::fs::read_dir(world.input_dir())?.any(|e| {
-        e.map(|e| e.file_name().to_string_lossy().ends_with(".csv"))
-            .unwrap_or(false)
-    }) {
+    while world.files_waiting() > 0 {
         anyhow::ensure!(
             Instant::now() < files_deadline,
             "the bridge did not drain the folder"
@@ -201,19 +313,21 @@ pub async fn run_chaos(
     Ok(report)
 }
 
-/// Distinct valid event_ids, invalid row count and all rows of the archived files.
+/// Distinct valid event_ids, invalid row count and all rows of the archived files. An event
+/// dated more than a day ahead counts as invalid: the consumer quarantines it as `future`.
 fn oracle(archive: &std::path::Path) -> anyhow::Result<(BTreeSet<String>, u64, u64)> {
     let (mut valid, mut invalid, mut rows) = (BTreeSet::new(), 0, 0);
     for entry in std::fs::read_dir(archive)? {
         let path = entry?.path();
         let mut reader = RowReader::new(std::fs::File::open(&path)?, "f", "id", 0);
+        let horizon = chrono::Utc::now() + chrono::TimeDelta::days(1);
         while let Some(keyed) = reader.next_row()? {
             rows += 1;
             match validate(&keyed.row) {
-                Ok(event) => {
+                Ok(event) if event.event_time <= horizon => {
                     valid.insert(event.event_id);
                 }
-                Err(_) => invalid += 1,
+                _ => invalid += 1,
             }
         }
     }

@@ -182,11 +182,21 @@ impl World {
         ]
     }
 
-    /// How many entries the input folder still holds (files not archived yet).
+    /// How many files are not archived yet: visible entries of the input folder, and files the
+    /// bridge claimed (moved into its private `.claimed` folder) but has not archived.
     pub fn files_waiting(&self) -> usize {
-        std::fs::read_dir(self.input_dir())
+        let visible = std::fs::read_dir(self.input_dir())
             .expect("read the input folder")
-            .count()
+            .filter(|entry| {
+                !entry
+                    .as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with('.'))
+            })
+            .count();
+        let claimed = std::fs::read_dir(self.input_dir().join(".claimed"))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        visible + claimed
     }
 
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Proc {

@@ -1,9 +1,8 @@
-//! A short chaos run in the default test command: random SIGKILLs of the generator, the bridge and
-//! the consumer. `scripts/chaos.sh` runs longer ones that also kill the broker, PostgreSQL and a
-//! second consumer. Those are left out here because with Tansu 0.6 a broker killed under a group,
-//! or two static members killed in turn, can leave the group never assigning partitions again
-//! (Tansu does not expire dead members), and one run also saw the private PostgreSQL not accept
-//! connections after a restart; broker and database restarts have their own tests in faults.rs.
+//! A short chaos run in the default test command: random SIGKILLs of the generator, the bridge,
+//! the consumer (a static member, since Tansu 0.6 never expires dead members), the broker and
+//! PostgreSQL, with hostile files mixed into the input. `scripts/chaos.sh` runs longer ones with
+//! a second consumer, which is left out here: with Tansu 0.6, two static members killed in turn
+//! can leave the group waiting for a member that is gone.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn random_kills_of_every_component_lose_and_duplicate_nothing() {
@@ -11,9 +10,10 @@ async fn random_kills_of_every_component_lose_and_duplicate_nothing() {
         25,
         20261125,
         it_tests::chaos::ChaosOptions {
-            kill_broker: false,
-            kill_postgres: false,
+            kill_broker: true,
+            kill_postgres: true,
             consumers: 1,
+            hostile: true,
         },
     )
     .await

@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
             kill_broker: !args.spare_broker,
             kill_postgres: true,
             consumers: 2,
+            hostile: true,
         },
     )
     .await?;

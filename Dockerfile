@@ -1,14 +1,25 @@
-# One image with the three binaries; docker-compose.yml picks the command per service.
+# syntax=docker/dockerfile:1
+# One image with the four binaries; docker-compose.yml picks the command per service.
 FROM rust:1-bookworm AS build
+# librdkafka is built with OpenSSL (TLS, SASL SCRAM) from the system's headers.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bins
+# The registry and the target folder are cached between builds; the lockfile is binding.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+    && mkdir -p /out \
+    && cp target/release/generator target/release/file-bridge target/release/consumer \
+          target/release/status /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/generator /src/target/release/file-bridge /src/target/release/consumer /usr/local/bin/
+COPY --from=build /out/ /usr/local/bin/
 # Named volumes mounted at /data inherit this ownership.
 RUN mkdir -p /data && chown 10001 /data
 USER 10001

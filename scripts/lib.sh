@@ -29,6 +29,20 @@ ensure_system_packages() {
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     command -v psql >/dev/null || missing+=(postgresql-client)
     command -v python3 >/dev/null || missing+=(python3)
+    # librdkafka is built with OpenSSL (Kafka over TLS, SASL SCRAM).
+    pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+}
+
+# What the TLS tests need: the openssl command for a throwaway CA, and stunnel to put TLS in front
+# of Tansu (whose own TLS flags cannot be used together in 0.6).
+ensure_tls_tools() {
+    local missing=()
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         apt_install "${missing[@]}"

@@ -9,6 +9,7 @@ TEST_KAFKA_PORT="${TEST_KAFKA_PORT:-19093}"
 TANSU_DIR="$ROOT/target/it-tansu"
 
 ensure_system_packages
+ensure_tls_tools
 ensure_tansu
 ensure_postgres "$TEST_DATABASE_URL"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml

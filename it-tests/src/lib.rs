@@ -11,6 +11,7 @@ pub mod chaos;
 #[cfg(feature = "docker")]
 pub mod containers;
 pub mod services;
+pub mod tls;
 
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
@@ -42,6 +43,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{suffix:08x}", std::process::id())
 }
 
+/// `server` (a PostgreSQL URL, perhaps with `?sslmode=...`) with its database replaced.
+pub fn database_url(server: &str, database: &str) -> String {
+    let (address, query) = server.split_once('?').unwrap_or((server, ""));
+    let Some((base, _)) = address.rsplit_once('/') else {
+        panic!("TEST_DATABASE_URL has no database name: {server}");
+    };
+    if query.is_empty() {
+        format!("{base}/{database}")
+    } else {
+        format!("{base}/{database}?{query}")
+    }
+}
+
 /// One test's world: its own database, topic, group and folders.
 pub struct World {
     pub brokers: String,
@@ -71,10 +85,7 @@ impl World {
             .await
             .expect("create test database");
         admin.close().await;
-        let database_url = match server.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{database}"),
-            None => panic!("TEST_DATABASE_URL has no database name: {server}"),
-        };
+        let database_url = database_url(&server, &database);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .connect(&database_url)

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn wait_for_port(port: u16, what: &str) {
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -29,14 +29,28 @@ fn wait_for_port(port: u16, what: &str) {
 pub struct PrivateBroker {
     dir: tempfile::TempDir,
     port: u16,
+    /// The port clients are told to connect to: a TLS terminator in front of `port`, or `port`.
+    advertised_port: u16,
     child: Option<Child>,
 }
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
+        let port = free_port();
+        Self::start_on(port, port)
+    }
+
+    /// A broker that tells its clients to connect to `advertised_port` (where a TLS terminator
+    /// forwards to it).
+    pub fn start_advertising(advertised_port: u16) -> PrivateBroker {
+        Self::start_on(free_port(), advertised_port)
+    }
+
+    fn start_on(port: u16, advertised_port: u16) -> PrivateBroker {
         let mut broker = PrivateBroker {
             dir: tempfile::tempdir().expect("broker dir"),
-            port: free_port(),
+            port,
+            advertised_port,
             child: None,
         };
         broker.restart();
@@ -55,10 +69,16 @@ impl PrivateBroker {
             .open(self.dir.path().join("tansu.log"))
             .expect("broker log");
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let child = Command::new("tansu")
             .current_dir(self.dir.path())
             .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("broker log"))
             .stderr(log)
@@ -113,6 +133,36 @@ impl PrivatePostgres {
 
     /// Starts with extra server settings, e.g. `-c max_connections=6`.
     pub fn start_with(settings: &str) -> PrivatePostgres {
+        Self::start_configured(settings, |_| {})
+    }
+
+    /// A server that takes TLS connections only (with a certificate `ca` signed) and refuses
+    /// plain ones.
+    pub fn start_tls(ca: &crate::tls::TestCa) -> PrivatePostgres {
+        let settings = "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key";
+        Self::start_configured(settings, |data| {
+            std::fs::copy(ca.server_cert(), data.join("server.crt")).expect("server.crt");
+            std::fs::copy(ca.server_key(), data.join("server.key")).expect("server.key");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("pg_hba.conf");
+            let key = data.join("server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("key mode");
+            if is_root() {
+                for file in ["server.crt", "server.key", "pg_hba.conf"] {
+                    run(
+                        "chown",
+                        &["postgres", data.join(file).to_str().expect("utf-8")],
+                    );
+                }
+            }
+        })
+    }
+
+    fn start_configured(settings: &str, configure: impl FnOnce(&Path)) -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
@@ -138,6 +188,7 @@ impl PrivatePostgres {
             "{} -D {data} -A trust -U postgres >/dev/null",
             postgres.bin.join("initdb").display()
         ));
+        configure(&postgres.dir.join("data"));
         postgres.restart();
         postgres
     }

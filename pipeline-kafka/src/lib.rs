@@ -6,15 +6,18 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("failed to create a Kafka client for {brokers}: {source}")]
+    #[error("failed to reach Kafka at {brokers}: {source}{detail}")]
     Client {
         brokers: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
+        /// What librdkafka reported on the way (`; SSL handshake failed: ...`), if anything.
+        detail: String,
     },
     #[error("failed to create topic `{topic}` on {brokers}: {reason}")]
     CreateTopic {
@@ -108,12 +111,10 @@ pub async fn ensure_topic(
     let brokers = config.get("bootstrap.servers").unwrap_or("?").to_owned();
     let client_error = |source| SetupError::Client {
         brokers: brokers.clone(),
-        source,
+        source: Box::new(source),
+        detail: String::new(),
     };
-    if partitions_of(config, topic)
-        .map_err(client_error)?
-        .is_some()
-    {
+    if partitions_of(config, topic)?.is_some() {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(client_error)?;
@@ -143,10 +144,7 @@ pub async fn ensure_topic(
     let waited = Duration::from_secs(30);
     let deadline = Instant::now() + waited;
     while Instant::now() < deadline {
-        if partitions_of(config, topic)
-            .map_err(client_error)?
-            .is_some()
-        {
+        if partitions_of(config, topic)?.is_some() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -158,13 +156,55 @@ pub async fn ensure_topic(
     })
 }
 
+/// Keeps what librdkafka reports about its connections (a TLS handshake that failed, a SASL
+/// mechanism refused), so a failure can say why rather than "broker transport failure".
+#[derive(Default)]
+pub struct ClientErrors(std::sync::Mutex<Vec<String>>);
+
+impl ClientErrors {
+    /// The distinct reasons reported so far, as `; reason; reason`.
+    pub fn describe(&self) -> String {
+        let reasons = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        reasons.iter().map(|reason| format!("; {reason}")).collect()
+    }
+}
+
+impl ClientContext for ClientErrors {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka client error");
+        let mut reasons = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !reasons.iter().any(|r| r == reason) && reasons.len() < 5 {
+            reasons.push(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ClientErrors {}
+
 /// How many partitions the topic has, or `None` when the broker does not know it.
-pub fn partitions_of(
-    config: &ClientConfig,
-    topic: &str,
-) -> Result<Option<usize>, rdkafka::error::KafkaError> {
-    let probe: BaseConsumer = config.create()?;
-    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+pub fn partitions_of(config: &ClientConfig, topic: &str) -> Result<Option<usize>, SetupError> {
+    let brokers = config.get("bootstrap.servers").unwrap_or("?").to_owned();
+    let probe: BaseConsumer<ClientErrors> = config
+        .create_with_context(ClientErrors::default())
+        .map_err(|source| SetupError::Client {
+            brokers: brokers.clone(),
+            source: Box::new(source),
+            detail: String::new(),
+        })?;
+    let metadata = match probe.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(metadata) => metadata,
+        Err(source) => {
+            // Errors reach the context only through a poll.
+            for _ in 0..5 {
+                let _ = probe.poll(Duration::from_millis(50));
+            }
+            return Err(SetupError::Client {
+                brokers,
+                source: Box::new(source),
+                detail: probe.context().describe(),
+            });
+        }
+    };
     Ok(metadata
         .topics()
         .iter()

@@ -65,6 +65,16 @@ pub struct Config {
     pub dashboard_only: bool,
 }
 
+impl Config {
+    /// How this consumer names itself to Kafka (`client.id`) and PostgreSQL (`application_name`).
+    pub fn component_name(&self) -> String {
+        match &self.instance_id {
+            Some(instance) => format!("consumer-{instance}"),
+            None => "consumer".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LatePolicy {
     Accept,

@@ -47,7 +47,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         late_policy = ?config.late_policy,
         "consumer starting"
     );
-    let mut sink = Sink::new(&config.database_url, &config.group, &config.kafka.topic);
+    let mut sink =
+        Sink::new(&config.database_url, &config.group, &config.kafka.topic).named(&format!(
+            "{}@{}",
+            config.component_name(),
+            pipeline_kafka::host_name()
+        ));
     if !config.skip_migrations {
         // A database that is not up yet (or full) is waited for; a broken migration is fatal.
         let mut backoff = Duration::from_millis(250);
@@ -78,7 +83,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let mut kafka = config.kafka.client_config(CONSUMER_DEFAULTS);
+    let mut kafka = config
+        .kafka
+        .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
     kafka.set("group.id", &config.group);
     if let Some(instance) = &config.instance_id {
         kafka.set("group.instance.id", instance);

@@ -13,6 +13,7 @@ use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
 use crate::storable;
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -137,6 +138,8 @@ impl WriteOutcome {
 
 pub struct Sink {
     url: String,
+    /// `application_name` for connections whose URL sets none.
+    application_name: Option<String>,
     group: String,
     topic: String,
     connection: Option<PgConnection>,
@@ -148,11 +151,18 @@ impl Sink {
     pub fn new(url: &str, group: &str, topic: &str) -> Sink {
         Sink {
             url: url.to_owned(),
+            application_name: None,
             group: group.to_owned(),
             topic: topic.to_owned(),
             connection: None,
             copy_direct: true,
         }
+    }
+
+    /// Names the connections (PostgreSQL's `application_name`), unless the URL names them.
+    pub fn named(mut self, application_name: &str) -> Sink {
+        self.application_name = Some(application_name.to_owned());
+        self
     }
 
     /// Applies `migrations/` (idempotent; concurrent consumers serialise on an advisory lock).
@@ -164,7 +174,11 @@ impl Sink {
 
     async fn connection(&mut self) -> Result<&mut PgConnection, SinkError> {
         if self.connection.is_none() {
-            let mut connection = PgConnection::connect(&self.url).await?;
+            let mut options: PgConnectOptions = self.url.parse()?;
+            if let (None, Some(name)) = (options.get_application_name(), &self.application_name) {
+                options = options.application_name(name);
+            }
+            let mut connection = PgConnection::connect_with(&options).await?;
             sqlx::query(CREATE_STAGING).execute(&mut connection).await?;
             self.connection = Some(connection);
         }

@@ -49,7 +49,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create folder {}", dir.display()))?;
     }
-    let kafka = config.kafka.client_config(PRODUCER_DEFAULTS);
+    let kafka = config
+        .kafka
+        .client_config("file-bridge", PRODUCER_DEFAULTS)?;
     config.kafka.ensure_topic(&kafka).await?;
     let (completions_tx, mut completions) = mpsc::unbounded_channel();
     let limits = event_model::Limits {

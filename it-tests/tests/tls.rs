@@ -39,10 +39,32 @@ async fn events_flow_end_to_end_over_tls_to_kafka_and_postgres() {
     let kafka = kafka_tls(&ca);
     let kafka: Vec<&str> = kafka.iter().map(String::as_str).collect();
     world.bridge_once(&kafka);
-    let _consumer = world.consumer(&kafka);
+    // The consumer takes its TLS settings from a client properties file, as kcat -F does.
+    let properties = world.dir.path().join("client.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "# managed Kafka\nsecurity.protocol = SSL\nssl.ca.location: {}\n",
+            ca.ca_pem().display()
+        ),
+    )
+    .unwrap();
+    let properties = properties.to_str().unwrap();
+    let _consumer = world.consumer(&["--kafka-config", properties, "--instance-id", "tls-1"]);
     world
         .wait_for_count("SELECT count(*) FROM ecommerce_events", 300, LONG)
         .await;
+    // Operators see who is connected.
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert!(
+        names.iter().any(|name| name.starts_with("consumer-tls-1@")),
+        "{names:?}"
+    );
     let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(&world.pool)
         .await

@@ -7,6 +7,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum SetupError {
         /// What librdkafka reported on the way (`; SSL handshake failed: ...`), if anything.
         detail: String,
     },
+    #[error("invalid Kafka client configuration in {file}: {reason}")]
+    Config { file: String, reason: String },
     #[error("failed to create topic `{topic}` on {brokers}: {reason}")]
     CreateTopic {
         topic: String,
@@ -48,16 +51,56 @@ pub struct KafkaArgs {
     /// Replication factor of the topic, when this component is the one that creates it.
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub replication_factor: i32,
-    /// Extra librdkafka option, repeatable: -X security.protocol=SASL_SSL.
-    /// From the environment: KAFKA_OPTIONS="key=value,key=value".
-    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = parse_option)]
+    /// A librdkafka client properties file (Java style, as kcat -F or Kafka's client.properties):
+    /// `key=value` lines, `#` comments. -X options and KAFKA_OPTIONS override it.
+    #[arg(long = "kafka-config", env = "KAFKA_CONFIG", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Extra librdkafka option, repeatable: -X security.protocol=SASL_SSL. A value may hold
+    /// commas. Overrides KAFKA_OPTIONS and --kafka-config.
+    #[arg(short = 'X', long = "kafka-option", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
+    /// librdkafka options from the environment: KAFKA_OPTIONS="key=value,key=value"; a comma
+    /// followed by text without `=` belongs to the value before it (bootstrap lists).
+    #[arg(
+        long = "kafka-options",
+        env = "KAFKA_OPTIONS",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub options_env: Option<String>,
 }
 
 impl KafkaArgs {
-    /// Client settings: `defaults` first, then the user's `-X` options, which win.
-    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        client_config(&self.brokers, defaults, &self.options)
+    /// Client settings for `component`: `defaults` first, then `--kafka-config`, then
+    /// KAFKA_OPTIONS, then `-X`, each overriding the one before. `client.id` names the component
+    /// and its host, so operators can see who is connected, unless set.
+    pub fn client_config(
+        &self,
+        component: &str,
+        defaults: &[(&str, &str)],
+    ) -> Result<ClientConfig, SetupError> {
+        let mut overrides = Vec::new();
+        if let Some(file) = &self.config_file {
+            let text = std::fs::read_to_string(file).map_err(|error| SetupError::Config {
+                file: file.display().to_string(),
+                reason: error.to_string(),
+            })?;
+            overrides.extend(
+                parse_properties(&text).map_err(|reason| SetupError::Config {
+                    file: file.display().to_string(),
+                    reason,
+                })?,
+            );
+        }
+        if let Some(text) = &self.options_env {
+            overrides.extend(split_env_options(text)?);
+        }
+        overrides.extend(self.options.iter().cloned());
+        let mut config = client_config(&self.brokers, defaults, &overrides);
+        if config.get("client.id").is_none() {
+            config.set("client.id", format!("{component}@{}", host_name()));
+        }
+        Ok(config)
     }
 
     /// Creates the topic unless it exists (see [`ensure_topic`]).
@@ -82,6 +125,127 @@ pub fn parse_option(text: &str) -> Result<(String, String), String> {
             "`{text}` is not a librdkafka option like key=value"
         )),
     }
+}
+
+/// KAFKA_OPTIONS split into options: at commas, except where what follows has no `=` (then the
+/// comma is part of the value, as in a broker list).
+fn split_env_options(text: &str) -> Result<Vec<(String, String)>, SetupError> {
+    let mut parts: Vec<String> = Vec::new();
+    for piece in text.split(',') {
+        match parts.last_mut() {
+            Some(last) if !piece.contains('=') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => parts.push(piece.to_owned()),
+        }
+    }
+    parts
+        .iter()
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            parse_option(part).map_err(|reason| SetupError::Config {
+                file: "KAFKA_OPTIONS".into(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// Parses Java-style properties: `key=value`, `key: value` or `key value` per line, `#` and `!`
+/// comments, a trailing backslash continuing the line, and the escapes `\t \n \r \f \\ \uXXXX`.
+pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut properties = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((index, line)) = lines.next() {
+        let mut logical = line.trim_start().to_owned();
+        if logical.is_empty() || logical.starts_with('#') || logical.starts_with('!') {
+            continue;
+        }
+        while ends_in_continuation(&logical) {
+            logical.pop();
+            match lines.next() {
+                Some((_, next)) => logical.push_str(next.trim_start()),
+                None => break,
+            }
+        }
+        let (key, value) = split_property(&logical);
+        let key = unescape(key).map_err(|e| format!("line {}: {e}", index + 1))?;
+        let value = unescape(value).map_err(|e| format!("line {}: {e}", index + 1))?;
+        if key.is_empty() {
+            return Err(format!("line {}: no key", index + 1));
+        }
+        properties.push((key, value));
+    }
+    Ok(properties)
+}
+
+fn ends_in_continuation(line: &str) -> bool {
+    line.chars().rev().take_while(|c| *c == '\\').count() % 2 == 1
+}
+
+/// The key up to the first unescaped `=`, `:` or whitespace; the value after that separator
+/// and the whitespace around it.
+fn split_property(line: &str) -> (&str, &str) {
+    let mut escaped = false;
+    for (at, c) in line.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '=' | ':' | ' ' | '\t' => {
+                let key = &line[..at];
+                let rest = line[at..].trim_start_matches([' ', '\t']);
+                let rest = rest
+                    .strip_prefix(['=', ':'])
+                    .unwrap_or(rest)
+                    .trim_start_matches([' ', '\t']);
+                return (key, rest);
+            }
+            _ => {}
+        }
+    }
+    (line, "")
+}
+
+fn unescape(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let code = u32::from_str_radix(&hex, 16)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| format!("bad escape \\u{hex}"))?;
+                out.push(code);
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// This machine's name, for `client.id` and `application_name`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 /// Client settings: our defaults first, then the user's `-X` options, which win.
@@ -235,5 +399,44 @@ mod tests {
         );
         assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn java_properties_parse_as_kafka_clients_write_them() {
+        let text = "# a comment\n! another\n\nsecurity.protocol = SASL_SSL\nsasl.mechanism:SCRAM-SHA-512\n\
+                    sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \\\n    username=\"u\" password=\"p=,q\";\n\
+                    ssl.ca.location /etc/ca.pem\nkey\\=with\\:sep=v\\u0041\\t\nempty=\n";
+        let properties = parse_properties(text).unwrap();
+        assert_eq!(
+            properties,
+            vec![
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
+                (
+                    "sasl.jaas.config".to_owned(),
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"u\" password=\"p=,q\";".to_owned()
+                ),
+                ("ssl.ca.location".to_owned(), "/etc/ca.pem".to_owned()),
+                ("key=with:sep".to_owned(), "vA\t".to_owned()),
+                ("empty".to_owned(), String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn env_options_keep_commas_that_belong_to_a_value() {
+        let options = split_env_options(
+            "bootstrap.servers=a:1,b:2,security.protocol=ssl,sasl.password=x,y=z",
+        )
+        .unwrap();
+        assert_eq!(
+            options,
+            vec![
+                ("bootstrap.servers".to_owned(), "a:1,b:2".to_owned()),
+                ("security.protocol".to_owned(), "ssl".to_owned()),
+                ("sasl.password".to_owned(), "x".to_owned()),
+                ("y".to_owned(), "z".to_owned()),
+            ]
+        );
     }
 }

@@ -46,6 +46,9 @@ impl RebalanceWatch {
 
 impl ClientContext for RebalanceWatch {
     fn stats(&self, statistics: Statistics) {
+        self.metrics
+            .readiness
+            .set("broker", pipeline_kafka::broker_reachable(&statistics));
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
                 // -1 marks the internal UA partition and partitions we do not consume.
@@ -62,10 +65,18 @@ impl ConsumerContext for RebalanceWatch {
         self.moved.store(true, Ordering::Release);
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "partitions assigned")
+                tracing::info!(partitions = %describe(partitions), "partitions assigned");
+                let state = if partitions.count() > 0 {
+                    Ok(())
+                } else {
+                    Err("the group assigned this consumer no partition".to_owned())
+                };
+                self.metrics.readiness.set("partitions", state);
             }
             Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "partitions revoked")
+                tracing::info!(partitions = %describe(partitions), "partitions revoked");
+                // A revoke starts a rebalance: ready while it is in progress.
+                self.metrics.readiness.set("partitions", Ok(()));
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
         }

@@ -47,12 +47,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         late_policy = ?config.late_policy,
         "consumer starting"
     );
-    let mut sink =
-        Sink::new(&config.database_url, &config.group, &config.kafka.topic).named(&format!(
-            "{}@{}",
-            config.component_name(),
-            pipeline_kafka::host_name()
-        ));
+    let application_name = format!(
+        "{}@{}",
+        config.component_name(),
+        pipeline_kafka::host_name()
+    );
+    let mut sink = Sink::new(&config.database_url, &config.group, &config.kafka.topic)
+        .named(&application_name);
+    let metrics = ConsumerMetrics::new();
+    // Health and readiness answer from the start, while the database or the broker is awaited.
+    if !config.migrate_only {
+        serve_http(&config, &metrics, &shutdown).await?;
+        watch_database(&config, &application_name, &metrics, &shutdown)?;
+    }
+    if config.dashboard_only {
+        // The dashboard reads PostgreSQL only: no broker, no group.
+        metrics.readiness.set("broker", Ok(()));
+        shutdown.cancelled().await;
+        return Ok(());
+    }
     if !config.skip_migrations {
         // A database that is not up yet (or full) is waited for; a broken migration is fatal.
         let mut backoff = Duration::from_millis(250);
@@ -91,12 +104,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         kafka.set("group.instance.id", instance);
     }
     config.kafka.ensure_topic(&kafka).await?;
-    let metrics = ConsumerMetrics::new();
-    serve_http(&config, &metrics, &shutdown).await?;
-    if config.dashboard_only {
-        shutdown.cancelled().await;
-        return Ok(());
-    }
     let consumer: StreamConsumer<RebalanceWatch> = kafka
         .create_with_context(RebalanceWatch::new(metrics.clone()))
         .context("failed to create the Kafka consumer")?;
@@ -186,11 +193,14 @@ async fn serve_http(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_addr {
-        let handler = telemetry::metrics_handler(metrics.registry.clone());
+        let handler = telemetry::with_health(
+            metrics.readiness.clone(),
+            telemetry::metrics_handler(metrics.registry.clone()),
+        );
         let bound = telemetry::serve(addr, handler, shutdown.clone())
             .await
             .with_context(|| format!("failed to listen on {addr} for metrics"))?;
-        tracing::info!(%bound, "serving /metrics");
+        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
     }
     if let Some(addr) = config.dashboard_addr {
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -205,6 +215,48 @@ async fn serve_http(
     }
     Ok(())
 }
+
+/// Asks the database for `SELECT 1` every few seconds, for readiness: a consumer retrying a dead
+/// database is alive but not ready, and an idle one must notice too.
+fn watch_database(
+    config: &Config,
+    application_name: &str,
+    metrics: &ConsumerMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let options: sqlx::postgres::PgConnectOptions = config
+        .database_url
+        .parse()
+        .context("invalid DATABASE_URL")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(DATABASE_CHECK_TIMEOUT)
+        .connect_lazy_with(options.application_name(&format!("{application_name}/health")));
+    let (readiness, shutdown) = (metrics.readiness.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let answer = tokio::time::timeout(
+                DATABASE_CHECK_TIMEOUT,
+                sqlx::query("SELECT 1").execute(&pool),
+            )
+            .await;
+            let state = match answer {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(format!("database not reachable: {error}")),
+                Err(_) => Err("database did not answer in time".to_owned()),
+            };
+            readiness.set("database", state);
+            tokio::select! {
+                _ = tokio::time::sleep(DATABASE_CHECK_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(2);
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Collects up to `batch_size` messages, returning early `batch_timeout` after the first one.
 async fn next_batch(

@@ -33,6 +33,8 @@ const FRESHNESS_BOUNDS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30
 #[derive(Clone, Default)]
 pub struct ConsumerMetrics {
     pub registry: Registry,
+    /// What `/readyz` answers: database, broker, partitions, nothing stuck.
+    pub readiness: telemetry::Readiness,
     stuck_partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
 }
 
@@ -55,6 +57,12 @@ impl ConsumerMetrics {
             metrics.registry.declare_counter(name, help, &[]);
         }
         metrics.registry.set(STUCK, STUCK_HELP, &[], 0.0);
+        let readiness = &metrics.readiness;
+        readiness.set("progress", Ok(()));
+        readiness.set("database", Err("not checked yet".into()));
+        readiness.set("broker", Err("not connected yet".into()));
+        // Joining the group is a rebalance in progress.
+        readiness.set("partitions", Ok(()));
         for path in [WritePath::Copy, WritePath::Staging, WritePath::RowByRow] {
             metrics
                 .registry
@@ -169,6 +177,12 @@ impl ConsumerMetrics {
             }
         }
         self.registry.set(STUCK, STUCK_HELP, &[], set.len() as f64);
+        let state = if set.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("partitions {set:?} cannot advance"))
+        };
+        self.readiness.set("progress", state);
     }
 
     pub fn stuck_count(&self) -> usize {

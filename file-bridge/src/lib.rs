@@ -49,6 +49,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create folder {}", dir.display()))?;
     }
+    // Health and readiness answer from the start, while the broker is awaited.
+    let metrics = BridgeMetrics::new();
+    if let Some(addr) = config.metrics_addr {
+        let handler = telemetry::with_health(
+            metrics.readiness.clone(),
+            telemetry::metrics_handler(metrics.registry.clone()),
+        );
+        let bound = telemetry::serve(addr, handler, shutdown.clone())
+            .await
+            .with_context(|| format!("failed to listen on {addr} for metrics"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    }
     let kafka = config
         .kafka
         .client_config("file-bridge", PRODUCER_DEFAULTS)?;
@@ -63,6 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.kafka.topic,
         limits,
         completions_tx.clone(),
+        metrics.readiness.clone(),
     )?);
     let budget = Publisher::message_budget(&kafka);
     // JSON writes a control character as six bytes: a row within the caps may still not fit.
@@ -94,17 +107,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "bridge started"
     );
 
-    let metrics = BridgeMetrics::new();
-    if let Some(addr) = config.metrics_addr {
-        let bound = telemetry::serve(
-            addr,
-            telemetry::metrics_handler(metrics.registry.clone()),
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("failed to listen on {addr} for metrics"))?;
-        tracing::info!(%bound, "serving /metrics");
-    }
     let mut files = Files {
         config: &config,
         metrics,
@@ -124,8 +126,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let scan_now = !config.once || !scanned_once;
         if files.producer_suspect && files.in_flight.is_empty() {
             files.producer_suspect = false;
-            let fresh =
-                Publisher::new(&kafka, &config.kafka.topic, limits, completions_tx.clone())?;
+            let fresh = Publisher::new(
+                &kafka,
+                &config.kafka.topic,
+                limits,
+                completions_tx.clone(),
+                files.metrics.readiness.clone(),
+            )?;
             let old = std::mem::replace(&mut publisher, Arc::new(fresh));
             // Dropping a producer may wait on the network: not on the async threads.
             tokio::task::spawn_blocking(move || drop(old));

@@ -12,6 +12,8 @@ pub const FILES_IN_FLIGHT: &str = "pipeline_bridge_files_in_flight";
 #[derive(Clone, Default)]
 pub struct BridgeMetrics {
     pub registry: Registry,
+    /// What `/readyz` answers: the broker reachable.
+    pub readiness: telemetry::Readiness,
 }
 
 impl BridgeMetrics {
@@ -31,6 +33,9 @@ impl BridgeMetrics {
         ] {
             metrics.registry.declare_counter(name, help, &[]);
         }
+        metrics
+            .readiness
+            .set("broker", Err("not connected yet".into()));
         metrics
     }
 

@@ -40,6 +40,8 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // Bounds the bridge's memory: what is queued for the broker at most.
     ("queue.buffering.max.kbytes", "65536"),
     ("message.timeout.ms", "300000"),
+    // Broker connection states for readiness.
+    ("statistics.interval.ms", "5000"),
 ];
 
 /// How many rows are read between two checks for shutdown.
@@ -90,6 +92,7 @@ struct Progress {
 pub struct DeliveryTracker {
     files: Mutex<HashMap<usize, Progress>>,
     completions: UnboundedSender<Completion>,
+    readiness: telemetry::Readiness,
 }
 
 impl DeliveryTracker {
@@ -116,7 +119,12 @@ impl DeliveryTracker {
     }
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.readiness
+            .set("broker", pipeline_kafka::broker_reachable(&statistics));
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = usize;
@@ -150,10 +158,12 @@ impl Publisher {
         topic: &str,
         limits: Limits,
         completions: UnboundedSender<Completion>,
+        readiness: telemetry::Readiness,
     ) -> Result<Publisher, PublishError> {
         let tracker = DeliveryTracker {
             files: Mutex::new(HashMap::new()),
             completions,
+            readiness,
         };
         let producer = config
             .create_with_context(tracker)

@@ -345,6 +345,28 @@ impl ClientContext for ClientErrors {
 
 impl rdkafka::consumer::ConsumerContext for ClientErrors {}
 
+/// Whether the client has a connection up to some broker, from librdkafka's statistics (for
+/// readiness); `Err` lists what it has instead.
+pub fn broker_reachable(statistics: &rdkafka::Statistics) -> Result<(), String> {
+    let brokers: Vec<&rdkafka::statistics::Broker> = statistics
+        .brokers
+        .values()
+        .filter(|broker| broker.nodeid >= 0)
+        .collect();
+    if brokers.iter().any(|broker| broker.state == "UP") {
+        return Ok(());
+    }
+    let states: Vec<String> = statistics
+        .brokers
+        .values()
+        .map(|broker| format!("{} {}", broker.name, broker.state))
+        .collect();
+    Err(format!(
+        "no broker connection is up ({})",
+        states.join(", ")
+    ))
+}
+
 /// How many partitions the topic has, or `None` when the broker does not know it.
 pub fn partitions_of(config: &ClientConfig, topic: &str) -> Result<Option<usize>, SetupError> {
     let brokers = config.get("bootstrap.servers").unwrap_or("?").to_owned();

@@ -1,5 +1,6 @@
 //! Just enough Prometheus: label-keyed counters, gauges and fixed-bucket histograms rendered as
-//! text exposition format, and a small HTTP/1.1 server for `/metrics` and a few more routes.
+//! text exposition format; an HTTP server (axum on hyper) for `/metrics`, `/healthz`, `/readyz`
+//! and a few more routes.
 //!
 //! Hand-written rather than a metrics stack: a handful of series, updated once per batch or file.
 //! Names follow `<namespace>_<name>_<unit>_total` for counters; labels stay low-cardinality.
@@ -8,14 +9,17 @@ pub mod signal;
 
 pub use signal::{init_logging, shutdown_token};
 
+use axum::http::{header, Method, StatusCode, Uri};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(&'static str, String)>;
@@ -257,7 +261,16 @@ impl Response {
 pub type Handler =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
-/// Serves GET requests on `addr` until `shutdown`; `handler` gets the path (query stripped).
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request head within this time.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A route must answer within this time (a dashboard query on a slow database).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves GET and HEAD on `addr` until `shutdown`, with axum on hyper: at most
+/// [`MAX_CONNECTIONS`] connections at once, [`READ_TIMEOUT`] to send a request head,
+/// [`ANSWER_TIMEOUT`] for an answer. `handler` gets the path (query stripped).
 pub async fn serve(
     addr: SocketAddr,
     handler: Handler,
@@ -265,56 +278,125 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let router = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+        let handler = handler.clone();
+        async move { answer(&handler, &method, uri.path()).await }
+    });
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit,
+                _ = shutdown.cancelled() => return,
+            };
+            let Ok(permit) = permit else { return };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = shutdown.cancelled() => return,
             };
-            let Ok((mut stream, _)) = accepted else {
+            let Ok((stream, _)) = accepted else {
                 continue;
             };
-            let handler = handler.clone();
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
             tokio::spawn(async move {
-                let mut request = vec![0u8; 4096];
-                let mut read = 0;
-                // Headers only: we serve GET, so there is no body to read.
-                while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n")
-                {
-                    match stream.read(&mut request[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
-                }
-                let text = String::from_utf8_lossy(&request[..read]);
-                let mut words = text.split_whitespace();
-                let response = match (words.next(), words.next()) {
-                    (Some("GET"), Some(target)) => {
-                        let path = target.split('?').next().unwrap_or("/").to_owned();
-                        handler(path).await
-                    }
-                    _ => Response {
-                        status: 405,
-                        content_type: "text/plain",
-                        body: b"GET only\n".to_vec(),
-                    },
-                };
-                let reason = match response.status {
-                    200 => "OK",
-                    404 => "Not Found",
-                    _ => "Error",
-                };
-                let head = format!(
-                    "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-                    response.status, response.content_type, response.body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&response.body).await;
-                let _ = stream.shutdown().await;
+                let _permit = permit;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(READ_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = connection.await;
             });
         }
     });
     Ok(local)
+}
+
+async fn answer(handler: &Handler, method: &Method, path: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+            "GET or HEAD only\n",
+        )
+            .into_response();
+    }
+    let Ok(response) = tokio::time::timeout(ANSWER_TIMEOUT, handler(path.to_owned())).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no answer in time\n").into_response();
+    };
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let length = response.body.len();
+    // HEAD: the same head, no body.
+    let body = if method == Method::HEAD {
+        Vec::new()
+    } else {
+        response.body
+    };
+    let mut answer = (
+        status,
+        [
+            (header::CONTENT_TYPE, response.content_type),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response();
+    if let Ok(length) = header::HeaderValue::from_str(&length.to_string()) {
+        answer.headers_mut().insert(header::CONTENT_LENGTH, length);
+    }
+    answer
+}
+
+/// What a component needs to be ready, each need with its state: `/readyz` answers 200 when all
+/// hold and 503 naming those that do not. `/healthz` answers 200 while the process serves.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Arc<Mutex<BTreeMap<&'static str, Result<(), String>>>>,
+}
+
+impl Readiness {
+    /// Records whether `check` holds now (`Err` says why not).
+    pub fn set(&self, check: &'static str, state: Result<(), String>) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.insert(check, state);
+    }
+
+    /// The checks that do not hold, as `name: why` lines; empty when ready.
+    pub fn failing(&self) -> Vec<String> {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks
+            .iter()
+            .filter_map(|(name, state)| state.as_ref().err().map(|why| format!("{name}: {why}")))
+            .collect()
+    }
+
+    fn answer(&self) -> Response {
+        let failing = self.failing();
+        if failing.is_empty() {
+            Response::ok("text/plain", "ready\n")
+        } else {
+            Response {
+                status: 503,
+                content_type: "text/plain",
+                body: format!("not ready\n{}\n", failing.join("\n")).into_bytes(),
+            }
+        }
+    }
+}
+
+/// `/healthz` and `/readyz` from `readiness`, everything else from `inner`.
+pub fn with_health(readiness: Readiness, inner: Handler) -> Handler {
+    Arc::new(move |path: String| {
+        let (readiness, inner) = (readiness.clone(), inner.clone());
+        Box::pin(async move {
+            match path.as_str() {
+                "/healthz" => Response::ok("text/plain", "alive\n"),
+                "/readyz" => readiness.answer(),
+                _ => inner(path).await,
+            }
+        })
+    })
 }
 
 /// A handler serving only `/metrics` from `registry`.

@@ -1,0 +1,106 @@
+//! Health and readiness: `/healthz` says the process serves, `/readyz` says it can do its work
+//! (database, broker, partitions, nothing stuck) and names what is missing; the dashboard runs
+//! without a broker.
+
+use it_tests::services::{free_port, PrivatePostgres};
+use it_tests::World;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    telemetry::http_get(&format!("http://{addr}{path}"), Duration::from_secs(5))
+        .await
+        .unwrap_or((0, String::new()))
+}
+
+/// Waits until `path` answers `status`; returns the body.
+async fn wait_for(addr: &str, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (got, body) = get(addr, path).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed at {got} ({body}), expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One raw request, for methods the test client does not send; the whole answer.
+async fn raw(addr: &str, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_the_database_while_health_stays_up() {
+    let postgres = PrivatePostgres::start();
+    let world = World::on("health", &it_tests::brokers(), &postgres.server_url()).await;
+    let consumer_addr = format!("127.0.0.1:{}", free_port());
+    let bridge_addr = format!("127.0.0.1:{}", free_port());
+    let _bridge = world.bridge(&["--metrics-addr", &bridge_addr]);
+    let _consumer = world.consumer(&["--metrics-addr", &consumer_addr]);
+
+    assert_eq!(wait_for(&consumer_addr, "/healthz", 200).await, "alive\n");
+    wait_for(&consumer_addr, "/readyz", 200).await;
+    wait_for(&bridge_addr, "/readyz", 200).await;
+
+    // Proper HTTP: HEAD has the head and no body, other methods and paths are refused properly.
+    let head = raw(&consumer_addr, "HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD answered a body: {head}");
+    let post = raw(
+        &consumer_addr,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{post}"
+    );
+    assert_eq!(get(&consumer_addr, "/nothing-here").await.0, 404);
+
+    // The database goes away: alive, not ready, and the answer says why.
+    world.pool.close().await;
+    postgres.crash();
+    let body = wait_for(&consumer_addr, "/readyz", 503).await;
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(get(&consumer_addr, "/healthz").await.0, 200);
+    postgres.restart();
+    wait_for(&consumer_addr, "/readyz", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_runs_without_a_broker() {
+    let world = World::new("dashboard_only").await;
+    let dashboard = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    // Nothing listens on port 1: there is no broker at all.
+    let mut process = world.spawn(
+        "consumer",
+        &[
+            "--dashboard-only",
+            "--dashboard-addr",
+            &dashboard,
+            "--metrics-addr",
+            &metrics,
+            "--brokers",
+            "127.0.0.1:1",
+            "--database-url",
+            &world.database_url,
+        ],
+    );
+    let page = wait_for(&dashboard, "/", 200).await;
+    assert!(page.contains("<html"), "{page}");
+    wait_for(&metrics, "/readyz", 200).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(process.is_running(), "{}", process.log_text());
+}

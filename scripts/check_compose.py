@@ -28,6 +28,21 @@ for name in ("file-bridge", "consumer"):
     ):
         problems.append(f"{name} must wait for healthy dependencies")
 
+for name in ("file-bridge", "consumer", "dashboard"):
+    test = " ".join(services.get(name, {}).get("healthcheck", {}).get("test", []))
+    if "/readyz" not in test:
+        problems.append(f"{name}'s healthcheck must ask /readyz, not only open a port")
+for name in ("file-bridge", "consumer"):
+    grace = str(services.get(name, {}).get("stop_grace_period", "0s"))
+    if not grace.endswith("s") or int(grace[:-1] or 0) <= 30:
+        problems.append(f"{name} needs a stop_grace_period above its 30 s shutdown timeout")
+for name, service in services.items():
+    for port in service.get("ports", []):
+        if not str(port).startswith("127.0.0.1:"):
+            problems.append(f"{name} publishes {port} on every interface")
+if not any(str(arg).startswith("--memory=") for arg in services.get("redpanda", {}).get("command", [])):
+    problems.append("redpanda's memory is not bounded")
+
 if "monitoring" not in services.get("prometheus", {}).get("profiles", []):
     problems.append("prometheus belongs in the monitoring profile")
 with open(path.replace("docker-compose.yml", "deploy/prometheus.yml"), encoding="utf-8") as handle:

@@ -8,6 +8,8 @@ use std::time::Duration;
 #[command(version)]
 pub struct Config {
     #[command(flatten)]
+    pub log: telemetry::LogArgs,
+    #[command(flatten)]
     pub kafka: pipeline_kafka::KafkaArgs,
     /// Consumer group; a new group starts from the earliest offset.
     #[arg(long, env = "KAFKA_GROUP", default_value = "ecommerce-pg")]

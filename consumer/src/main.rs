@@ -3,17 +3,10 @@ use consumer::Config;
 
 #[tokio::main]
 async fn main() {
-    telemetry::init_logging();
     let config = Config::parse();
+    telemetry::init_logging(config.log.log_format);
     let shutdown = telemetry::shutdown_token();
-    let result = consumer::run(config, shutdown).await;
-    // Exit here rather than by dropping the runtime: leaving the group is already bounded in
-    // run(), and a librdkafka close stuck in a blocking thread must not keep the process alive.
-    std::process::exit(match result {
-        Ok(()) => 0,
-        Err(error) => {
-            eprintln!("Error: {error:?}");
-            1
-        }
-    })
+    // Exit here rather than by dropping the runtime: a librdkafka close stuck in a blocking
+    // thread must not keep the process alive.
+    telemetry::exit(consumer::run(config, shutdown).await)
 }

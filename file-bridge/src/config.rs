@@ -8,6 +8,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(version)]
 pub struct Config {
+    #[command(flatten)]
+    pub log: telemetry::LogArgs,
     /// Folder to watch for `*.csv` files.
     #[arg(long, env = "INPUT_DIR", default_value = "data/input")]
     pub input_dir: PathBuf,

@@ -7,6 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(version)]
 pub struct Config {
+    #[command(flatten)]
+    pub log: telemetry::LogArgs,
     /// Folder the CSV files are written to (created if missing).
     #[arg(long, env = "INPUT_DIR", default_value = "data/input")]
     pub output_dir: PathBuf,

@@ -2,9 +2,11 @@ use clap::Parser;
 use generator::Config;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
+async fn main() {
     let config = Config::parse();
+    telemetry::init_logging(config.log.log_format);
     let shutdown = telemetry::shutdown_token();
-    generator::run(config, shutdown).await
+    // Exit here rather than by dropping the runtime: a librdkafka close stuck in a blocking
+    // thread must not keep the process alive.
+    telemetry::exit(generator::run(config, shutdown).await)
 }

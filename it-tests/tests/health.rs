@@ -104,3 +104,45 @@ async fn the_dashboard_runs_without_a_broker() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(process.is_running(), "{}", process.log_text());
 }
+
+#[test]
+fn logs_go_to_stderr_as_json_when_asked_and_a_fatal_error_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(it_tests::binary_path("generator"))
+        .args(["--log-format", "json", "--files", "1", "--interval", "0s"])
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty(), "logs on stdout");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(value.get("level").is_some(), "{line}");
+    }
+
+    // A fatal error: one clear line on stderr, no colour codes when not on a terminal.
+    let output = std::process::Command::new(it_tests::binary_path("file-bridge"))
+        .args(["--kafka-config", "/nonexistent/client.properties", "--once"])
+        .arg("--input-dir")
+        .arg(dir.path())
+        .arg("--archive-dir")
+        .arg(dir.path().join("archive"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: invalid Kafka client configuration in /nonexistent/client.properties"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes off a terminal: {stderr}"
+    );
+}

@@ -262,21 +262,32 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
             LONG,
         )
         .await;
-    let output = Command::new(it_tests::binary_path("status"))
-        .args(world.topic_args())
-        .args(["--database-url", &world.database_url])
-        .args([
-            "--consumer-metrics-url",
-            &format!("http://{metrics}/metrics"),
-        ])
-        .args([
-            "--bridge-metrics-url",
-            &format!("http://127.0.0.1:{}/metrics", free_port()),
-        ])
-        .output()
-        .unwrap();
+    // Ready once its first statistics show the broker connection up.
+    let deadline = std::time::Instant::now() + LONG;
+    while !matches!(
+        telemetry::http_get(&format!("http://{metrics}/readyz"), Duration::from_secs(2)).await,
+        Ok((200, _))
+    ) {
+        assert!(std::time::Instant::now() < deadline, "consumer never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bridge_url = format!("http://127.0.0.1:{}/metrics", free_port());
+    let status = |format: &str| {
+        Command::new(it_tests::binary_path("status"))
+            .args(world.topic_args())
+            .args(["--database-url", &world.database_url])
+            .args([
+                "--consumer-metrics-url",
+                &format!("http://{metrics}/metrics"),
+            ])
+            .args(["--bridge-metrics-url", &bridge_url, "--format", format])
+            .output()
+            .unwrap()
+    };
+    let output = status("text");
     let screen = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{screen}");
+    // The bridge is not running: status says so in its exit code too.
+    assert_eq!(output.status.code(), Some(2), "{screen}");
     assert!(screen.contains("total lag: 0"), "{screen}");
     assert!(screen.contains("rows today: 3 · rows total: 3"), "{screen}");
     assert!(
@@ -286,7 +297,7 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
     assert!(
         screen
             .lines()
-            .any(|l| l.contains("consumer") && l.ends_with("up")),
+            .any(|l| l.contains("consumer") && l.ends_with("ready")),
         "{screen}"
     );
     assert!(
@@ -295,4 +306,19 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
             .any(|l| l.contains("file-bridge") && l.ends_with("down")),
         "{screen}"
     );
+
+    let output = status("json");
+    assert_eq!(output.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["healthy"], false);
+    assert_eq!(report["total_lag"], 0);
+    assert_eq!(report["rows_total"], 3);
+    assert_eq!(report["rejected_by_reason"]["invalid_field"], 2);
+    let states: Vec<(&str, &str)> = report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("file-bridge", "down"), ("consumer", "ready")]);
 }

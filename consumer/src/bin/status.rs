@@ -1,5 +1,7 @@
 //! `status`: the pipeline on one screen: lag per partition (Kafka and Postgres views), the last
-//! batch, rows today, rejected rows by reason, and whether each component answers.
+//! batch, rows today, rejected rows by reason, logs found restarted or with gaps, and whether each
+//! component is ready. Exits 0 when everything is ready, 2 when a component is down or not ready
+//! (a partition stuck, the database unreachable), 1 when it cannot tell (no database).
 
 use anyhow::Context;
 use clap::Parser;
@@ -46,20 +48,39 @@ struct Args {
     /// Extra librdkafka option, repeatable.
     #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
     kafka_options: Vec<(String, String)>,
+    /// Print as text or as one JSON document.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// One component as `/readyz` describes it.
+struct Component {
+    name: &'static str,
+    url: String,
+    /// `None` when it did not answer at all.
+    ready: Option<Result<(), String>>,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let args = Args::parse();
-    println!(
-        "pipeline status at {}",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    println!(
-        "topic {} · group {} · brokers {}",
-        args.topic, args.group, args.brokers
-    );
+    match report(&args).await {
+        Ok(healthy) => std::process::exit(if healthy { 0 } else { 2 }),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1)
+        }
+    }
+}
 
+/// Prints the report; whether everything is up, ready and moving.
+async fn report(args: &Args) -> anyhow::Result<bool> {
     let mut db = sqlx::PgConnection::connect(&args.database_url)
         .await
         .with_context(|| {
@@ -77,7 +98,6 @@ async fn main() -> anyhow::Result<()> {
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
-
     let (topic, group, brokers, options) = (
         args.topic.clone(),
         args.group.clone(),
@@ -87,27 +107,123 @@ async fn main() -> anyhow::Result<()> {
     let offsets =
         tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &topic, &group, &options))
             .await?;
-    println!("\n  partition  end offset  committed (kafka)  checkpoint (postgres)  lag");
-    match offsets {
-        Ok(partitions) => {
-            let mut total = 0;
-            for (partition, end, committed) in partitions {
-                let checkpoint = checkpoints.iter().find(|c| c.0 == partition).map(|c| c.1);
+    let partitions: Vec<serde_json::Value> = match &offsets {
+        Ok(partitions) => partitions
+            .iter()
+            .map(|(partition, end, committed)| {
+                let checkpoint = checkpoints.iter().find(|c| c.0 == *partition).map(|c| c.1);
                 let done = checkpoint.unwrap_or(0).max(committed.unwrap_or(0));
-                let lag = (end - done).max(0);
-                total += lag;
-                println!(
-                    "  {partition:<9}  {end:<10}  {:<17}  {:<21}  {lag}",
-                    committed.map_or("-".into(), |c| c.to_string()),
-                    checkpoint.map_or("-".into(), |c| c.to_string())
-                );
-            }
-            println!("  total lag: {total}");
-        }
-        Err(error) => println!("  kafka unavailable: {error}"),
+                serde_json::json!({
+                    "partition": partition,
+                    "end_offset": end,
+                    "committed_offset": committed,
+                    "checkpoint": checkpoint,
+                    "lag": (end - done).max(0),
+                })
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let last_batch = checkpoints.iter().filter_map(|c| c.2).max();
+    let (today, total): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE ingested_at >= date_trunc('day', now())), count(*) FROM ecommerce_events",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap_or((0, 0));
+    let rejected: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 2 DESC",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap_or_default();
+    let log_events: Vec<(i32, String, i64, i64, String)> = sqlx::query_as(
+        "SELECT kafka_partition, kind, from_offset, to_offset, detail FROM ingest_log_events
+         WHERE consumer_group = $1 AND topic = $2 ORDER BY detected_at DESC LIMIT 10",
+    )
+    .bind(&args.group)
+    .bind(&args.topic)
+    .fetch_all(&mut db)
+    .await
+    .unwrap_or_default();
+    let mut components = Vec::new();
+    for (name, url) in [
+        ("file-bridge", &args.bridge_metrics_url),
+        ("consumer", &args.consumer_metrics_url),
+    ] {
+        let readyz = match url.strip_suffix("/metrics") {
+            Some(base) => format!("{base}/readyz"),
+            None => url.clone(),
+        };
+        let ready = match telemetry::http_get(&readyz, Duration::from_secs(2)).await {
+            Ok((200, _)) => Some(Ok(())),
+            Ok((_, body)) => Some(Err(body.lines().skip(1).collect::<Vec<_>>().join("; "))),
+            Err(_) => None,
+        };
+        components.push(Component {
+            name,
+            url: readyz,
+            ready,
+        });
+    }
+    let healthy = offsets.is_ok() && components.iter().all(|c| matches!(c.ready, Some(Ok(()))));
+
+    if args.format == Format::Json {
+        let report = serde_json::json!({
+            "at": chrono::Utc::now().to_rfc3339(),
+            "topic": args.topic,
+            "group": args.group,
+            "healthy": healthy,
+            "kafka_error": offsets.as_ref().err().map(|e| format!("{e:#}")),
+            "partitions": partitions,
+            "total_lag": partitions.iter().filter_map(|p| p["lag"].as_i64()).sum::<i64>(),
+            "last_batch_at": last_batch.map(|at| at.to_rfc3339()),
+            "rows_today": today,
+            "rows_total": total,
+            "rejected_by_reason": rejected.iter().map(|(r, n)| (r.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "log_events": log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
+                "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
+            })).collect::<Vec<_>>(),
+            "components": components.iter().map(|c| serde_json::json!({
+                "name": c.name,
+                "url": c.url,
+                "state": match &c.ready { None => "down", Some(Ok(())) => "ready", Some(Err(_)) => "not ready" },
+                "why": c.ready.as_ref().and_then(|r| r.as_ref().err()),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(healthy);
     }
 
-    let last_batch = checkpoints.iter().filter_map(|c| c.2).max();
+    println!(
+        "pipeline status at {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    println!(
+        "topic {} · group {} · brokers {}",
+        args.topic, args.group, args.brokers
+    );
+    println!("\n  partition  end offset  committed (kafka)  checkpoint (postgres)  lag");
+    match &offsets {
+        Ok(_) => {
+            let show = |value: &serde_json::Value| {
+                value.as_i64().map_or("-".to_owned(), |v| v.to_string())
+            };
+            for p in &partitions {
+                println!(
+                    "  {:<9}  {:<10}  {:<17}  {:<21}  {}",
+                    show(&p["partition"]),
+                    show(&p["end_offset"]),
+                    show(&p["committed_offset"]),
+                    show(&p["checkpoint"]),
+                    show(&p["lag"])
+                );
+            }
+            let total: i64 = partitions.iter().filter_map(|p| p["lag"].as_i64()).sum();
+            println!("  total lag: {total}");
+        }
+        Err(error) => println!("  kafka unavailable: {error:#}"),
+    }
     match last_batch {
         Some(at) => println!(
             "\nlast batch: {} ({} s ago)",
@@ -116,19 +232,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => println!("\nlast batch: none yet"),
     }
-    let (today, total): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE ingested_at >= date_trunc('day', now())), count(*) FROM ecommerce_events",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap_or((0, 0));
     println!("rows today: {today} · rows total: {total}");
-    let rejected: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 2 DESC",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap_or_default();
     let rejected: Vec<String> = rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
     println!(
         "rejected by reason: {}",
@@ -138,22 +242,19 @@ async fn main() -> anyhow::Result<()> {
             rejected.join(", ")
         }
     );
-
-    println!("\ncomponents:");
-    for (name, url) in [
-        ("file-bridge", &args.bridge_metrics_url),
-        ("consumer", &args.consumer_metrics_url),
-    ] {
-        let alive = matches!(
-            telemetry::http_get(url, Duration::from_secs(2)).await,
-            Ok((200, _))
-        );
-        println!(
-            "  {name:<12} {url:<40} {}",
-            if alive { "up" } else { "down" }
-        );
+    for (partition, kind, from, to, detail) in &log_events {
+        println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
     }
-    Ok(())
+    println!("\ncomponents:");
+    for component in &components {
+        let state = match &component.ready {
+            None => "down".to_owned(),
+            Some(Ok(())) => "ready".to_owned(),
+            Some(Err(why)) => format!("not ready: {why}"),
+        };
+        println!("  {:<12} {:<40} {state}", component.name, component.url);
+    }
+    Ok(healthy)
 }
 
 /// Per partition: the end offset and the group's committed offset.

@@ -123,7 +123,8 @@ async fn a_wrong_certificate_authority_is_refused_with_a_clear_error() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let text = consumer.log_text();
     assert!(
-        text.contains("certificate") && text.contains("database not reachable"),
+        text.contains("invalid peer certificate: UnknownIssuer")
+            && text.contains("database not reachable"),
         "no clear certificate error:\n{text}"
     );
 }

@@ -2,22 +2,25 @@
 //! rate, lag, rejected and late counts, revenue per minute and the funnel. Figures come from the
 //! analytics views (`migrations/0004_analytics.sql`) and this consumer's metrics.
 
-use crate::metrics::{LAG, ROWS_INSERTED};
+use crate::metrics::ConsumerMetrics;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
-use telemetry::{Handler, Registry, Response};
+use telemetry::{Handler, Response};
 
 const PAGE: &str = include_str!("dashboard.html");
 
-pub fn handler(registry: Registry, pool: PgPool) -> Handler {
+pub fn handler(metrics: ConsumerMetrics, pool: PgPool) -> Handler {
     Arc::new(move |path: String| {
-        let (registry, pool) = (registry.clone(), pool.clone());
+        let (metrics, pool) = (metrics.clone(), pool.clone());
         Box::pin(async move {
             match path.as_str() {
                 "/" => Response::ok("text/html; charset=utf-8", PAGE),
-                "/metrics" => Response::ok("text/plain; version=0.0.4", registry.render()),
-                "/api/summary" => match summary(&pool, &registry).await {
+                "/metrics" => Response::ok(
+                    telemetry::METRICS_CONTENT_TYPE,
+                    telemetry::render(&metrics.registry),
+                ),
+                "/api/summary" => match summary(&pool, &metrics).await {
                     Ok(body) => Response::ok("application/json", body.to_string()),
                     Err(error) => {
                         tracing::warn!(%error, "dashboard query failed");
@@ -37,7 +40,10 @@ pub fn handler(registry: Registry, pool: PgPool) -> Handler {
 }
 
 /// Everything the page shows, in one JSON document.
-pub async fn summary(pool: &PgPool, registry: &Registry) -> Result<serde_json::Value, sqlx::Error> {
+pub async fn summary(
+    pool: &PgPool,
+    metrics: &ConsumerMetrics,
+) -> Result<serde_json::Value, sqlx::Error> {
     let (events, late_written): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE is_late) FROM ecommerce_events")
             .fetch_one(pool)
@@ -91,7 +97,7 @@ pub async fn summary(pool: &PgPool, registry: &Registry) -> Result<serde_json::V
             "cart_to_purchase_rate": cart_to_purchase,
         },
         // Known only where this process consumes (not with --dashboard-only).
-        "lag_total": registry.has(LAG).then(|| registry.total(LAG)),
-        "inserted_by_this_consumer": registry.total(ROWS_INSERTED),
+        "lag_total": metrics.lag_total(),
+        "inserted_by_this_consumer": metrics.rows_inserted(),
     }))
 }

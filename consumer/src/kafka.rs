@@ -75,6 +75,12 @@ impl ConsumerContext for RebalanceWatch {
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = %describe(partitions), "partitions revoked");
+                let numbers: Vec<i32> = partitions
+                    .elements()
+                    .iter()
+                    .map(|p| p.partition())
+                    .collect();
+                self.metrics.forget_partitions(&numbers);
                 // A revoke starts a rebalance: ready while it is in progress.
                 self.metrics.readiness.set("partitions", Ok(()));
             }

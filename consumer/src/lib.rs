@@ -207,7 +207,7 @@ async fn serve_http(
             .max_connections(2)
             .connect_lazy(&config.database_url)
             .context("invalid DATABASE_URL")?;
-        let handler = dashboard::handler(metrics.registry.clone(), pool);
+        let handler = dashboard::handler(metrics.clone(), pool);
         let bound = telemetry::serve(addr, handler, shutdown.clone())
             .await
             .with_context(|| format!("failed to listen on {addr} for the dashboard"))?;

@@ -1,74 +1,186 @@
-//! The consumer's telemetry: one place per event that both logs and counts.
+//! The consumer's telemetry: one place per event that both logs and counts. Every metric is
+//! declared here once, with its help text, on prometheus-client.
 
 use crate::batch::WriteBatch;
 use crate::sink::{WriteOutcome, WritePath};
 use chrono::{TimeDelta, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Unit;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use telemetry::Registry;
 
-pub const ROWS_CONSUMED: &str = "pipeline_consumer_rows_consumed_total";
-pub const ROWS_INSERTED: &str = "pipeline_consumer_rows_inserted_total";
-pub const ROWS_DUPLICATE: &str = "pipeline_consumer_rows_duplicate_total";
-pub const ROWS_REJECTED: &str = "pipeline_consumer_rows_rejected_total";
-pub const ROWS_LATE: &str = "pipeline_consumer_rows_late_total";
-pub const ROWS_REPLAYED: &str = "pipeline_consumer_rows_replayed_total";
-pub const BATCHES: &str = "pipeline_consumer_batches_total";
-pub const BATCH_LATENCY: &str = "pipeline_consumer_batch_latency_seconds";
-pub const FRESHNESS: &str = "pipeline_consumer_freshness_seconds";
-pub const LAG: &str = "pipeline_consumer_lag_messages";
-pub const LOG_EVENTS: &str = "pipeline_consumer_log_events_total";
-pub const STUCK: &str = "pipeline_consumer_stuck_partitions";
-const STUCK_HELP: &str =
-    "partitions whose batch has not been written for longer than --stuck-after";
-pub const WATERMARK: &str = "pipeline_consumer_watermark_seconds";
-
-const BATCHES_HELP: &str =
-    "transactions committed, by how their events went in (copy, staging, row_by_row)";
-
-const LATENCY_BOUNDS: &[f64] = &[
+const LATENCY_BOUNDS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-const FRESHNESS_BOUNDS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+const FRESHNESS_BOUNDS: [f64; 11] = [0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogEventLabels {
+    partition: i32,
+    kind: &'static str,
+}
+
+#[derive(Clone)]
 pub struct ConsumerMetrics {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// What `/readyz` answers: database, broker, partitions, nothing stuck.
     pub readiness: telemetry::Readiness,
-    stuck_partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+    rows_consumed: Counter,
+    rows_inserted: Counter,
+    rows_duplicate: Counter,
+    rows_rejected: Family<ReasonLabel, Counter>,
+    rows_late: Counter,
+    rows_replayed: Counter,
+    batches: Family<PathLabel, Counter>,
+    batch_duration: Histogram,
+    freshness: Histogram,
+    lag: Family<PartitionLabel, Gauge>,
+    watermark: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
+    stuck: Gauge,
+    log_events: Family<LogEventLabels, Counter>,
+    /// Lag by partition, for the dashboard's total (a family cannot be summed).
+    lag_by_partition: Arc<Mutex<BTreeMap<i32, i64>>>,
+    stuck_partitions: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl Default for ConsumerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ConsumerMetrics {
     pub fn new() -> ConsumerMetrics {
-        let metrics = ConsumerMetrics::default();
-        for (name, help) in [
-            (ROWS_CONSUMED, "messages read from the topic"),
-            (ROWS_INSERTED, "events written to ecommerce_events"),
-            (
-                ROWS_DUPLICATE,
-                "rows dropped as duplicates of an earlier event_id",
-            ),
-            (ROWS_LATE, "events older than their partition's watermark"),
-            (
-                ROWS_REPLAYED,
-                "messages skipped because Postgres already holds them",
-            ),
-        ] {
-            metrics.registry.declare_counter(name, help, &[]);
+        let mut registry = Registry::with_prefix("pipeline_consumer");
+        telemetry::register_build_info(&mut registry);
+        let metrics = ConsumerMetrics {
+            registry: Arc::default(),
+            readiness: telemetry::Readiness::default(),
+            rows_consumed: Counter::default(),
+            rows_inserted: Counter::default(),
+            rows_duplicate: Counter::default(),
+            rows_rejected: Family::default(),
+            rows_late: Counter::default(),
+            rows_replayed: Counter::default(),
+            batches: Family::default(),
+            batch_duration: Histogram::new(LATENCY_BOUNDS),
+            freshness: Histogram::new(FRESHNESS_BOUNDS),
+            lag: Family::default(),
+            watermark: Family::default(),
+            stuck: Gauge::default(),
+            log_events: Family::default(),
+            lag_by_partition: Arc::default(),
+            stuck_partitions: Arc::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "rows_consumed",
+            "messages read from the topic",
+            metrics.rows_consumed.clone(),
+        );
+        r.register(
+            "rows_inserted",
+            "events written to ecommerce_events",
+            metrics.rows_inserted.clone(),
+        );
+        r.register(
+            "rows_duplicate",
+            "rows dropped as duplicates of an earlier event_id",
+            metrics.rows_duplicate.clone(),
+        );
+        r.register(
+            "rows_rejected",
+            "rows quarantined in ecommerce_events_rejected, by reason",
+            metrics.rows_rejected.clone(),
+        );
+        r.register(
+            "rows_late",
+            "events older than their partition's watermark",
+            metrics.rows_late.clone(),
+        );
+        r.register(
+            "rows_replayed",
+            "messages skipped because Postgres already holds them",
+            metrics.rows_replayed.clone(),
+        );
+        r.register(
+            "batches",
+            "transactions committed, by how their events went in (copy, staging, row_by_row)",
+            metrics.batches.clone(),
+        );
+        r.register_with_unit(
+            "batch_duration",
+            "time to write and commit one batch",
+            Unit::Seconds,
+            metrics.batch_duration.clone(),
+        );
+        r.register_with_unit(
+            "freshness",
+            "file landed to row committed",
+            Unit::Seconds,
+            metrics.freshness.clone(),
+        );
+        r.register(
+            "lag_messages",
+            "messages behind the end of the partition",
+            metrics.lag.clone(),
+        );
+        r.register(
+            "watermark_timestamp_seconds",
+            "event-time watermark per partition, Unix seconds",
+            metrics.watermark.clone(),
+        );
+        r.register(
+            "stuck_partitions",
+            "partitions whose batch has not been written for longer than --stuck-after",
+            metrics.stuck.clone(),
+        );
+        r.register(
+            "log_events",
+            "partition logs found restarted (re-read from their start) or with messages removed before they were read",
+            metrics.log_events.clone(),
+        );
+        // Every write path is exported from the start, at 0.
+        for path in [WritePath::Copy, WritePath::Staging, WritePath::RowByRow] {
+            metrics
+                .batches
+                .get_or_create(&PathLabel {
+                    path: path.as_str(),
+                })
+                .inc_by(0);
         }
-        metrics.registry.set(STUCK, STUCK_HELP, &[], 0.0);
         let readiness = &metrics.readiness;
         readiness.set("progress", Ok(()));
         readiness.set("database", Err("not checked yet".into()));
         readiness.set("broker", Err("not connected yet".into()));
         // Joining the group is a rebalance in progress.
         readiness.set("partitions", Ok(()));
-        for path in [WritePath::Copy, WritePath::Staging, WritePath::RowByRow] {
-            metrics
-                .registry
-                .declare_counter(BATCHES, BATCHES_HELP, &[("path", path.as_str())]);
+        ConsumerMetrics {
+            registry: Arc::new(registry),
+            ..metrics
         }
-        metrics
     }
 
     pub fn batch_committed(
@@ -93,72 +205,37 @@ impl ConsumerMetrics {
             latency_ms = latency.as_millis() as u64,
             "batch committed"
         );
-        let registry = &self.registry;
-        registry.add(
-            ROWS_CONSUMED,
-            "messages read from the topic",
-            &[],
-            stats.rows,
-        );
-        registry.add(
-            ROWS_INSERTED,
-            "events written to ecommerce_events",
-            &[],
-            outcome.inserted,
-        );
-        registry.add(
-            ROWS_DUPLICATE,
-            "rows dropped as duplicates of an earlier event_id",
-            &[],
-            duplicates,
-        );
-        registry.add(
-            ROWS_LATE,
-            "events older than their partition's watermark",
-            &[],
-            stats.late,
-        );
-        registry.add(
-            ROWS_REPLAYED,
-            "messages skipped because Postgres already holds them",
-            &[],
-            stats.replayed,
-        );
-        registry.add(BATCHES, BATCHES_HELP, &[("path", outcome.path.as_str())], 1);
+        self.rows_consumed.inc_by(stats.rows);
+        self.rows_inserted.inc_by(outcome.inserted);
+        self.rows_duplicate.inc_by(duplicates);
+        self.rows_late.inc_by(stats.late);
+        self.rows_replayed.inc_by(stats.replayed);
+        self.batches
+            .get_or_create(&PathLabel {
+                path: outcome.path.as_str(),
+            })
+            .inc();
         for (reason, rows) in &outcome.rejected_by_reason {
-            registry.add(
-                ROWS_REJECTED,
-                "rows quarantined in ecommerce_events_rejected, by reason",
-                &[("reason", reason)],
-                *rows,
-            );
+            self.rows_rejected
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .inc_by(*rows);
         }
-        registry.observe(
-            BATCH_LATENCY,
-            "time to write and commit one batch",
-            LATENCY_BOUNDS,
-            latency.as_secs_f64(),
-        );
+        self.batch_duration.observe(latency.as_secs_f64());
         let now_ms = Utc::now().timestamp_millis();
-        registry.observe_many(
-            FRESHNESS,
-            "file landed (its mtime) to row committed",
-            FRESHNESS_BOUNDS,
-            batch
-                .events
-                .iter()
-                .map(|row| (now_ms - row.landed_ms).max(0) as f64 / 1000.0),
-        );
+        for row in &batch.events {
+            self.freshness
+                .observe((now_ms - row.landed_ms).max(0) as f64 / 1000.0);
+        }
         for checkpoint in &batch.checkpoints {
             if let Some(max) = checkpoint.max_event_time {
                 let watermark = max.checked_sub_signed(lateness).unwrap_or(max);
-                let partition = checkpoint.partition.to_string();
-                registry.set(
-                    WATERMARK,
-                    "event-time watermark per partition, Unix seconds",
-                    &[("partition", &partition)],
-                    watermark.timestamp() as f64,
-                );
+                self.watermark
+                    .get_or_create(&PartitionLabel {
+                        partition: checkpoint.partition,
+                    })
+                    .set(watermark.timestamp() as f64);
             }
         }
     }
@@ -176,7 +253,7 @@ impl ConsumerMetrics {
                 set.remove(partition);
             }
         }
-        self.registry.set(STUCK, STUCK_HELP, &[], set.len() as f64);
+        self.stuck.set(set.len() as i64);
         let state = if set.is_empty() {
             Ok(())
         } else {
@@ -185,31 +262,71 @@ impl ConsumerMetrics {
         self.readiness.set("progress", state);
     }
 
-    pub fn stuck_count(&self) -> usize {
-        self.stuck_partitions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
-    }
-
     /// Counts a finding about a partition's log: `restarted` or `gap`.
-    pub fn log_event(&self, partition: i32, kind: &str) {
-        let partition = partition.to_string();
-        self.registry.add(
-            LOG_EVENTS,
-            "partition logs found restarted (re-read from their start) or with messages removed before they were read",
-            &[("partition", &partition), ("kind", kind)],
-            1,
-        );
+    pub fn log_event(&self, partition: i32, kind: &'static str) {
+        self.log_events
+            .get_or_create(&LogEventLabels { partition, kind })
+            .inc();
     }
 
     pub fn lag(&self, partition: i32, messages: i64) {
-        let partition = partition.to_string();
-        self.registry.set(
-            LAG,
-            "messages behind the end of the partition",
-            &[("partition", &partition)],
-            messages as f64,
+        self.lag
+            .get_or_create(&PartitionLabel { partition })
+            .set(messages);
+        self.lag_by_partition
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(partition, messages);
+    }
+
+    /// Drops the per-partition series of partitions this consumer no longer has: another
+    /// consumer reports them now.
+    pub fn forget_partitions(&self, partitions: &[i32]) {
+        let mut lag = self
+            .lag_by_partition
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for partition in partitions {
+            let label = PartitionLabel {
+                partition: *partition,
+            };
+            self.lag.remove(&label);
+            self.watermark.remove(&label);
+            lag.remove(partition);
+        }
+    }
+
+    /// Total lag over this consumer's partitions; `None` before the first statistics.
+    pub fn lag_total(&self) -> Option<i64> {
+        let lag = self
+            .lag_by_partition
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (!lag.is_empty()).then(|| lag.values().sum())
+    }
+
+    pub fn rows_inserted(&self) -> u64 {
+        self.rows_inserted.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_that_moves_away_leaves_no_series_behind() {
+        let metrics = ConsumerMetrics::new();
+        metrics.lag(0, 5);
+        metrics.lag(1, 7);
+        assert_eq!(metrics.lag_total(), Some(12));
+        metrics.forget_partitions(&[1]);
+        let text = telemetry::render(&metrics.registry);
+        assert!(
+            text.contains("pipeline_consumer_lag_messages{partition=\"0\"} 5"),
+            "{text}"
         );
+        assert!(!text.contains("partition=\"1\""), "{text}");
+        assert_eq!(metrics.lag_total(), Some(5));
     }
 }

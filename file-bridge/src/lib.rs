@@ -202,7 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     tracing::info!(
                         archived = files.archived,
                         in_flight = files.in_flight.len(),
-                        rows_published = files.metrics.registry.total(metrics::ROWS_PUBLISHED),
+                        rows_published = files.metrics.rows_published(),
                         "progress"
                     );
                 }

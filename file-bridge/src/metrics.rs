@@ -1,82 +1,100 @@
-//! The bridge's telemetry: one place per event that both logs and counts.
+//! The bridge's telemetry: one place per event that both logs and counts. Every metric is
+//! declared here once, with its help text, on prometheus-client.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::path::Path;
+use std::sync::Arc;
 use telemetry::Registry;
 
-pub const FILES_SEEN: &str = "pipeline_bridge_files_seen_total";
-pub const FILES_ARCHIVED: &str = "pipeline_bridge_files_archived_total";
-pub const FILES_FAILED: &str = "pipeline_bridge_files_failed_total";
-pub const ROWS_PUBLISHED: &str = "pipeline_bridge_rows_published_total";
-pub const FILES_IN_FLIGHT: &str = "pipeline_bridge_files_in_flight";
-
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct BridgeMetrics {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// What `/readyz` answers: the broker reachable.
     pub readiness: telemetry::Readiness,
+    files_seen: Counter,
+    files_archived: Counter,
+    files_failed: Counter,
+    rows_published: Counter,
+    files_in_flight: Gauge,
+}
+
+impl Default for BridgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl BridgeMetrics {
     pub fn new() -> BridgeMetrics {
-        let metrics = BridgeMetrics::default();
-        for (name, help) in [
-            (FILES_SEEN, "CSV files picked up from the input folder"),
-            (
-                FILES_ARCHIVED,
-                "files whose every row was acknowledged, moved to the archive",
-            ),
-            (
-                FILES_FAILED,
-                "publication attempts that failed; the file stays for a retry",
-            ),
-            (ROWS_PUBLISHED, "rows acknowledged by the broker"),
-        ] {
-            metrics.registry.declare_counter(name, help, &[]);
+        let mut registry = Registry::with_prefix("pipeline_bridge");
+        telemetry::register_build_info(&mut registry);
+        let (files_seen, files_archived, files_failed, rows_published, files_in_flight) = (
+            Counter::default(),
+            Counter::default(),
+            Counter::default(),
+            Counter::default(),
+            Gauge::default(),
+        );
+        registry.register(
+            "files_seen",
+            "CSV files picked up from the input folder",
+            files_seen.clone(),
+        );
+        registry.register(
+            "files_archived",
+            "files whose every row was acknowledged, moved to the archive",
+            files_archived.clone(),
+        );
+        registry.register(
+            "files_failed",
+            "publication attempts that failed; the file stays for a retry",
+            files_failed.clone(),
+        );
+        registry.register(
+            "rows_published",
+            "rows acknowledged by the broker",
+            rows_published.clone(),
+        );
+        registry.register(
+            "files_in_flight",
+            "files being published now",
+            files_in_flight.clone(),
+        );
+        let readiness = telemetry::Readiness::default();
+        readiness.set("broker", Err("not connected yet".into()));
+        BridgeMetrics {
+            registry: Arc::new(registry),
+            readiness,
+            files_seen,
+            files_archived,
+            files_failed,
+            rows_published,
+            files_in_flight,
         }
-        metrics
-            .readiness
-            .set("broker", Err("not connected yet".into()));
-        metrics
     }
 
     pub fn file_seen(&self, in_flight: usize) {
-        self.registry.add(
-            FILES_SEEN,
-            "CSV files picked up from the input folder",
-            &[],
-            1,
-        );
+        self.files_seen.inc();
         self.in_flight(in_flight);
     }
 
     pub fn in_flight(&self, files: usize) {
-        self.registry.set(
-            FILES_IN_FLIGHT,
-            "files being published now",
-            &[],
-            files as f64,
-        );
+        self.files_in_flight.set(files as i64);
     }
 
     pub fn archived(&self, name: &str, rows: u64, elapsed_ms: u64, target: &Path) {
         tracing::info!(file = %name, rows, elapsed_ms, archived = %target.display(), "file published");
-        self.registry.add(
-            FILES_ARCHIVED,
-            "files whose every row was acknowledged, moved to the archive",
-            &[],
-            1,
-        );
-        self.registry
-            .add(ROWS_PUBLISHED, "rows acknowledged by the broker", &[], rows);
+        self.files_archived.inc();
+        self.rows_published.inc_by(rows);
     }
 
     pub fn failed(&self, name: &str, failure: &str, retry_in: std::time::Duration) {
         tracing::warn!(file = %name, %failure, ?retry_in, "file kept for another try");
-        self.registry.add(
-            FILES_FAILED,
-            "publication attempts that failed; the file stays for a retry",
-            &[],
-            1,
-        );
+        self.files_failed.inc();
+    }
+
+    pub fn rows_published(&self) -> u64 {
+        self.rows_published.get()
     }
 }

@@ -35,10 +35,11 @@ async fn scrape(address: &str) -> String {
     body
 }
 
-/// Parses with the reference Python client's parser; returns `name{labels} value` lines.
+/// Parses with the reference Python client's OpenMetrics parser (strict: it also wants the
+/// closing `# EOF`); returns `name{labels} value` lines.
 fn parse_prometheus(text: &str) -> Vec<String> {
     let script = "import sys\n\
-        from prometheus_client.parser import text_string_to_metric_families\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         for family in text_string_to_metric_families(sys.stdin.read()):\n\
         \x20   for s in family.samples:\n\
         \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
@@ -59,7 +60,7 @@ fn parse_prometheus(text: &str) -> Vec<String> {
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "not valid Prometheus text:\n{text}"
+        "not valid OpenMetrics text:\n{text}"
     );
     String::from_utf8(output.stdout)
         .unwrap()
@@ -114,13 +115,17 @@ async fn metrics_parse_as_prometheus_text_and_match_the_database() {
         .is_some_and(|count| count != "0")));
     assert!(consumer
         .iter()
-        .any(|l| l.starts_with("pipeline_consumer_batch_latency_seconds_count{} ")));
+        .any(|l| l.starts_with("pipeline_consumer_batch_duration_seconds_count{} ")));
     assert!(consumer
         .iter()
         .any(|l| l.starts_with("pipeline_consumer_freshness_seconds_bucket{le=")));
     assert!(consumer
         .iter()
-        .any(|l| l.starts_with("pipeline_consumer_watermark_seconds{partition=0} ")));
+        .any(|l| l.starts_with("pipeline_consumer_watermark_timestamp_seconds{partition=0} ")));
+
+    assert!(consumer
+        .iter()
+        .any(|l| l.starts_with("pipeline_consumer_build_info{version=")));
 
     let bridge = parse_prometheus(&scrape(&bridge_addr).await);
     for expected in [

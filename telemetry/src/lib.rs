@@ -1,6 +1,6 @@
-//! Just enough Prometheus: label-keyed counters, gauges and fixed-bucket histograms rendered as
-//! text exposition format; an HTTP server (axum on hyper) for `/metrics`, `/healthz`, `/readyz`
-//! and a few more routes.
+//! What every component serves: its metrics (declared on prometheus-client, rendered as
+//! OpenMetrics text), `/healthz` and `/readyz`, from an HTTP server on axum and hyper; and the
+//! process plumbing (logging, signals).
 //!
 //! Hand-written rather than a metrics stack: a handful of series, updated once per batch or file.
 //! Names follow `<namespace>_<name>_<unit>_total` for counters; labels stay low-cardinality.
@@ -11,7 +11,6 @@ pub use signal::{exit, init_logging, shutdown_token, LogArgs, LogFormat};
 
 use axum::http::{header, Method, StatusCode, Uri};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,215 +21,30 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-type Labels = Vec<(&'static str, String)>;
+/// The metrics of one process, declared once each with its help text (prometheus-client).
+pub type Registry = prometheus_client::registry::Registry;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
+/// OpenMetrics text, which Prometheus scrapes natively.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
 }
 
-struct Family {
-    help: &'static str,
-    kind: Kind,
-    series: BTreeMap<Labels, f64>,
-}
-
-struct Histogram {
-    help: &'static str,
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-/// One process's metrics. Cheap to clone; updates lock a mutex, which is fine at per-batch rates.
-#[derive(Clone, Default)]
-pub struct Registry {
-    inner: Arc<Mutex<Inner>>,
-}
-
-#[derive(Default)]
-struct Inner {
-    families: BTreeMap<&'static str, Family>,
-    histograms: BTreeMap<&'static str, Histogram>,
-}
-
-impl Registry {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut inner)
+/// `<prefix>_build_info{version="..."} 1`: which build answers.
+pub fn register_build_info(registry: &mut Registry) {
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct Build {
+        version: &'static str,
     }
-
-    fn series(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        kind: Kind,
-        labels: &[(&'static str, &str)],
-        update: impl FnOnce(&mut f64),
-    ) {
-        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        self.with(|inner| {
-            let family = inner.families.entry(name).or_insert_with(|| Family {
-                help,
-                kind,
-                series: BTreeMap::new(),
-            });
-            update(family.series.entry(labels).or_insert(0.0));
-        });
-    }
-
-    /// Declares a counter at 0 so it is exported before its first increment.
-    pub fn declare_counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-    ) {
-        self.series(name, help, Kind::Counter, labels, |_| {});
-    }
-
-    pub fn add(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        by: u64,
-    ) {
-        self.series(name, help, Kind::Counter, labels, |value| {
-            *value += by as f64
-        });
-    }
-
-    pub fn set(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&'static str, &str)],
-        to: f64,
-    ) {
-        self.series(name, help, Kind::Gauge, labels, |value| *value = to);
-    }
-
-    /// Whether any series of the family was recorded.
-    pub fn has(&self, name: &str) -> bool {
-        self.with(|inner| inner.families.contains_key(name))
-    }
-
-    /// Sum over every series of a family.
-    pub fn total(&self, name: &str) -> f64 {
-        self.with(|inner| {
-            inner
-                .families
-                .get(name)
-                .map_or(0.0, |f| f.series.values().sum())
-        })
-    }
-
-    pub fn observe(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        bounds: &'static [f64],
-        value: f64,
-    ) {
-        self.observe_many(name, help, bounds, [value]);
-    }
-
-    /// Observes many values under one lock (a batch's rows).
-    pub fn observe_many(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        bounds: &'static [f64],
-        values: impl IntoIterator<Item = f64>,
-    ) {
-        self.with(|inner| {
-            let histogram = inner.histograms.entry(name).or_insert_with(|| Histogram {
-                help,
-                bounds,
-                counts: vec![0; bounds.len()],
-                sum: 0.0,
-                count: 0,
-            });
-            for value in values {
-                for (bound, count) in histogram.bounds.iter().zip(histogram.counts.iter_mut()) {
-                    if value <= *bound {
-                        *count += 1;
-                    }
-                }
-                histogram.sum += value;
-                histogram.count += 1;
-            }
-        });
-    }
-
-    /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
-        self.with(|inner| {
-            let mut out = String::new();
-            for (name, family) in &inner.families {
-                let kind = match family.kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                };
-                let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", family.help);
-                for (labels, value) in &family.series {
-                    let _ = writeln!(
-                        out,
-                        "{name}{} {}",
-                        render_labels(labels, None),
-                        number(*value)
-                    );
-                }
-            }
-            for (name, histogram) in &inner.histograms {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {}\n# TYPE {name} histogram",
-                    histogram.help
-                );
-                for (bound, count) in histogram.bounds.iter().zip(&histogram.counts) {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {count}", number(*bound));
-                }
-                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
-                let _ = writeln!(out, "{name}_sum {}", number(histogram.sum));
-                let _ = writeln!(out, "{name}_count {}", histogram.count);
-            }
-            out
-        })
-    }
-}
-
-fn number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{}", value as i64)
-    } else {
-        format!("{value}")
-    }
-}
-
-fn render_labels(labels: &Labels, extra: Option<(&str, &str)>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
-        .collect();
-    if let Some((key, value)) = extra {
-        parts.push(format!("{key}=\"{value}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let info = prometheus_client::metrics::info::Info::new(Build {
+        version: env!("CARGO_PKG_VERSION"),
+    });
+    registry.register("build", "the version of this build", info);
 }
 
 /// What a route answers: status, content type, body.
@@ -400,12 +214,12 @@ pub fn with_health(readiness: Readiness, inner: Handler) -> Handler {
 }
 
 /// A handler serving only `/metrics` from `registry`.
-pub fn metrics_handler(registry: Registry) -> Handler {
+pub fn metrics_handler(registry: Arc<Registry>) -> Handler {
     Arc::new(move |path: String| {
         let registry = registry.clone();
         Box::pin(async move {
             match path.as_str() {
-                "/metrics" => Response::ok("text/plain; version=0.0.4", registry.render()),
+                "/metrics" => Response::ok(METRICS_CONTENT_TYPE, render(&registry)),
                 _ => Response::not_found(),
             }
         })
@@ -455,21 +269,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
-        let registry = Registry::default();
-        registry.add("x_rows_total", "rows", &[("reason", "late")], 2);
-        registry.add("x_rows_total", "rows", &[("reason", "late")], 3);
-        registry.set("x_lag_messages", "lag", &[("partition", "0")], 7.0);
-        registry.observe("x_latency_seconds", "latency", &[0.1, 1.0], 0.5);
-        let text = registry.render();
+    fn build_info_renders_as_openmetrics() {
+        let mut registry = Registry::with_prefix("x");
+        register_build_info(&mut registry);
+        let text = render(&registry);
         assert!(
-            text.contains("# TYPE x_rows_total counter\nx_rows_total{reason=\"late\"} 5\n"),
+            text.contains(&format!(
+                "x_build_info{{version=\"{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
             "{text}"
         );
-        assert!(text.contains("x_lag_messages{partition=\"0\"} 7\n"));
-        assert!(text.contains("x_latency_seconds_bucket{le=\"0.1\"} 0\n"));
-        assert!(text.contains("x_latency_seconds_bucket{le=\"1\"} 1\n"));
-        assert!(text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1\nx_latency_seconds_sum 0.5\nx_latency_seconds_count 1\n"));
-        assert_eq!(registry.total("x_rows_total"), 5.0);
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -1,13 +1,17 @@
 //! Services from Docker (feature `docker`): Redpanda and PostgreSQL 15 containers, started once per
 //! test binary. Compiled in CI; run only where a Docker engine is available (not on our build host).
+//!
+//! Every container carries the label [`LABEL`] with this process's id, so
+//! `scripts/test-docker.sh` removes what a run leaves behind (the containers live until the
+//! process exits, and no destructor runs then).
 
 use std::sync::OnceLock;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{GenericImage, ImageExt};
 
-/// Redpanda advertises the address clients must use, so its host port is fixed rather than random.
-const REDPANDA_HOST_PORT: u16 = 39092;
+/// The label every test container carries; its value is the test process's id.
+pub const LABEL: &str = "ecommerce-pipeline.it-tests";
 
 pub struct Services {
     pub brokers: String,
@@ -47,20 +51,28 @@ type Running = (
 );
 
 async fn start() -> anyhow::Result<(Services, Running)> {
+    let process = std::process::id().to_string();
     let postgres = GenericImage::new("postgres", "15")
         .with_exposed_port(5432.tcp())
         .with_wait_for(WaitFor::message_on_stderr(
             "database system is ready to accept connections",
         ))
         .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
+        .with_label(LABEL, process.as_str())
         .start()
         .await?;
+    // Where the containers' ports are reachable, as testcontainers sees the Docker host.
+    let host = postgres.get_host().await?;
     let postgres_port = postgres.get_host_port_ipv4(5432.tcp()).await?;
-    let advertised = format!("127.0.0.1:{REDPANDA_HOST_PORT}");
+    // Redpanda must advertise the address clients use, so its host port is chosen before it
+    // starts: a free one for each test process, so test binaries can run side by side.
+    let redpanda_port = crate::services::free_port();
+    let advertised = format!("{host}:{redpanda_port}");
     let redpanda = GenericImage::new("redpandadata/redpanda", "v24.2.7")
         .with_exposed_port(9092.tcp())
         .with_wait_for(WaitFor::message_on_stderr("Successfully started Redpanda!"))
-        .with_mapped_port(REDPANDA_HOST_PORT, 9092.tcp())
+        .with_mapped_port(redpanda_port, 9092.tcp())
+        .with_label(LABEL, process.as_str())
         .with_cmd([
             "redpanda",
             "start",
@@ -78,7 +90,7 @@ async fn start() -> anyhow::Result<(Services, Running)> {
     Ok((
         Services {
             brokers: advertised,
-            database_url: format!("postgres://postgres@127.0.0.1:{postgres_port}/postgres"),
+            database_url: format!("postgres://postgres@{host}:{postgres_port}/postgres"),
         },
         (redpanda, postgres),
     ))

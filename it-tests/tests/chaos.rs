@@ -4,6 +4,7 @@
 //! a second consumer, which is left out here: with Tansu 0.6, two static members killed in turn
 //! can leave the group waiting for a member that is gone.
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn random_kills_of_every_component_lose_and_duplicate_nothing() {
     let report = it_tests::chaos::run_chaos(

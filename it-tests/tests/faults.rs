@@ -251,6 +251,7 @@ async fn files_arriving_late_slowly_twice_and_by_the_thousand() {
     assert_exactly(&many, &expected).await;
 }
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_restart_under_load_loses_nothing() {
     let mut broker = PrivateBroker::start();
@@ -266,6 +267,7 @@ async fn broker_restart_under_load_loses_nothing() {
     assert_eq!(world.files_waiting(), 0, "all archived");
 }
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_crash_mid_stream_then_recovery_loses_nothing() {
     let postgres = PrivatePostgres::start();
@@ -388,6 +390,7 @@ async fn a_row_the_database_refuses_is_quarantined_alone() {
     assert!(reason.contains("no_666"), "{reason}");
 }
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_down_longer_than_the_message_timeout_keeps_the_file_until_it_is_back() {
     let mut broker = PrivateBroker::start();
@@ -408,6 +411,7 @@ async fn broker_down_longer_than_the_message_timeout_keeps_the_file_until_it_is_
     assert_eq!(world.files_waiting(), 0, "archived after recovery");
 }
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_cut_again_and_again_and_a_full_server_lose_nothing() {
     let postgres = PrivatePostgres::start_with("-c max_connections=8");

@@ -26,6 +26,7 @@ fn postgres_tls_url(postgres: &PrivatePostgres, ca: &TestCa) -> String {
     )
 }
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn events_flow_end_to_end_over_tls_to_kafka_and_postgres() {
     let ca = TestCa::new("pipeline");
@@ -80,6 +81,7 @@ async fn events_flow_end_to_end_over_tls_to_kafka_and_postgres() {
     assert!(refused.is_err(), "a plain connection was accepted");
 }
 
+#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_certificate_authority_is_refused_with_a_clear_error() {
     let ca = TestCa::new("pipeline");

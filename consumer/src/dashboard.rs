@@ -5,14 +5,43 @@
 use crate::metrics::ConsumerMetrics;
 use serde_json::json;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use telemetry::{Handler, Response};
 
 const PAGE: &str = include_str!("dashboard.html");
 
+/// How far back the ingest rate looks: a minute spans several files at any rate, so the rate reads
+/// steady (20 rows/s at the generator's default) instead of jumping between 0 and a burst.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Samples of the events count, to measure the ingest rate over [`RATE_WINDOW`].
+#[derive(Default)]
+pub struct RateWindow(Mutex<VecDeque<(Instant, i64)>>);
+
+impl RateWindow {
+    /// Adds a sample taken `at`; the rate in rows/s since the oldest sample in the window, once
+    /// there are two samples a second or more apart.
+    pub fn observe(&self, at: Instant, events: i64) -> Option<f64> {
+        let mut samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        samples.push_back((at, events));
+        while samples
+            .front()
+            .is_some_and(|(first, _)| at.duration_since(*first) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        let (first, first_events) = *samples.front()?;
+        let elapsed = at.duration_since(first).as_secs_f64();
+        (elapsed >= 1.0).then(|| (events - first_events).max(0) as f64 / elapsed)
+    }
+}
+
 pub fn handler(metrics: ConsumerMetrics, pool: PgPool) -> Handler {
+    let window = Arc::new(RateWindow::default());
     Arc::new(move |path: String| {
-        let (metrics, pool) = (metrics.clone(), pool.clone());
+        let (metrics, pool, window) = (metrics.clone(), pool.clone(), window.clone());
         Box::pin(async move {
             match path.as_str() {
                 "/" => Response::ok("text/html; charset=utf-8", PAGE),
@@ -20,7 +49,7 @@ pub fn handler(metrics: ConsumerMetrics, pool: PgPool) -> Handler {
                     telemetry::METRICS_CONTENT_TYPE,
                     telemetry::render(&metrics.registry),
                 ),
-                "/api/summary" => match summary(&pool, &metrics).await {
+                "/api/summary" => match summary(&pool, &metrics, &window).await {
                     Ok(body) => Response::ok("application/json", body.to_string()),
                     Err(error) => {
                         tracing::warn!(%error, "dashboard query failed");
@@ -43,6 +72,7 @@ pub fn handler(metrics: ConsumerMetrics, pool: PgPool) -> Handler {
 pub async fn summary(
     pool: &PgPool,
     metrics: &ConsumerMetrics,
+    window: &RateWindow,
 ) -> Result<serde_json::Value, sqlx::Error> {
     let (events, late_written): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE is_late) FROM ecommerce_events")
@@ -82,8 +112,10 @@ pub async fn summary(
         .iter()
         .find(|(reason, _)| reason == "late")
         .map_or(0, |(_, rows)| *rows);
+    let ingest_rate = window.observe(Instant::now(), events);
     Ok(json!({
         "events_total": events,
+        "ingest_rate": ingest_rate,
         "late_total": late_written + late_quarantined,
         "rejected_total": rejected.iter().map(|(_, rows)| rows).sum::<i64>(),
         "rejected_by_reason": rejected.iter().map(|(r, n)| json!({"reason": r, "rows": n})).collect::<Vec<_>>(),
@@ -100,4 +132,27 @@ pub async fn summary(
         "lag_total": metrics.lag_total(),
         "inserted_by_this_consumer": metrics.rows_inserted(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_steady_over_the_window_when_files_arrive_in_bursts() {
+        let window = RateWindow::default();
+        let start = Instant::now();
+        // 100 rows every 5 s, sampled every 2 s for three minutes.
+        let mut last = None;
+        for tick in 0..90u64 {
+            let at = start + Duration::from_secs(tick * 2);
+            let events = ((tick * 2) / 5 * 100) as i64;
+            last = window.observe(at, events);
+            if tick >= 30 {
+                let rate = last.unwrap();
+                assert!((16.0..=22.0).contains(&rate), "tick {tick}: {rate}");
+            }
+        }
+        assert!(last.is_some());
+    }
 }

@@ -51,9 +51,10 @@ impl ClientContext for RebalanceWatch {
             .set("broker", pipeline_kafka::broker_reachable(&statistics));
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
-                // -1 marks the internal UA partition and partitions we do not consume.
-                if *partition >= 0 && stats.consumer_lag >= 0 {
-                    self.metrics.lag(*partition, stats.consumer_lag);
+                // -1 marks the internal UA partition.
+                if *partition >= 0 {
+                    self.metrics
+                        .partition_end(*partition, stats.hi_offset, stats.consumer_lag);
                 }
             }
         }

@@ -62,6 +62,9 @@ pub struct ConsumerMetrics {
     log_events: Family<LogEventLabels, Counter>,
     /// Lag by partition, for the dashboard's total (a family cannot be summed).
     lag_by_partition: Arc<Mutex<BTreeMap<i32, i64>>>,
+    /// Per partition, the next offset PostgreSQL holds everything below: what lag is measured
+    /// from (librdkafka's own figure trails our asynchronous Kafka commits).
+    written_up_to: Arc<Mutex<BTreeMap<i32, i64>>>,
     stuck_partitions: Arc<Mutex<BTreeSet<i32>>>,
 }
 
@@ -92,6 +95,7 @@ impl ConsumerMetrics {
             stuck: Gauge::default(),
             log_events: Family::default(),
             lag_by_partition: Arc::default(),
+            written_up_to: Arc::default(),
             stuck_partitions: Arc::default(),
         };
         let r = &mut registry;
@@ -205,6 +209,10 @@ impl ConsumerMetrics {
             latency_ms = latency.as_millis() as u64,
             "batch committed"
         );
+        self.written_up_to
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(&batch.commit_offsets);
         self.rows_consumed.inc_by(stats.rows);
         self.rows_inserted.inc_by(outcome.inserted);
         self.rows_duplicate.inc_by(duplicates);
@@ -269,6 +277,23 @@ impl ConsumerMetrics {
             .inc();
     }
 
+    /// Records a partition's lag from the end of its log (`high_watermark`): measured from what
+    /// PostgreSQL holds where this consumer wrote to it, else from librdkafka's `fallback`.
+    pub fn partition_end(&self, partition: i32, high_watermark: i64, fallback: i64) {
+        let written = self
+            .written_up_to
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&partition)
+            .copied();
+        let lag = match written {
+            Some(next) if high_watermark >= 0 => (high_watermark - next).max(0),
+            _ if fallback >= 0 => fallback,
+            _ => return,
+        };
+        self.lag(partition, lag);
+    }
+
     pub fn lag(&self, partition: i32, messages: i64) {
         self.lag
             .get_or_create(&PartitionLabel { partition })
@@ -293,6 +318,10 @@ impl ConsumerMetrics {
             self.lag.remove(&label);
             self.watermark.remove(&label);
             lag.remove(partition);
+            self.written_up_to
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(partition);
         }
     }
 

@@ -200,6 +200,25 @@ async fn dashboard_in_headless_chromium_shows_the_database_numbers() {
         );
         String::from_utf8(output.stdout).unwrap()
     };
+    // Caught up: the lag reads 0 once the consumer's next statistics arrive (every 5 s).
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let (_, body) = telemetry::http_get(
+            &format!("http://{dashboard}/api/summary"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_default();
+        let summary: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if summary["lag_total"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never read 0: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let dom = browser(&["--dump-dom"]);
     let shown = |id: &str| -> String {
         let marker = format!("id=\"{id}\">");
@@ -230,6 +249,7 @@ async fn dashboard_in_headless_chromium_shows_the_database_numbers() {
     assert_eq!(shown("events-total"), events.to_string());
     assert_eq!(shown("rejected-total"), rejected.to_string());
     assert_eq!(shown("late-total"), "0");
+    assert_eq!(shown("lag-total"), "0");
     assert_eq!(shown("funnel-viewers"), viewers.to_string());
     assert_eq!(shown("funnel-buyers"), buyers.to_string());
     assert!(dom.contains("<rect"), "the charts were drawn");

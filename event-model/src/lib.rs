@@ -10,6 +10,7 @@ pub mod duration;
 pub mod event;
 pub mod failpoint;
 pub mod reader;
+pub mod reason;
 pub mod validate;
 pub mod wire;
 

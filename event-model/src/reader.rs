@@ -6,6 +6,7 @@
 //! is [`crate::validate`]'s job.
 
 use crate::event::{Column, COLUMNS};
+use crate::reason::RejectCode;
 use crate::wire::{to_hex, Defect, RawRow, WIRE_VERSION};
 use std::io::Read;
 
@@ -347,7 +348,7 @@ impl<R: Read> RowReader<R> {
         let defect = self.defect();
         // An oversized row travels as its defect alone, so the message stays small.
         let values = match &defect {
-            Some(d) if d.code.ends_with("_too_large") => [const { None }; 6],
+            Some(d) if d.code.is_size_cap() => [const { None }; 6],
             _ => values,
         };
         let key = match values[Column::EventId.index()].as_deref().map(str::trim) {
@@ -373,7 +374,7 @@ impl<R: Read> RowReader<R> {
     fn defect(&self) -> Option<Defect> {
         if self.records.oversized {
             return Some(Defect {
-                code: "row_too_large".to_owned(),
+                code: RejectCode::RowTooLarge,
                 reason: format!(
                     "row has {} bytes of fields, the limit is {}; raw keeps the first {} bytes of field data",
                     self.records.record_bytes,
@@ -385,7 +386,7 @@ impl<R: Read> RowReader<R> {
         }
         let (code, reason) = if self.records.len() != self.header.len() {
             (
-                "field_count",
+                RejectCode::FieldCount,
                 format!(
                     "row has {} fields, header has {}",
                     self.records.len(),
@@ -399,7 +400,7 @@ impl<R: Read> RowReader<R> {
             .find(|(_, field)| field.len() > self.limits.max_field_bytes)
         {
             (
-                "field_too_large",
+                RejectCode::FieldTooLarge,
                 format!(
                     "field `{}`: {} bytes, the limit is {}",
                     self.header[index],
@@ -413,7 +414,7 @@ impl<R: Read> RowReader<R> {
                 .iter()
                 .position(|field| std::str::from_utf8(field).is_err())?;
             (
-                "invalid_utf8",
+                RejectCode::InvalidUtf8,
                 format!("field `{}`: invalid UTF-8", self.header[bad]),
             )
         };
@@ -425,7 +426,7 @@ impl<R: Read> RowReader<R> {
         let mut raw = writer.into_inner().unwrap_or_default();
         raw.pop();
         Some(Defect {
-            code: code.to_owned(),
+            code,
             reason,
             raw_hex: to_hex(&raw),
         })
@@ -564,7 +565,7 @@ mod tests {
         let input = format!("{HEADER}\ne1,1,view,2\n");
         let rows = rows(input.as_bytes());
         let defect = rows[0].row.defect.as_ref().unwrap();
-        assert_eq!(defect.code, "field_count");
+        assert_eq!(defect.code, RejectCode::FieldCount);
         assert_eq!(defect.reason, "row has 4 fields, header has 6");
         assert_eq!(from_hex(&defect.raw_hex).unwrap(), b"e1,1,view,2");
     }
@@ -575,7 +576,7 @@ mod tests {
         input.extend_from_slice(b"9\xff\x00,2026-01-01T00:00:00Z\n");
         let rows = rows(&input);
         let defect = rows[0].row.defect.as_ref().unwrap();
-        assert_eq!(defect.code, "invalid_utf8");
+        assert_eq!(defect.code, RejectCode::InvalidUtf8);
         assert_eq!(defect.reason, "field `price`: invalid UTF-8");
         assert_eq!(
             from_hex(&defect.raw_hex).unwrap(),
@@ -596,7 +597,7 @@ mod tests {
         let mut reader = RowReader::with_limits(&input[..], "f.csv", "id", 0, limits);
         let row = reader.next_row().unwrap().unwrap();
         let defect = row.row.defect.unwrap();
-        assert_eq!(defect.code, "row_too_large");
+        assert_eq!(defect.code, RejectCode::RowTooLarge);
         assert!(
             defect.reason.contains("the limit is 1000"),
             "{}",
@@ -614,7 +615,7 @@ mod tests {
         );
         let mut reader = RowReader::with_limits(input.as_bytes(), "f.csv", "id", 0, limits);
         let big = reader.next_row().unwrap().unwrap().row.defect.unwrap();
-        assert_eq!(big.code, "field_too_large");
+        assert_eq!(big.code, RejectCode::FieldTooLarge);
         assert_eq!(big.reason, "field `price`: 500 bytes, the limit is 100");
         let next = reader.next_row().unwrap().unwrap();
         assert!(next.row.defect.is_none());

@@ -6,42 +6,7 @@ use crate::wire::{RawRow, WIRE_VERSION};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectCode {
-    MissingColumn,
-    FieldCount,
-    InvalidUtf8,
-    RowTooLarge,
-    FieldTooLarge,
-    InvalidField,
-    Late,
-    Undecodable,
-    /// Valid by the contract, refused by the database (a constraint an operator added, say).
-    Database,
-    /// Dated further ahead of the consumer's clock than `--max-future` allows.
-    Future,
-    /// A row whose message would exceed what the broker accepts; quarantined by reference (file,
-    /// line, byte range, checksum), its bytes being in the archived file.
-    TooLarge,
-}
-
-impl RejectCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectCode::MissingColumn => "missing_column",
-            RejectCode::FieldCount => "field_count",
-            RejectCode::InvalidUtf8 => "invalid_utf8",
-            RejectCode::RowTooLarge => "row_too_large",
-            RejectCode::FieldTooLarge => "field_too_large",
-            RejectCode::InvalidField => "invalid_field",
-            RejectCode::Late => "late",
-            RejectCode::Undecodable => "undecodable",
-            RejectCode::Database => "database",
-            RejectCode::Future => "future",
-            RejectCode::TooLarge => "too_large",
-        }
-    }
-}
+pub use crate::reason::RejectCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -68,16 +33,8 @@ pub fn validate(row: &RawRow) -> Result<Event, Rejection> {
         });
     }
     if let Some(defect) = &row.defect {
-        let code = match defect.code.as_str() {
-            "field_count" => RejectCode::FieldCount,
-            "invalid_utf8" => RejectCode::InvalidUtf8,
-            "row_too_large" => RejectCode::RowTooLarge,
-            "field_too_large" => RejectCode::FieldTooLarge,
-            "too_large" => RejectCode::TooLarge,
-            _ => RejectCode::Undecodable,
-        };
         return Err(Rejection {
-            code,
+            code: defect.code,
             field: None,
             reason: defect.reason.clone(),
         });
@@ -478,12 +435,12 @@ mod tests {
     fn defects_from_the_bridge_are_rejections() {
         let mut raw = row(GOOD);
         raw.defect = Some(Defect {
-            code: "field_count".into(),
+            code: RejectCode::FieldCount,
             reason: "row has 5 fields, header has 6".into(),
             raw_hex: String::new(),
         });
         assert_eq!(validate(&raw).unwrap_err().code, RejectCode::FieldCount);
-        raw.defect.as_mut().unwrap().code = "invalid_utf8".into();
+        raw.defect.as_mut().unwrap().code = RejectCode::InvalidUtf8;
         assert_eq!(validate(&raw).unwrap_err().code, RejectCode::InvalidUtf8);
     }
 

@@ -31,8 +31,8 @@ pub struct RawRow {
 /// A row the bridge could not map onto the header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Defect {
-    /// `field_count` or `invalid_utf8`.
-    pub code: String,
+    /// `field_count`, `invalid_utf8`, `row_too_large`, `field_too_large` or `too_large`.
+    pub code: crate::reason::RejectCode,
     pub reason: String,
     /// The record's fields re-encoded as one RFC 4180 CSV line, hex-encoded: every byte kept.
     pub raw_hex: String,

@@ -299,7 +299,7 @@ fn too_large_reference(path: &Path, keyed: &KeyedRow, encoded: usize, budget: us
     RawRow {
         values: [const { None }; 6],
         defect: Some(Defect {
-            code: "too_large".to_owned(),
+            code: event_model::RejectCode::TooLarge,
             reason: format!(
                 "row encodes to a {encoded}-byte message, more than the {budget} bytes the broker takes; \
                  its bytes are {}..{} of the file (sha256 {checksum})",

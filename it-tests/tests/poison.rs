@@ -19,7 +19,8 @@ fn pipeline_row(file: &str, values: [&str; 6]) -> Vec<u8> {
     RawRow {
         v: WIRE_VERSION,
         file: file.to_owned(),
-        file_id: "forged".into(),
+        // A row is unique by its file's content and line: distinct files, distinct ids.
+        file_id: format!("forged-{}", file.len()),
         line: 2,
         landed_ms: 0,
         values: values.map(|v| Some(v.to_owned())),

@@ -9,8 +9,14 @@
 //! `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING` instead; the sink stays on that path
 //! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
+mod checkpoints;
+mod events;
+mod fault;
+mod rejects;
+
+pub use fault::{fault_of, Fault};
+
 use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
-use crate::storable;
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use sqlx::postgres::PgConnectOptions;
@@ -38,48 +44,6 @@ impl SinkError {
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
-    event_id TEXT, user_id INT, event_type TEXT, product_id INT, price NUMERIC(10, 2),
-    event_time TIMESTAMPTZ, is_late BOOLEAN, source_file TEXT, source_line BIGINT,
-    landed_at TIMESTAMPTZ
-) ON COMMIT DELETE ROWS";
-
-/// A late event quarantined earlier keeps its id: a later copy is a duplicate, not a new event.
-const INSERT_EVENTS: &str = "INSERT INTO ecommerce_events
-    (event_id, user_id, event_type, product_id, price, event_time, is_late, source_file,
-     source_line, landed_at)
-SELECT s.event_id, s.user_id, s.event_type, s.product_id, s.price, s.event_time, s.is_late,
-       s.source_file, s.source_line, s.landed_at
-FROM ingest_staging s
-WHERE NOT EXISTS (
-    SELECT 1 FROM ecommerce_events_rejected r
-    WHERE r.reason_code = 'late' AND r.event_id = s.event_id
-)
-ON CONFLICT (event_id) DO NOTHING";
-
-const EVENT_COLUMNS: &str = "event_id, user_id, event_type, product_id, price, event_time, \
-    is_late, source_file, source_line, landed_at";
-
-/// The ids among a batch's events that were quarantined as late: they stay out of the events.
-const LATE_QUARANTINED: &str = "SELECT event_id::text FROM ecommerce_events_rejected
-    WHERE reason_code = 'late' AND event_id = ANY($1::text[])";
-
-/// Whether any event was ever quarantined as late: one index probe, where the query above costs
-/// a quarter of a 10,000-row `COPY`. Never true under the default `--late-policy accept`.
-const ANY_LATE_QUARANTINED: &str =
-    "SELECT EXISTS (SELECT 1 FROM ecommerce_events_rejected WHERE reason_code = 'late')";
-
-const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
-    (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
-     kafka_topic, kafka_partition, kafka_offset, kafka_key)
-SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o, u.k
-FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::bytea[], $10::int4[], $11::int8[], $13::bytea[])
-     AS u(f, fid, l, c, fld, r, e, raw, p, o, k)
-WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
-ON CONFLICT DO NOTHING
-RETURNING reason_code";
 
 /// How a batch's events went in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -179,7 +143,9 @@ impl Sink {
                 options = options.application_name(name);
             }
             let mut connection = PgConnection::connect_with(&options).await?;
-            sqlx::query(CREATE_STAGING).execute(&mut connection).await?;
+            sqlx::query(&events::CREATE_STAGING)
+                .execute(&mut connection)
+                .await?;
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("connection was just set"))
@@ -246,7 +212,7 @@ impl Sink {
         if moved != 1 {
             return Err(SinkError::Fenced { partition });
         }
-        record_log_event(
+        checkpoints::record_log_event(
             &mut tx,
             &group,
             &topic,
@@ -272,7 +238,7 @@ impl Sink {
             "offsets {from}..{to} were removed from the log (retention) before this group read them"
         );
         let connection = self.connection().await?;
-        record_log_event(
+        checkpoints::record_log_event(
             connection,
             &group,
             &topic,
@@ -314,17 +280,7 @@ impl Sink {
             Some(count) => (count, WritePath::Copy),
             None if batch.events.is_empty() => (0, WritePath::Copy),
             None => {
-                let copy = encode_events(&batch.events, &HashSet::new());
-                copy_in(
-                    &mut tx,
-                    "COPY ingest_staging FROM STDIN (FORMAT binary)",
-                    &copy,
-                )
-                .await?;
-                let count = sqlx::query(INSERT_EVENTS)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                let count = insert_through_staging(&mut tx, &batch.events).await?;
                 // Back to the fast path once a batch had nothing already written.
                 next_direct = count == batch.events.len() as u64;
                 (count, WritePath::Staging)
@@ -336,11 +292,11 @@ impl Sink {
             ..WriteOutcome::default()
         };
         outcome.count_rejects(
-            insert_rejects(&mut tx, &topic, &batch.rejects, false).await?,
+            rejects::insert_rejects(&mut tx, &topic, &batch.rejects, false).await?,
             false,
         );
         outcome.count_rejects(
-            insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?,
+            rejects::insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?,
             true,
         );
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
@@ -358,7 +314,7 @@ impl Sink {
         let (mut inserted, mut refused) = (0, Vec::new());
         for row in &batch.events {
             savepoint(&mut tx).await?;
-            let result = insert_one(&mut tx, row).await;
+            let result = insert_through_staging(&mut tx, std::slice::from_ref(row)).await;
             match settle_savepoint(&mut tx, result).await? {
                 Ok(count) => inserted += count,
                 Err(error) => {
@@ -386,9 +342,13 @@ impl Sink {
             (&batch.late_rejects[..], true),
         ] {
             for row in rows {
-                let codes =
-                    insert_reject_or_its_stand_in(&mut tx, &topic, row, only_if_not_an_event)
-                        .await?;
+                let codes = rejects::insert_reject_or_its_stand_in(
+                    &mut tx,
+                    &topic,
+                    row,
+                    only_if_not_an_event,
+                )
+                .await?;
                 rejected.push((codes, only_if_not_an_event));
             }
         }
@@ -405,14 +365,14 @@ impl Sink {
 }
 
 /// Opens the savepoint that [`settle_savepoint`] closes.
-async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SAVEPOINT one_row").execute(tx).await.map(drop)
 }
 
 /// Closes the savepoint around a step that ended with `result`. A refusal of the data rolls the
 /// savepoint back and is returned as `Ok(Err(..))`, the transaction still usable; any other error
 /// ends the transaction.
-async fn settle_savepoint<T>(
+pub(super) async fn settle_savepoint<T>(
     tx: &mut PgConnection,
     result: Result<T, sqlx::Error>,
 ) -> Result<Result<T, sqlx::Error>, sqlx::Error> {
@@ -431,66 +391,28 @@ async fn settle_savepoint<T>(
     }
 }
 
-/// Quarantines one row; should the database refuse even that (a constraint an operator put on
-/// the rejected table, say), a stand-in naming the message by its Kafka identity, with the raw
-/// bytes and the refusal, is recorded instead. Only if that is refused too does the batch fail.
-async fn insert_reject_or_its_stand_in(
-    tx: &mut PgConnection,
-    topic: &str,
-    row: &RejectRow,
-    only_if_not_an_event: bool,
-) -> Result<Vec<String>, sqlx::Error> {
-    let rows = std::slice::from_ref(row);
-    savepoint(tx).await?;
-    let result = insert_rejects(tx, topic, rows, only_if_not_an_event).await;
-    let error = match settle_savepoint(tx, result).await? {
-        Ok(codes) => return Ok(codes),
-        Err(error) => error,
-    };
-    tracing::error!(file = %row.file, line = row.line, partition = row.partition, offset = row.offset, %error, "the database refused a quarantine row; recording a stand-in");
-    let stand_in = RejectRow {
-        file: format!("kafka:{topic}"),
-        file_id: format!("partition-{}:unstorable", row.partition),
-        line: row.offset,
-        code: RejectCode::Database,
-        field: None,
-        // Nothing the row carried goes into the text again: it may be what was refused.
-        reason: format!(
-            "the database refused this row's quarantine record ({error}); it was rejected as `{}`; its bytes are in raw",
-            row.code.as_str()
-        ),
-        event_id: None,
-        raw: row.raw.clone(),
-        kafka_key: row.kafka_key.clone(),
-        partition: row.partition,
-        offset: row.offset,
-    };
-    insert_rejects(tx, topic, std::slice::from_ref(&stand_in), false).await
-}
-
 /// `COPY` of the events straight into `ecommerce_events`, in a savepoint. `None` when the database
 /// refused it (a row already there, or a row it will not take): the savepoint is rolled back and
 /// the caller takes the staging path, which sorts out which rows are which.
 async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Option<u64>, SinkError> {
     let mut late: HashSet<String> = HashSet::new();
-    let any_late: bool = sqlx::query_scalar(ANY_LATE_QUARANTINED)
+    let any_late: bool = sqlx::query_scalar(events::ANY_LATE_QUARANTINED)
         .fetch_one(&mut *tx)
         .await?;
     if any_late {
         let ids: Vec<&str> = events.iter().map(|r| r.event.event_id.as_str()).collect();
-        late = sqlx::query_scalar(LATE_QUARANTINED)
+        late = sqlx::query_scalar(events::LATE_QUARANTINED)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
     }
-    let copy = encode_events(events, &late);
+    let copy = events::encode_events(events, &late);
     sqlx::query("SAVEPOINT copy_direct")
         .execute(&mut *tx)
         .await?;
-    let statement = format!("COPY ecommerce_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
-    match copy_in(&mut *tx, &statement, &copy).await {
+    match copy_in(&mut *tx, &events::COPY_DIRECT, &copy).await {
         Ok(count) => {
             sqlx::query("RELEASE SAVEPOINT copy_direct")
                 .execute(&mut *tx)
@@ -514,67 +436,22 @@ async fn copy_in(tx: &mut PgConnection, statement: &str, data: &[u8]) -> Result<
     copy.finish().await
 }
 
-/// What a database error says about the batch that met it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The data was refused (SQLSTATE classes 22 data exception, 23 integrity constraint, 54
-    /// program limit such as an oversized index entry): retrying cannot help, the row that caused
-    /// it is quarantined.
-    Data,
-    /// The connection or the server failed (classes 08, 53, 57, 58, serialization failures and
-    /// deadlocks, and any error below SQL such as I/O or TLS): retried with backoff.
-    Connection,
-    /// Anything else (a missing privilege, a broken schema): retried with backoff and reported,
-    /// since an operator must act.
-    Other,
-}
-
-pub fn fault_of(error: &sqlx::Error) -> Fault {
-    let Some(database) = error.as_database_error() else {
-        return match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => Fault::Connection,
-            _ => Fault::Other,
-        };
-    };
-    let code = database.code().unwrap_or_default();
-    match code.get(..2).unwrap_or_default() {
-        "22" | "23" | "54" => Fault::Data,
-        "08" | "53" | "57" | "58" => Fault::Connection,
-        "40" if code == "40001" || code == "40P01" => Fault::Connection,
-        _ => Fault::Other,
-    }
-}
-
-async fn insert_one(tx: &mut PgConnection, row: &EventRow) -> Result<u64, sqlx::Error> {
-    let event = &row.event;
-    let landed = DateTime::from_timestamp_millis(row.landed_ms).unwrap_or_default();
-    let result = sqlx::query(
-        "INSERT INTO ecommerce_events
-             (event_id, user_id, event_type, product_id, price, event_time, is_late, source_file,
-              source_line, landed_at)
-         SELECT $1, $2, $3, $4, $5::numeric, $6, $7, $8, $9, $10
-         WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
-                           WHERE r.reason_code = 'late' AND r.event_id = $1)
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&event.event_id)
-    .bind(event.user_id)
-    .bind(event.event_type.as_str())
-    .bind(event.product_id)
-    .bind(event_model::event::format_price(event.price_cents))
-    .bind(event.event_time)
-    .bind(row.late)
-    .bind(storable::text(&row.file))
-    .bind(row.line)
-    .bind(landed)
-    .execute(tx)
-    .await?;
-    Ok(result.rows_affected())
+/// Sends `events` through the staging table into `ecommerce_events`: what is already there, or
+/// was quarantined as late, is left out. The staging table is emptied for the next use.
+async fn insert_through_staging(
+    tx: &mut PgConnection,
+    events: &[EventRow],
+) -> Result<u64, sqlx::Error> {
+    let copy = events::encode_events(events, &HashSet::new());
+    copy_in(&mut *tx, &events::COPY_STAGING, &copy).await?;
+    let inserted = sqlx::query(&events::INSERT_FROM_STAGING)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM ingest_staging")
+        .execute(&mut *tx)
+        .await?;
+    Ok(inserted)
 }
 
 /// The common end of a batch's transaction: checkpoints (the fence), then commit.
@@ -586,7 +463,7 @@ async fn finish_transaction(
     outcome: WriteOutcome,
 ) -> Result<WriteOutcome, SinkError> {
     for checkpoint in checkpoints {
-        if !advance_checkpoint(&mut tx, group, topic, checkpoint).await? {
+        if !checkpoints::advance_checkpoint(&mut tx, group, topic, checkpoint).await? {
             tx.rollback().await?;
             return Err(SinkError::Fenced {
                 partition: checkpoint.partition,
@@ -595,204 +472,4 @@ async fn finish_transaction(
     }
     tx.commit().await?;
     Ok(outcome)
-}
-
-async fn insert_rejects(
-    tx: &mut PgConnection,
-    topic: &str,
-    rows: &[RejectRow],
-    only_if_not_an_event: bool,
-) -> Result<Vec<String>, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Every text made storable here, at the one door to the table: NUL escaped, indexed values
-    // bounded. The bytes as they were stay in `raw` and `kafka_key`.
-    let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    sqlx::query_scalar(INSERT_REJECTS)
-        .bind(column(|r| Some(storable::key(&r.file).into_owned())))
-        .bind(column(|r| Some(storable::key(&r.file_id).into_owned())))
-        .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())
-        .bind(column(|r| Some(r.code.as_str().to_owned())))
-        .bind(column(|r| r.field.map(str::to_owned)))
-        .bind(column(|r| Some(storable::text(&r.reason).into_owned())))
-        .bind(column(|r| {
-            r.event_id
-                .as_deref()
-                .map(|id| storable::key(id).into_owned())
-        }))
-        .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
-        .bind(storable::text(topic))
-        .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
-        .bind(only_if_not_an_event)
-        .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
-        .fetch_all(tx)
-        .await
-}
-
-async fn record_log_event(
-    connection: &mut PgConnection,
-    group: &str,
-    topic: &str,
-    partition: i32,
-    kind: &str,
-    (from, to): (i64, i64),
-    detail: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO ingest_log_events
-             (consumer_group, topic, kafka_partition, kind, from_offset, to_offset, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-    )
-    .bind(group)
-    .bind(topic)
-    .bind(partition)
-    .bind(kind)
-    .bind(from)
-    .bind(to)
-    .bind(detail)
-    .execute(connection)
-    .await
-    .map(drop)
-}
-
-/// Moves a checkpoint forward only from where this consumer believes it is; false when another
-/// consumer moved it meanwhile (the partition was reassigned), which must abort the transaction.
-async fn advance_checkpoint(
-    tx: &mut PgConnection,
-    group: &str,
-    topic: &str,
-    checkpoint: &Checkpoint,
-) -> Result<bool, sqlx::Error> {
-    let query = match checkpoint.expected {
-        None => sqlx::query(
-            "INSERT INTO ingest_checkpoints
-                 (consumer_group, topic, kafka_partition, next_offset, max_event_time, last_message)
-             VALUES ($1, $2, $3, $4, $5, $7) ON CONFLICT DO NOTHING",
-        ),
-        Some(_) => sqlx::query(
-            "UPDATE ingest_checkpoints
-             SET next_offset = $4, max_event_time = $5, last_message = $7, updated_at = now()
-             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
-               AND next_offset = $6",
-        ),
-    };
-    let result = query
-        .bind(group)
-        .bind(topic)
-        .bind(checkpoint.partition)
-        .bind(checkpoint.next_offset)
-        .bind(checkpoint.max_event_time)
-        .bind(checkpoint.expected)
-        .bind(&checkpoint.last_message)
-        .execute(tx)
-        .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
-/// The events in PostgreSQL's binary `COPY` format, leaving out the ids in `skip`. Binary rather
-/// than text: PostgreSQL then parses no numbers or timestamps, which took about a tenth of its
-/// time per row.
-fn encode_events(events: &[EventRow], skip: &HashSet<String>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21 + events.len() * 140);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    // Flags, then the length of the header extension: none of either.
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    for row in events {
-        if !skip.contains(&row.event.event_id) {
-            encode_event(&mut out, row);
-        }
-    }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out
-}
-
-/// One tuple, the columns in the order of [`EVENT_COLUMNS`].
-fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
-    let event = &row.event;
-    out.extend_from_slice(&10i16.to_be_bytes());
-    push_field(out, event.event_id.as_bytes());
-    push_field(out, &event.user_id.to_be_bytes());
-    push_field(out, event.event_type.as_str().as_bytes());
-    push_field(out, &event.product_id.to_be_bytes());
-    push_numeric_cents(out, event.price_cents);
-    push_field(out, &postgres_micros(event.event_time.timestamp_micros()));
-    push_field(out, &[u8::from(row.late)]);
-    push_field(out, storable::text(&row.file).as_bytes());
-    push_field(out, &row.line.to_be_bytes());
-    push_field(out, &postgres_micros(row.landed_ms.saturating_mul(1000)));
-}
-
-fn postgres_micros(unix_micros: i64) -> [u8; 8] {
-    unix_micros
-        .saturating_sub(POSTGRES_EPOCH_MICROS)
-        .to_be_bytes()
-}
-
-fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Fields are bounded by the row size limit, far below 2 GiB.
-    out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// `cents / 100` as PostgreSQL's binary NUMERIC: base-10000 digits, most significant first, the
-/// weight of the first one, sign, and a display scale of 2; no leading or trailing zero digits.
-fn push_numeric_cents(out: &mut Vec<u8>, cents: i64) {
-    let magnitude = cents.unsigned_abs();
-    let (mut whole, fraction) = (magnitude / 100, (magnitude % 100) as i16 * 100);
-    let mut digits: Vec<i16> = Vec::with_capacity(6);
-    while whole > 0 {
-        digits.push((whole % 10_000) as i16);
-        whole /= 10_000;
-    }
-    digits.reverse();
-    let mut weight = digits.len() as i16 - 1;
-    digits.push(fraction);
-    while digits.last() == Some(&0) {
-        digits.pop();
-    }
-    if digits.is_empty() {
-        weight = 0;
-    }
-    let sign: u16 = if cents < 0 { 0x4000 } else { 0 };
-    let length = 8 + 2 * digits.len();
-    out.extend_from_slice(&(length as i32).to_be_bytes());
-    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
-    out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(&sign.to_be_bytes());
-    out.extend_from_slice(&2u16.to_be_bytes());
-    for digit in digits {
-        out.extend_from_slice(&digit.to_be_bytes());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn numeric(cents: i64) -> Vec<i16> {
-        let mut out = Vec::new();
-        push_numeric_cents(&mut out, cents);
-        out[4..]
-            .chunks(2)
-            .map(|pair| i16::from_be_bytes([pair[0], pair[1]]))
-            .collect()
-    }
-
-    #[test]
-    fn prices_become_base_10000_numerics() {
-        // ndigits, weight, sign, dscale, digits...
-        assert_eq!(numeric(0), [0, 0, 0, 2]);
-        assert_eq!(numeric(1), [1, -1, 0, 2, 100]);
-        assert_eq!(numeric(1999), [2, 0, 0, 2, 19, 9900]);
-        assert_eq!(numeric(100), [1, 0, 0, 2, 1]);
-        assert_eq!(numeric(1_000_000), [1, 1, 0, 2, 1]);
-        assert_eq!(numeric(1_234_567_890), [3, 1, 0, 2, 1234, 5678, 9000]);
-        assert_eq!(numeric(-250), [2, 0, 0x4000, 2, 2, 5000]);
-    }
 }

@@ -1,0 +1,90 @@
+//! The quarantine: rejected rows in one statement, or one by one with a stand-in for a row the
+//! database refuses even there. Every text is made storable at this one door to the table.
+
+use super::{savepoint, settle_savepoint};
+use crate::batch::RejectRow;
+use crate::storable;
+use event_model::RejectCode;
+use sqlx::PgConnection;
+
+const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
+    (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
+     kafka_topic, kafka_partition, kafka_offset, kafka_key)
+SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o, u.k
+FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::bytea[], $10::int4[], $11::int8[], $13::bytea[])
+     AS u(f, fid, l, c, fld, r, e, raw, p, o, k)
+WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
+ON CONFLICT DO NOTHING
+RETURNING reason_code";
+
+/// Quarantines one row; should the database refuse even that (a constraint an operator put on
+/// the rejected table, say), a stand-in naming the message by its Kafka identity, with the raw
+/// bytes and the refusal, is recorded instead. Only if that is refused too does the batch fail.
+pub async fn insert_reject_or_its_stand_in(
+    tx: &mut PgConnection,
+    topic: &str,
+    row: &RejectRow,
+    only_if_not_an_event: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows = std::slice::from_ref(row);
+    savepoint(tx).await?;
+    let result = insert_rejects(tx, topic, rows, only_if_not_an_event).await;
+    let error = match settle_savepoint(tx, result).await? {
+        Ok(codes) => return Ok(codes),
+        Err(error) => error,
+    };
+    tracing::error!(file = %row.file, line = row.line, partition = row.partition, offset = row.offset, %error, "the database refused a quarantine row; recording a stand-in");
+    let stand_in = RejectRow {
+        file: format!("kafka:{topic}"),
+        file_id: format!("partition-{}:unstorable", row.partition),
+        line: row.offset,
+        code: RejectCode::Database,
+        field: None,
+        // Nothing the row carried goes into the text again: it may be what was refused.
+        reason: format!(
+            "the database refused this row's quarantine record ({error}); it was rejected as `{}`; its bytes are in raw",
+            row.code.as_str()
+        ),
+        event_id: None,
+        raw: row.raw.clone(),
+        kafka_key: row.kafka_key.clone(),
+        partition: row.partition,
+        offset: row.offset,
+    };
+    insert_rejects(tx, topic, std::slice::from_ref(&stand_in), false).await
+}
+
+pub async fn insert_rejects(
+    tx: &mut PgConnection,
+    topic: &str,
+    rows: &[RejectRow],
+    only_if_not_an_event: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Every text made storable here, at the one door to the table: NUL escaped, indexed values
+    // bounded. The bytes as they were stay in `raw` and `kafka_key`.
+    let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query_scalar(INSERT_REJECTS)
+        .bind(column(|r| Some(storable::key(&r.file).into_owned())))
+        .bind(column(|r| Some(storable::key(&r.file_id).into_owned())))
+        .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())
+        .bind(column(|r| Some(r.code.as_str().to_owned())))
+        .bind(column(|r| r.field.map(str::to_owned)))
+        .bind(column(|r| Some(storable::text(&r.reason).into_owned())))
+        .bind(column(|r| {
+            r.event_id
+                .as_deref()
+                .map(|id| storable::key(id).into_owned())
+        }))
+        .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
+        .bind(storable::text(topic))
+        .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .bind(only_if_not_an_event)
+        .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
+        .fetch_all(tx)
+        .await
+}

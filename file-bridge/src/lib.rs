@@ -14,10 +14,12 @@ pub use config::Config;
 use anyhow::Context;
 use metrics::BridgeMetrics;
 use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
+use rdkafka::config::ClientConfig;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use telemetry::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +36,7 @@ struct Files<'a> {
     retry_after: HashMap<PathBuf, Instant>,
     /// Published files whose archiving failed: retried alone (never published again), with
     /// backoff, until the archive takes them.
-    archive_pending: HashMap<PathBuf, (Instant, Duration)>,
+    archive_pending: HashMap<PathBuf, (Instant, Backoff)>,
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
@@ -45,40 +47,325 @@ struct Files<'a> {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    for dir in [&config.input_dir, &config.archive_dir] {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create folder {}", dir.display()))?;
-    }
-    // Health and readiness answer from the start, while the broker is awaited.
-    let metrics = BridgeMetrics::new();
-    if let Some(addr) = config.metrics_addr {
-        let handler = telemetry::with_health(
+    Bridge::start(&config, shutdown).await?.run().await
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// First delay and cap between attempts to archive a published file.
+const ARCHIVE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
+/// The running bridge: its producer, its view of the folder, and the files between claim and
+/// archive. `run` is the loop; each step is a method.
+struct Bridge<'a> {
+    config: &'a Config,
+    shutdown: CancellationToken,
+    kafka: ClientConfig,
+    limits: event_model::Limits,
+    publisher: Arc<Publisher>,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+    completions: mpsc::UnboundedReceiver<Completion>,
+    wake: mpsc::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    writers: folder::Writers,
+    claimed_dir: PathBuf,
+    warned: HashSet<PathBuf>,
+    next_seq: usize,
+    scanned_once: bool,
+    last_progress: Instant,
+    files: Files<'a>,
+}
+
+impl<'a> Bridge<'a> {
+    /// Folders, metrics and health, the topic, the producer and the folder watcher.
+    async fn start(config: &'a Config, shutdown: CancellationToken) -> anyhow::Result<Bridge<'a>> {
+        for dir in [&config.input_dir, &config.archive_dir] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create folder {}", dir.display()))?;
+        }
+        // Health and readiness answer from the start, while the broker is awaited.
+        let metrics = BridgeMetrics::new();
+        serve_metrics(config, &metrics, &shutdown).await?;
+        let kafka = config
+            .kafka
+            .client_config("file-bridge", PRODUCER_DEFAULTS)?;
+        config.kafka.ensure_topic(&kafka).await?;
+        let limits = event_model::Limits {
+            max_row_bytes: config.max_row_bytes,
+            max_field_bytes: config.max_field_bytes,
+        };
+        let (completions_tx, completions) = mpsc::unbounded_channel();
+        let publisher = Publisher::new(
+            &kafka,
+            &config.kafka.topic,
+            limits,
+            completions_tx.clone(),
             metrics.readiness.clone(),
-            telemetry::metrics_handler(metrics.registry.clone()),
+        )?;
+        report_message_budget(config, &kafka);
+        let claimed_dir = folder::claim_dir(&config.input_dir).with_context(|| {
+            format!(
+                "failed to create the claim folder in {}",
+                config.input_dir.display()
+            )
+        })?;
+        let writers = folder::Writers::default();
+        let (wake_tx, wake) = mpsc::channel(1);
+        // Events make us quick and tell us when a writer is done; the periodic rescan makes us
+        // right even where events are not delivered.
+        let watcher = folder::watch(&config.input_dir, wake_tx, writers.clone())
+            .map_err(|error| tracing::warn!(%error, "no file-system events; relying on rescans"))
+            .ok();
+        tracing::info!(
+            input = %config.input_dir.display(),
+            archive = %config.archive_dir.display(),
+            topic = %config.kafka.topic,
+            brokers = %config.kafka.brokers,
+            "bridge started"
         );
-        let bound = telemetry::serve(addr, handler, shutdown.clone())
-            .await
-            .with_context(|| format!("failed to listen on {addr} for metrics"))?;
-        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+        Ok(Bridge {
+            config,
+            shutdown,
+            kafka,
+            limits,
+            publisher: Arc::new(publisher),
+            completions_tx,
+            completions,
+            wake,
+            _watcher: watcher,
+            writers,
+            claimed_dir,
+            warned: HashSet::new(),
+            next_seq: 0,
+            scanned_once: false,
+            last_progress: Instant::now(),
+            files: Files {
+                config,
+                metrics,
+                in_flight: HashMap::new(),
+                retry_after: HashMap::new(),
+                archive_pending: HashMap::new(),
+                failed: Vec::new(),
+                archived: 0,
+                producer_suspect: false,
+            },
+        })
     }
-    let kafka = config
-        .kafka
-        .client_config("file-bridge", PRODUCER_DEFAULTS)?;
-    config.kafka.ensure_topic(&kafka).await?;
-    let (completions_tx, mut completions) = mpsc::unbounded_channel();
-    let limits = event_model::Limits {
-        max_row_bytes: config.max_row_bytes,
-        max_field_bytes: config.max_field_bytes,
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            self.replace_suspect_producer()?;
+            self.files.retry_archives();
+            // --once scans a single time: what is in the folder now.
+            let scan = !self.config.once || !self.scanned_once;
+            let unsettled = if scan && !self.shutdown.is_cancelled() {
+                self.scan_and_publish().await?
+            } else {
+                false
+            };
+            let done_once = self.config.once && self.scanned_once;
+            if self.files.in_flight.is_empty() && (done_once || self.shutdown.is_cancelled()) {
+                break;
+            }
+            if self.shutdown.is_cancelled() {
+                self.drain().await;
+                break;
+            }
+            self.wait(unsettled).await;
+        }
+        self.stop()
+    }
+
+    /// After a failed delivery, a fresh producer once nothing is in flight.
+    fn replace_suspect_producer(&mut self) -> anyhow::Result<()> {
+        if !self.files.producer_suspect || !self.files.in_flight.is_empty() {
+            return Ok(());
+        }
+        self.files.producer_suspect = false;
+        let fresh = Publisher::new(
+            &self.kafka,
+            &self.config.kafka.topic,
+            self.limits,
+            self.completions_tx.clone(),
+            self.files.metrics.readiness.clone(),
+        )?;
+        let old = std::mem::replace(&mut self.publisher, Arc::new(fresh));
+        // Dropping a producer may wait on the network: not on the async threads.
+        tokio::task::spawn_blocking(move || drop(old));
+        tracing::info!("producer replaced after failed deliveries");
+        Ok(())
+    }
+
+    /// Claims what is ready and publishes it; whether files are still being written.
+    async fn scan_and_publish(&mut self) -> anyhow::Result<bool> {
+        let (candidates, unsettled) = self.claim_ready()?;
+        // --once waits for files still being written: they are in the folder now.
+        self.scanned_once = !unsettled;
+        for path in candidates {
+            let busy = self.files.in_flight.values().any(|file| file.path == path)
+                || self.files.archive_pending.contains_key(&path)
+                || self.files.retry_after.contains_key(&path);
+            if busy || self.shutdown.is_cancelled() || path.symlink_metadata().is_err() {
+                continue;
+            }
+            self.publish(path).await?;
+            self.report_progress();
+        }
+        Ok(unsettled)
+    }
+
+    /// Files to publish: those claimed earlier (by an earlier run, or waiting for a retry) first,
+    /// then the complete files of the input folder, claimed now.
+    fn claim_ready(&mut self) -> anyhow::Result<(Vec<PathBuf>, bool)> {
+        let input = &self.config.input_dir;
+        let (ready, mut unsettled) = folder::ready_files(
+            input,
+            self.config.settle_time,
+            &self.writers,
+            &mut self.warned,
+        )
+        .with_context(|| format!("failed to list {}", input.display()))?;
+        self.files
+            .retry_after
+            .retain(|_, until| *until > Instant::now());
+        let mut candidates = folder::claimed_files(&self.claimed_dir)
+            .with_context(|| format!("failed to list {}", self.claimed_dir.display()))?;
+        for path in ready {
+            // The listing is as old as this loop: a file of it may have been claimed since.
+            match folder::claim(&path, &self.claimed_dir) {
+                Ok(Some(claimed)) => {
+                    self.writers.forget(&path);
+                    candidates.push(claimed);
+                }
+                // A file of that name is still being published: this one waits its turn.
+                Ok(None) => unsettled = true,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "failed to claim a file")
+                }
+            }
+        }
+        candidates.dedup();
+        Ok((candidates, unsettled))
+    }
+
+    /// Reads the claimed file and enqueues its rows; the outcome arrives as a completion.
+    async fn publish(&mut self, path: PathBuf) -> anyhow::Result<()> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.files.in_flight.insert(
+            seq,
+            InFlight {
+                path: path.clone(),
+                started: Instant::now(),
+            },
+        );
+        self.files.metrics.file_seen(self.files.in_flight.len());
+        let (publisher, token) = (self.publisher.clone(), self.shutdown.clone());
+        let result =
+            tokio::task::spawn_blocking(move || publisher.publish_file(&path, seq, &token))
+                .await
+                .context("publishing task panicked")?;
+        if let Err(error) = result {
+            tracing::warn!(%error, "file not published");
+        }
+        while let Ok(done) = self.completions.try_recv() {
+            self.files.finish(done);
+        }
+        Ok(())
+    }
+
+    fn report_progress(&mut self) {
+        if self.config.once && self.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.last_progress = Instant::now();
+            tracing::info!(
+                archived = self.files.archived,
+                in_flight = self.files.in_flight.len(),
+                rows_published = self.files.metrics.rows_published(),
+                "progress"
+            );
+        }
+    }
+
+    /// Until a delivery completes, the folder changes, the rescan is due or shutdown.
+    async fn wait(&mut self, unsettled: bool) {
+        let pause = if unsettled {
+            self.config.rescan_interval.min(self.config.settle_time)
+        } else {
+            self.config.rescan_interval
+        };
+        tokio::select! {
+            Some(done) = self.completions.recv() => self.files.finish(done),
+            _ = self.wake.recv() => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Gives outstanding deliveries until the shutdown timeout, archiving what completes.
+    async fn drain(&mut self) {
+        let flusher = self.publisher.clone();
+        let timeout = self.config.shutdown_timeout;
+        let flushed = tokio::task::spawn_blocking(move || flusher.flush(timeout))
+            .await
+            .unwrap_or(false);
+        while let Ok(done) = self.completions.try_recv() {
+            self.files.finish(done);
+        }
+        if !flushed || !self.files.in_flight.is_empty() {
+            tracing::warn!(
+                unconfirmed_messages = self.publisher.in_flight(),
+                files_left = self.files.in_flight.len(),
+                "shutdown before every delivery was confirmed; those files are published again on restart"
+            );
+        }
+    }
+
+    /// The end: what could not be published (or archived) is an error under --once.
+    fn stop(mut self) -> anyhow::Result<()> {
+        // Published but not archived: left claimed, published again (harmlessly) by the next run.
+        let pending: Vec<String> = self
+            .files
+            .archive_pending
+            .keys()
+            .map(|p| file_name(p))
+            .collect();
+        self.files.failed.extend(pending);
+        if !self.files.failed.is_empty() {
+            anyhow::bail!(
+                "{} file(s) not published, left in {}: {}",
+                self.files.failed.len(),
+                self.config.input_dir.display(),
+                self.files.failed.join(", ")
+            );
+        }
+        tracing::info!(archived = self.files.archived, "bridge stopped");
+        Ok(())
+    }
+}
+
+async fn serve_metrics(
+    config: &Config,
+    metrics: &BridgeMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = config.metrics_addr else {
+        return Ok(());
     };
-    let mut publisher = Arc::new(Publisher::new(
-        &kafka,
-        &config.kafka.topic,
-        limits,
-        completions_tx.clone(),
+    let handler = telemetry::with_health(
         metrics.readiness.clone(),
-    )?);
-    let budget = Publisher::message_budget(&kafka);
-    // JSON writes a control character as six bytes: a row within the caps may still not fit.
+        telemetry::metrics_handler(metrics.registry.clone()),
+    );
+    let bound = telemetry::serve(addr, handler, shutdown.clone())
+        .await
+        .with_context(|| format!("failed to listen on {addr} for metrics"))?;
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    Ok(())
+}
+
+/// JSON writes a control character as six bytes: a row within the caps may still not fit in one
+/// message. Such rows are sent by reference; say so when the caps allow them.
+fn report_message_budget(config: &Config, kafka: &ClientConfig) {
+    let budget = Publisher::message_budget(kafka);
     if config.max_row_bytes.saturating_mul(6) > budget {
         tracing::info!(
             max_row_bytes = config.max_row_bytes,
@@ -86,167 +373,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "rows whose message would exceed the budget are quarantined as too_large by reference"
         );
     }
-    let claimed_dir = folder::claim_dir(&config.input_dir).with_context(|| {
-        format!(
-            "failed to create the claim folder in {}",
-            config.input_dir.display()
-        )
-    })?;
-    let writers = folder::Writers::default();
-    let (wake_tx, mut wake) = mpsc::channel(1);
-    // Events make us quick and tell us when a writer is done; the periodic rescan makes us right
-    // even where events are not delivered.
-    let _watcher = folder::watch(&config.input_dir, wake_tx, writers.clone())
-        .map_err(|error| tracing::warn!(%error, "no file-system events; relying on rescans"))
-        .ok();
-    tracing::info!(
-        input = %config.input_dir.display(),
-        archive = %config.archive_dir.display(),
-        topic = %config.kafka.topic,
-        brokers = %config.kafka.brokers,
-        "bridge started"
-    );
-
-    let mut files = Files {
-        config: &config,
-        metrics,
-        in_flight: HashMap::new(),
-        retry_after: HashMap::new(),
-        archive_pending: HashMap::new(),
-        failed: Vec::new(),
-        archived: 0,
-        producer_suspect: false,
-    };
-    let mut warned = HashSet::new();
-    let mut next_seq = 0;
-    let mut scanned_once = false;
-    let mut last_progress = Instant::now();
-    loop {
-        // --once scans a single time: what is in the folder now.
-        let scan_now = !config.once || !scanned_once;
-        if files.producer_suspect && files.in_flight.is_empty() {
-            files.producer_suspect = false;
-            let fresh = Publisher::new(
-                &kafka,
-                &config.kafka.topic,
-                limits,
-                completions_tx.clone(),
-                files.metrics.readiness.clone(),
-            )?;
-            let old = std::mem::replace(&mut publisher, Arc::new(fresh));
-            // Dropping a producer may wait on the network: not on the async threads.
-            tokio::task::spawn_blocking(move || drop(old));
-            tracing::info!("producer replaced after failed deliveries");
-        }
-        files.retry_archives();
-        let mut unsettled = false;
-        if scan_now && !shutdown.is_cancelled() {
-            let (ready, still_written) =
-                folder::ready_files(&config.input_dir, config.settle_time, &writers, &mut warned)
-                    .with_context(|| format!("failed to list {}", config.input_dir.display()))?;
-            unsettled = still_written;
-            files.retry_after.retain(|_, until| *until > Instant::now());
-            // Files claimed earlier (by an earlier run, or waiting for a retry) come first.
-            let mut candidates = folder::claimed_files(&claimed_dir)
-                .with_context(|| format!("failed to list {}", claimed_dir.display()))?;
-            for path in ready {
-                // The listing is as old as this loop: a file of it may have been claimed since.
-                match folder::claim(&path, &claimed_dir) {
-                    Ok(Some(claimed)) => {
-                        writers.forget(&path);
-                        candidates.push(claimed);
-                    }
-                    // A file of that name is still being published: this one waits its turn.
-                    Ok(None) => unsettled = true,
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => {
-                        tracing::warn!(file = %path.display(), %error, "failed to claim a file")
-                    }
-                }
-            }
-            candidates.dedup();
-            // --once waits for files still being written: they are in the folder now.
-            scanned_once = !unsettled;
-            for path in candidates {
-                let busy = files.in_flight.values().any(|file| file.path == path)
-                    || files.archive_pending.contains_key(&path);
-                if busy || files.retry_after.contains_key(&path) || shutdown.is_cancelled() {
-                    continue;
-                }
-                if path.symlink_metadata().is_err() {
-                    continue;
-                }
-                let seq = next_seq;
-                next_seq += 1;
-                files.in_flight.insert(
-                    seq,
-                    InFlight {
-                        path: path.clone(),
-                        started: Instant::now(),
-                    },
-                );
-                files.metrics.file_seen(files.in_flight.len());
-                let (publisher, token) = (publisher.clone(), shutdown.clone());
-                let result =
-                    tokio::task::spawn_blocking(move || publisher.publish_file(&path, seq, &token))
-                        .await
-                        .context("publishing task panicked")?;
-                if let Err(error) = result {
-                    tracing::warn!(%error, "file not published");
-                }
-                while let Ok(done) = completions.try_recv() {
-                    files.finish(done);
-                }
-                if config.once && last_progress.elapsed() >= PROGRESS_EVERY {
-                    last_progress = Instant::now();
-                    tracing::info!(
-                        archived = files.archived,
-                        in_flight = files.in_flight.len(),
-                        rows_published = files.metrics.rows_published(),
-                        "progress"
-                    );
-                }
-            }
-        }
-        if files.in_flight.is_empty() && ((config.once && scanned_once) || shutdown.is_cancelled())
-        {
-            break;
-        }
-        if shutdown.is_cancelled() {
-            drain_at_shutdown(&publisher, &mut completions, &mut files).await;
-            break;
-        }
-        let pause = if unsettled {
-            config.rescan_interval.min(config.settle_time)
-        } else {
-            config.rescan_interval
-        };
-        tokio::select! {
-            Some(done) = completions.recv() => files.finish(done),
-            _ = wake.recv() => {}
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    // Published but not archived: left claimed, published again (harmlessly) by the next run.
-    files
-        .failed
-        .extend(files.archive_pending.keys().map(|path| file_name(path)));
-    if !files.failed.is_empty() {
-        anyhow::bail!(
-            "{} file(s) not published, left in {}: {}",
-            files.failed.len(),
-            config.input_dir.display(),
-            files.failed.join(", ")
-        );
-    }
-    tracing::info!(archived = files.archived, "bridge stopped");
-    Ok(())
 }
-
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-const ARCHIVE_RETRY_FIRST: Duration = Duration::from_secs(1);
-const ARCHIVE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Files<'_> {
     /// Archives a file whose rows were all acknowledged; otherwise leaves it for a later retry.
@@ -277,10 +404,11 @@ impl Files<'_> {
             }
             // Published in full: only the archiving is retried, never the publishing.
             Err(error) => {
-                let backoff = ARCHIVE_RETRY_FIRST;
-                tracing::error!(file = %name, %error, retry_in_ms = backoff.as_millis() as u64, "failed to archive a published file; will retry");
+                let mut backoff = ARCHIVE_RETRY;
+                let delay = backoff.next_delay();
+                tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
                 self.archive_pending
-                    .insert(file.path, (Instant::now() + backoff, backoff));
+                    .insert(file.path, (Instant::now() + delay, backoff));
             }
         }
     }
@@ -306,35 +434,12 @@ impl Files<'_> {
                     self.archive_pending.remove(&path);
                 }
                 Err(error) => {
-                    let backoff = self.archive_pending[&path].1 * 2;
-                    let backoff = backoff.min(ARCHIVE_RETRY_MAX);
-                    tracing::error!(file = %name, %error, retry_in_ms = backoff.as_millis() as u64, "failed to archive a published file; will retry");
-                    self.archive_pending.insert(path, (now + backoff, backoff));
+                    let mut backoff = self.archive_pending[&path].1;
+                    let delay = backoff.next_delay();
+                    tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
+                    self.archive_pending.insert(path, (now + delay, backoff));
                 }
             }
         }
-    }
-}
-
-/// Gives outstanding deliveries until the shutdown timeout, archiving what completes.
-async fn drain_at_shutdown(
-    publisher: &Arc<Publisher>,
-    completions: &mut mpsc::UnboundedReceiver<Completion>,
-    files: &mut Files<'_>,
-) {
-    let flusher = publisher.clone();
-    let timeout = files.config.shutdown_timeout;
-    let flushed = tokio::task::spawn_blocking(move || flusher.flush(timeout))
-        .await
-        .unwrap_or(false);
-    while let Ok(done) = completions.try_recv() {
-        files.finish(done);
-    }
-    if !flushed || !files.in_flight.is_empty() {
-        tracing::warn!(
-            unconfirmed_messages = publisher.in_flight(),
-            files_left = files.in_flight.len(),
-            "shutdown before every delivery was confirmed; those files are published again on restart"
-        );
     }
 }

@@ -7,7 +7,7 @@
 
 pub mod signal;
 
-pub use signal::{exit, init_logging, shutdown_token, LogArgs, LogFormat};
+pub use signal::{exit, init_logging, shutdown_token, Backoff, LogArgs, LogFormat};
 
 use axum::http::{header, Method, StatusCode, Uri};
 use std::collections::BTreeMap;

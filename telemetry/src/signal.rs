@@ -61,6 +61,45 @@ pub fn exit(result: anyhow::Result<()>) -> ! {
     }
 }
 
+/// Doubling delays between retries, capped: the one retry schedule of every component.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    first: std::time::Duration,
+    next: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    pub const fn new(first: std::time::Duration, max: std::time::Duration) -> Backoff {
+        Backoff {
+            first,
+            next: first,
+            max,
+        }
+    }
+
+    /// The delay before the next attempt; each call doubles the one after, up to the cap.
+    pub fn next_delay(&mut self) -> std::time::Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the first delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+
+    /// Sleeps the next delay; false when shutdown came first.
+    pub async fn wait(&mut self, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
 /// A token cancelled on the first SIGINT or SIGTERM.
 pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
@@ -71,4 +110,19 @@ pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
         on_signal.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(1));
+        let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [250, 500, 1000, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(250));
+    }
 }

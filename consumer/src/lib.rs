@@ -26,6 +26,7 @@ use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
 use log_check::{LogCheck, LogProbe};
 use metrics::ConsumerMetrics;
 use partition::PartitionState;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -35,7 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Between attempts to reach the database (migrations, a batch).
+const RETRY: telemetry::Backoff =
+    telemetry::Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -66,36 +69,70 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.cancelled().await;
         return Ok(());
     }
-    if !config.skip_migrations {
-        // A database that is not up yet (or full) is waited for; a broken migration is fatal.
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            match sink.migrate().await {
-                Ok(()) => break,
-                Err(SinkError::Database(error)) => {
-                    tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "database not reachable; will retry");
-                    sink.reset();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(error) => {
-                    return Err(error).with_context(|| {
-                        format!(
-                            "failed to prepare the database at {}",
-                            redact_url(&config.database_url)
-                        )
-                    })
-                }
-            }
-        }
+    if !config.skip_migrations && !prepare_database(&config, &mut sink, &shutdown).await? {
+        return Ok(());
     }
     if config.migrate_only {
         tracing::info!("migrations applied");
         return Ok(());
     }
+    let (consumer, kafka) = join_group(&config, &metrics).await?;
+    let probe = LogProbe::new(&kafka, &config.kafka.topic)
+        .context("failed to create the Kafka log probe")?;
+    let mut writer = Writer {
+        config: &config,
+        metrics: &metrics,
+        sink,
+        probe: Arc::new(probe),
+        rules: Rules {
+            lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
+            late_policy: config.late_policy,
+            max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
+        },
+        states: HashMap::new(),
+        shutdown: &shutdown,
+    };
+    let committed = consume(&consumer, &mut writer).await;
+    leave(consumer, &config.kafka.topic, committed).await;
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// Applies the migrations, waiting for a database that is not up yet (or full); a broken
+/// migration is fatal. False when shutdown came first.
+async fn prepare_database(
+    config: &Config,
+    sink: &mut Sink,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut backoff = RETRY;
+    loop {
+        match sink.migrate().await {
+            Ok(()) => return Ok(true),
+            Err(SinkError::Database(error)) => {
+                tracing::error!(%error, "database not reachable; will retry");
+                sink.reset();
+                if !backoff.wait(shutdown).await {
+                    return Ok(false);
+                }
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "failed to prepare the database at {}",
+                        redact_url(&config.database_url)
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// The group's consumer, subscribed; and the client settings it was made with.
+async fn join_group(
+    config: &Config,
+    metrics: &ConsumerMetrics,
+) -> anyhow::Result<(StreamConsumer<RebalanceWatch>, ClientConfig)> {
     let mut kafka = config
         .kafka
         .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
@@ -110,32 +147,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     consumer
         .subscribe(&[&config.kafka.topic])
         .context("failed to subscribe")?;
+    Ok((consumer, kafka))
+}
 
-    let rules = Rules {
-        lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
-        late_policy: config.late_policy,
-        max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
-    };
-    let probe = LogProbe::new(&kafka, &config.kafka.topic)
-        .context("failed to create the Kafka log probe")?;
-    let mut writer = Writer {
-        config: &config,
-        metrics: &metrics,
-        sink,
-        probe: Arc::new(probe),
-        rules,
-        states: HashMap::new(),
-        shutdown: &shutdown,
-    };
+/// Receives, writes and commits batches until shutdown; the offsets committed to Postgres.
+async fn consume(
+    consumer: &StreamConsumer<RebalanceWatch>,
+    writer: &mut Writer<'_>,
+) -> BTreeMap<i32, i64> {
+    let (config, shutdown) = (writer.config, writer.shutdown);
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut messages = next_batch(&consumer, &config, &shutdown).await;
+    let mut messages = next_batch(consumer, config, shutdown).await;
     while !shutdown.is_cancelled() {
         if consumer.context().take_moved() {
             // Partitions may have changed hands: trust only Postgres for where each one stands.
             writer.states.clear();
         }
         if messages.is_empty() {
-            messages = next_batch(&consumer, &config, &shutdown).await;
+            messages = next_batch(consumer, config, shutdown).await;
             continue;
         }
         // This batch is written while the next one is received: the broker and the database
@@ -143,27 +172,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let write = async {
             let batch = writer.write_until_done(&messages).await?;
             event_model::failpoint::hit("consumer-after-db-commit");
-            commit_offsets(
-                &consumer,
-                &config.kafka.topic,
-                &batch.commit_offsets,
-                CommitMode::Async,
-            );
+            let topic = &config.kafka.topic;
+            commit_offsets(consumer, topic, &batch.commit_offsets, CommitMode::Async);
             Some(batch)
         };
-        let (written, next) = tokio::join!(write, next_batch(&consumer, &config, &shutdown));
+        let (written, next) = tokio::join!(write, next_batch(consumer, config, shutdown));
         let Some(batch) = written else {
             break;
         };
         committed.extend(&batch.commit_offsets);
         messages = next;
     }
-    // Leave cleanly: make Kafka's committed offsets match Postgres, then leave the group. Each
-    // step is bounded, since a broker that is down would hold us forever; Postgres has the
-    // checkpoint regardless.
-    let consumer = std::sync::Arc::new(consumer);
+    committed
+}
+
+/// Leaves cleanly: makes Kafka's committed offsets match Postgres, then leaves the group. Each
+/// step is bounded, since a broker that is down would hold us forever; Postgres has the
+/// checkpoint regardless.
+async fn leave(
+    consumer: StreamConsumer<RebalanceWatch>,
+    topic: &str,
+    committed: BTreeMap<i32, i64>,
+) {
+    let consumer = Arc::new(consumer);
     let committer = consumer.clone();
-    let topic = config.kafka.topic.clone();
+    let topic = topic.to_owned();
     let commit = tokio::task::spawn_blocking(move || {
         commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
     });
@@ -182,8 +215,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
         tracing::warn!("the broker did not answer while leaving the group; exiting anyway");
     }
-    tracing::info!("consumer stopped");
-    Ok(())
 }
 
 /// Starts the metrics endpoint and the dashboard, where asked for.
@@ -344,7 +375,7 @@ impl Writer<'_> {
         partitions: &[i32],
     ) -> Option<WriteBatch> {
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = RETRY;
         loop {
             let result = match self.load_states(partitions).await {
                 Ok(()) => {
@@ -377,13 +408,11 @@ impl Writer<'_> {
                     );
                 }
                 Err(error) => {
-                    tracing::error!(%error, fault = ?error.fault(), retry_in_ms = backoff.as_millis() as u64, "batch not written; will retry");
+                    tracing::error!(%error, fault = ?error.fault(), "batch not written; will retry");
                     self.sink.reset();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.cancelled() => return None,
+                    if !backoff.wait(self.shutdown).await {
+                        return None;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
             // The failed attempt moved the in-memory states as if it had committed: start over

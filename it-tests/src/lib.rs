@@ -64,6 +64,42 @@ pub struct World {
     pub topic: String,
     pub group: String,
     pub dir: tempfile::TempDir,
+    /// The server and the database's name, to drop the database when the test ends.
+    server: String,
+    database: String,
+}
+
+/// The contract's header, as the fixtures write it.
+pub const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
+
+impl Drop for World {
+    /// Drops the test's database (its connections included); a server that is gone is left be.
+    fn drop(&mut self) {
+        let (server, database) = (self.server.clone(), self.database.clone());
+        let dropped = std::thread::spawn(move || -> Result<(), sqlx::Error> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect(&server)
+                    .await?;
+                sqlx::query(&format!(
+                    "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                ))
+                .execute(&admin)
+                .await?;
+                admin.close().await;
+                Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("test database {} not dropped: {error}", self.database);
+        }
+    }
 }
 
 impl World {
@@ -98,7 +134,18 @@ impl World {
             topic: unique(&format!("it-{name}")),
             group: unique(&format!("it-{name}")),
             dir: tempfile::tempdir().expect("temp dir"),
+            server,
+            database,
         }
+    }
+
+    /// A fresh pool, after the server restarted.
+    pub async fn reconnect(&mut self) -> Result<(), sqlx::Error> {
+        self.pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await?;
+        Ok(())
     }
 
     pub fn input_dir(&self) -> PathBuf {
@@ -218,12 +265,19 @@ impl World {
         Proc::spawn(binary_path(binary), args, env, self.dir.path())
     }
 
-    pub async fn count(&self, sql: &str) -> i64 {
+    /// The count `sql` returns.
+    pub async fn try_count(&self, sql: &str) -> Result<i64, sqlx::Error> {
         sqlx::query(sql)
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
-            .unwrap_or(-1)
+    }
+
+    /// The count `sql` returns; the test fails on a query error.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.try_count(sql)
+            .await
+            .unwrap_or_else(|error| panic!("`{sql}` failed: {error}"))
     }
 
     pub async fn event_ids(&self) -> BTreeSet<String> {
@@ -238,11 +292,13 @@ impl World {
     /// Waits until `sql` (a count) reaches `expected`, failing after `timeout`.
     pub async fn wait_for_count(&self, sql: &str, expected: i64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let mut last = -1;
+        // Errors while the database restarts are waited out; the last one is reported.
+        let mut last = String::from("no answer");
         while Instant::now() < deadline {
-            last = self.count(sql).await;
-            if last == expected {
-                return;
+            match self.try_count(sql).await {
+                Ok(count) if count == expected => return,
+                Ok(count) => last = count.to_string(),
+                Err(error) => last = format!("an error ({error})"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -253,7 +309,11 @@ impl World {
     pub async fn wait_for_at_least(&self, sql: &str, at_least: i64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.count(sql).await >= at_least {
+            if self
+                .try_count(sql)
+                .await
+                .is_ok_and(|count| count >= at_least)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,10 +1,8 @@
 //! Least privilege: an owner role runs the migrations, the consumer runs as a writer role that
 //! can write rows but cannot create anything; passwords never reach the logs.
 
-use it_tests::{unique, World};
+use it_tests::{unique, World, HEADER};
 use std::time::Duration;
-
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {

@@ -3,7 +3,7 @@
 //! Each case ends with the invariant: the table equals the distinct valid event_ids of the input.
 
 use it_tests::services::{PrivateBroker, PrivatePostgres};
-use it_tests::{event_ids_in, World};
+use it_tests::{event_ids_in, World, HEADER};
 use sqlx::Connection;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,7 +11,6 @@ use std::time::Duration;
 const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
 const LONG: Duration = Duration::from_secs(180);
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 
 fn generate(world: &World, files: &str, per_file: &str, seed: &str) -> (BTreeSet<String>, usize) {
     let status = world.generator(&[
@@ -271,7 +270,7 @@ async fn broker_restart_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_crash_mid_stream_then_recovery_loses_nothing() {
     let postgres = PrivatePostgres::start();
-    let world = World::on("pg_restart", &it_tests::brokers(), &postgres.server_url()).await;
+    let mut world = World::on("pg_restart", &it_tests::brokers(), &postgres.server_url()).await;
     let (expected, _) = generate(&world, "20", "1000", "28");
     world.bridge_once(&[]);
     let consumer = world.consumer(&["--batch-size", "500"]);
@@ -280,14 +279,7 @@ async fn postgres_crash_mid_stream_then_recovery_loses_nothing() {
     postgres.crash();
     tokio::time::sleep(Duration::from_secs(4)).await;
     postgres.restart();
-    let world = World {
-        pool: sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&world.database_url)
-            .await
-            .unwrap(),
-        ..world
-    };
+    world.reconnect().await.unwrap();
     assert_exactly(&world, &expected).await;
     assert!(consumer
         .log_text()

@@ -3,11 +3,10 @@
 //! each leave every row published once and every bad row quarantined once.
 
 use it_tests::services::free_port;
-use it_tests::World;
+use it_tests::{World, HEADER};
 use std::io::Write;
 use std::time::Duration;
 
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 const LONG: Duration = Duration::from_secs(120);
 const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";

@@ -1,10 +1,9 @@
 //! Hostile input: each bad row lands in the rejected table with a precise reason, nothing else is
 //! disturbed, memory stays bounded, and odd things in the folder are ignored with a warning.
 
-use it_tests::World;
+use it_tests::{World, HEADER};
 use std::time::Duration;
 
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 const LONG: Duration = Duration::from_secs(120);
 const TIME: &str = "2026-11-25T12:00:00Z";
 

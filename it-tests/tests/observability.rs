@@ -2,12 +2,11 @@
 //! dashboard rendered by a real browser showing the database's numbers, and the status screen.
 
 use it_tests::services::free_port;
-use it_tests::World;
+use it_tests::{World, HEADER};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 const LONG: Duration = Duration::from_secs(120);
 
 /// Two valid rows, one late (quarantined), three invalid.

@@ -1,13 +1,12 @@
 //! The pipeline end to end against a real broker and a real PostgreSQL: files in, rows out.
 
-use it_tests::{event_ids_in, World};
+use it_tests::{event_ids_in, World, HEADER};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
 const MINUTE: Duration = Duration::from_secs(60);
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 
 fn ids(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|id| id.to_string()).collect()

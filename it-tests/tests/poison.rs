@@ -4,11 +4,10 @@
 
 use event_model::wire::{RawRow, WIRE_VERSION};
 use it_tests::services::free_port;
-use it_tests::World;
+use it_tests::{World, HEADER};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 
-const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 const LONG: Duration = Duration::from_secs(120);
 
 fn now() -> String {

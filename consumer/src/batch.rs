@@ -127,7 +127,6 @@ pub fn classify(
     topic: &str,
     now: DateTime<Utc>,
 ) -> WriteBatch {
-    let horizon = now.checked_add_signed(rules.max_future);
     let mut batch = WriteBatch::default();
     let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
     let mut last_of_partition: HashMap<i32, &Incoming> = HashMap::new();
@@ -158,76 +157,7 @@ pub fn classify(
             .next_offset = next;
         last_of_partition.insert(message.partition, message);
         state.next_offset = Some(next);
-
-        let decoded = match message.payload.as_deref() {
-            Some(payload) => RawRow::decode_pipeline_message(payload),
-            None => Err("message has no payload".to_owned()),
-        };
-        let row = match decoded {
-            Ok(row) => row,
-            Err(reason) => {
-                batch.stats.rejected += 1;
-                batch.rejects.push(undecodable(message, topic, reason));
-                continue;
-            }
-        };
-        let event = match validate(&row) {
-            Ok(event) => event,
-            Err(rejection) => {
-                batch.stats.rejected += 1;
-                batch.rejects.push(reject_row(&row, message, rejection));
-                continue;
-            }
-        };
-        if horizon.is_some_and(|horizon| event.event_time > horizon) {
-            let rejection = Rejection {
-                code: RejectCode::Future,
-                field: Some(Column::EventTime),
-                reason: format!(
-                    "field `event_time`: {} is more than {}s ahead of the consumer's clock ({})",
-                    event.event_time.to_rfc3339(),
-                    rules.max_future.num_seconds(),
-                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                ),
-            };
-            batch.stats.rejected += 1;
-            batch.rejects.push(reject_row(&row, message, rejection));
-            continue;
-        }
-        if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
-            batch.stats.duplicates += 1;
-            continue;
-        }
-        let late = state.observe(event.event_time, rules.lateness);
-        if late {
-            batch.stats.late += 1;
-        }
-        if late && rules.late_policy == LatePolicy::Quarantine {
-            let watermark = state.watermark(rules.lateness);
-            let rejection = Rejection {
-                code: RejectCode::Late,
-                field: Some(Column::EventTime),
-                reason: format!(
-                    "field `event_time`: {} is older than the partition watermark {}",
-                    event.event_time.to_rfc3339(),
-                    watermark.map(|w| w.to_rfc3339()).unwrap_or_default()
-                ),
-            };
-            batch
-                .late_rejects
-                .push(reject_row(&row, message, rejection));
-            continue;
-        }
-        batch.events.push(EventRow {
-            event,
-            late,
-            file: row.file,
-            file_id: row.file_id,
-            line: row.line as i64,
-            landed_ms: row.landed_ms,
-            partition: message.partition,
-            offset: message.offset,
-        });
+        classify_message(message, state, rules, topic, now, &mut batch);
     }
     for (partition, mut checkpoint) in checkpoints {
         checkpoint.max_event_time = states.get(&partition).and_then(|s| s.max_event_time);
@@ -238,6 +168,99 @@ pub fn classify(
         batch.checkpoints.push(checkpoint);
     }
     batch
+}
+
+/// One new message: a foreign message, an invalid or future row, a duplicate, a late event, or
+/// an event; counted and put where it belongs in `batch`.
+fn classify_message(
+    message: &Incoming,
+    state: &mut PartitionState,
+    rules: &Rules,
+    topic: &str,
+    now: DateTime<Utc>,
+    batch: &mut WriteBatch,
+) {
+    let decoded = match message.payload.as_deref() {
+        Some(payload) => RawRow::decode_pipeline_message(payload),
+        None => Err("message has no payload".to_owned()),
+    };
+    let row = match decoded {
+        Ok(row) => row,
+        Err(reason) => {
+            batch.stats.rejected += 1;
+            batch.rejects.push(undecodable(message, topic, reason));
+            return;
+        }
+    };
+    let event = match validate(&row).and_then(|event| not_in_the_future(event, rules, now)) {
+        Ok(event) => event,
+        Err(rejection) => {
+            batch.stats.rejected += 1;
+            batch.rejects.push(reject_row(&row, message, rejection));
+            return;
+        }
+    };
+    if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
+        batch.stats.duplicates += 1;
+        return;
+    }
+    let late = state.observe(event.event_time, rules.lateness);
+    if late {
+        batch.stats.late += 1;
+    }
+    if late && rules.late_policy == LatePolicy::Quarantine {
+        let watermark = state.watermark(rules.lateness);
+        let rejection = event_time_rejection(
+            RejectCode::Late,
+            &event,
+            format!(
+                "is older than the partition watermark {}",
+                watermark.map(|w| w.to_rfc3339()).unwrap_or_default()
+            ),
+        );
+        batch
+            .late_rejects
+            .push(reject_row(&row, message, rejection));
+        return;
+    }
+    batch.events.push(EventRow {
+        event,
+        late,
+        file: row.file,
+        file_id: row.file_id,
+        line: row.line as i64,
+        landed_ms: row.landed_ms,
+        partition: message.partition,
+        offset: message.offset,
+    });
+}
+
+/// The event, unless it is dated further ahead of `now` than `max_future` allows; such an event
+/// must not move the watermark, so it is rejected before the watermark sees it.
+fn not_in_the_future(event: Event, rules: &Rules, now: DateTime<Utc>) -> Result<Event, Rejection> {
+    match now.checked_add_signed(rules.max_future) {
+        Some(horizon) if event.event_time > horizon => Err(event_time_rejection(
+            RejectCode::Future,
+            &event,
+            format!(
+                "is more than {}s ahead of the consumer's clock ({})",
+                rules.max_future.num_seconds(),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )),
+        _ => Ok(event),
+    }
+}
+
+fn event_time_rejection(code: RejectCode, event: &Event, problem: String) -> Rejection {
+    Rejection {
+        code,
+        field: Some(Column::EventTime),
+        reason: format!(
+            "field `event_time`: {} {problem}",
+            event.event_time.to_rfc3339()
+        ),
+    }
 }
 
 fn reject_row(row: &RawRow, message: &Incoming, rejection: Rejection) -> RejectRow {

@@ -223,16 +223,13 @@ async fn serve_http(
     metrics: &ConsumerMetrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    if let Some(addr) = config.metrics_addr {
-        let handler = telemetry::with_health(
-            metrics.readiness.clone(),
-            telemetry::metrics_handler(metrics.registry.clone()),
-        );
-        let bound = telemetry::serve(addr, handler, shutdown.clone())
-            .await
-            .with_context(|| format!("failed to listen on {addr} for metrics"))?;
-        tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
-    }
+    telemetry::serve_metrics(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        metrics.readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     if let Some(addr) = config.dashboard_addr {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)

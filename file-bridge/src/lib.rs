@@ -84,7 +84,13 @@ impl<'a> Bridge<'a> {
         }
         // Health and readiness answer from the start, while the broker is awaited.
         let metrics = BridgeMetrics::new();
-        serve_metrics(config, &metrics, &shutdown).await?;
+        telemetry::serve_metrics(
+            config.metrics_addr,
+            metrics.registry.clone(),
+            metrics.readiness.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let kafka = config
             .kafka
             .client_config("file-bridge", PRODUCER_DEFAULTS)?;
@@ -341,25 +347,6 @@ impl<'a> Bridge<'a> {
         tracing::info!(archived = self.files.archived, "bridge stopped");
         Ok(())
     }
-}
-
-async fn serve_metrics(
-    config: &Config,
-    metrics: &BridgeMetrics,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let Some(addr) = config.metrics_addr else {
-        return Ok(());
-    };
-    let handler = telemetry::with_health(
-        metrics.readiness.clone(),
-        telemetry::metrics_handler(metrics.registry.clone()),
-    );
-    let bound = telemetry::serve(addr, handler, shutdown.clone())
-        .await
-        .with_context(|| format!("failed to listen on {addr} for metrics"))?;
-    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
-    Ok(())
 }
 
 /// JSON writes a control character as six bytes: a row within the caps may still not fit in one

@@ -216,6 +216,22 @@ impl World {
         self.spawn_consumer(&self.database_url, extra, env)
     }
 
+    /// A consumer of this world's topic in another group (a replay of the whole topic).
+    pub fn consumer_in_group(&self, group: &str, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "--brokers",
+            &self.brokers,
+            "--topic",
+            &self.topic,
+            "--group",
+            group,
+            "--database-url",
+            &self.database_url,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn("consumer", &args)
+    }
+
     /// A consumer of this world's topic and group writing through another URL (another role).
     pub fn consumer_on(&self, database_url: &str, extra: &[&str]) -> Proc {
         self.spawn_consumer(database_url, extra, &[])

@@ -124,21 +124,7 @@ async fn a_new_group_replaying_the_topic_changes_nothing() {
         rejected > 100,
         "malformed and late rows were quarantined ({rejected})"
     );
-    let _second = world.spawn(
-        "consumer",
-        &[
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--database-url",
-            &world.database_url,
-            "--late-policy",
-            "quarantine",
-            "--group",
-            "a-second-group",
-        ],
-    );
+    let _second = world.consumer_in_group("a-second-group", &["--late-policy", "quarantine"]);
     world
         .wait_for_count(
             "SELECT sum(next_offset)::bigint FROM ingest_checkpoints WHERE consumer_group = 'a-second-group'",

@@ -210,21 +210,7 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         .await
         .unwrap();
     let replay_group = it_tests::unique("it-poison-replay");
-    let _replay = world.spawn(
-        "consumer",
-        &[
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--database-url",
-            &world.database_url,
-            "--late-policy",
-            "quarantine",
-            "--group",
-            &replay_group,
-        ],
-    );
+    let _replay = world.consumer_in_group(&replay_group, &["--late-policy", "quarantine"]);
     let total_messages = 2 + 3 + 2 + 8 + 2;
     world
         .wait_for_count(

@@ -199,6 +199,27 @@ impl Readiness {
     }
 }
 
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`, when one is given.
+pub async fn serve_metrics(
+    addr: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let handler = with_health(readiness, metrics_handler(registry));
+    let bound = serve(addr, handler, shutdown).await.map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!("failed to listen on {addr} for metrics: {error}"),
+        )
+    })?;
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    Ok(())
+}
+
 /// `/healthz` and `/readyz` from `readiness`, everything else from `inner`.
 pub fn with_health(readiness: Readiness, inner: Handler) -> Handler {
     Arc::new(move |path: String| {

@@ -79,8 +79,47 @@ async fn main() {
     }
 }
 
+/// What `status` found.
+struct Report {
+    kafka_error: Option<String>,
+    partitions: Vec<serde_json::Value>,
+    last_batch: Option<chrono::DateTime<chrono::Utc>>,
+    rows_today: i64,
+    rows_total: i64,
+    rejected: Vec<(String, i64)>,
+    log_events: Vec<(i32, String, i64, i64, String)>,
+    components: Vec<Component>,
+}
+
+impl Report {
+    /// Everything ready: the broker answered and every component is ready.
+    fn healthy(&self) -> bool {
+        self.kafka_error.is_none()
+            && self
+                .components
+                .iter()
+                .all(|c| matches!(c.ready, Some(Ok(()))))
+    }
+
+    fn total_lag(&self) -> i64 {
+        self.partitions
+            .iter()
+            .filter_map(|p| p["lag"].as_i64())
+            .sum()
+    }
+}
+
 /// Prints the report; whether everything is up, ready and moving.
 async fn report(args: &Args) -> anyhow::Result<bool> {
+    let report = gather(args).await?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&as_json(args, &report))?),
+        Format::Text => print_text(args, &report),
+    }
+    Ok(report.healthy())
+}
+
+async fn gather(args: &Args) -> anyhow::Result<Report> {
     let mut db = sqlx::PgConnection::connect(&args.database_url)
         .await
         .with_context(|| {
@@ -107,37 +146,19 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
     let offsets =
         tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &topic, &group, &options))
             .await?;
-    let partitions: Vec<serde_json::Value> = match &offsets {
-        Ok(partitions) => partitions
-            .iter()
-            .map(|(partition, end, committed)| {
-                let checkpoint = checkpoints.iter().find(|c| c.0 == *partition).map(|c| c.1);
-                let done = checkpoint.unwrap_or(0).max(committed.unwrap_or(0));
-                serde_json::json!({
-                    "partition": partition,
-                    "end_offset": end,
-                    "committed_offset": committed,
-                    "checkpoint": checkpoint,
-                    "lag": (end - done).max(0),
-                })
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let last_batch = checkpoints.iter().filter_map(|c| c.2).max();
     let (today, total): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE ingested_at >= date_trunc('day', now())), count(*) FROM ecommerce_events",
     )
     .fetch_one(&mut db)
     .await
     .unwrap_or((0, 0));
-    let rejected: Vec<(String, i64)> = sqlx::query_as(
+    let rejected = sqlx::query_as(
         "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 2 DESC",
     )
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
-    let log_events: Vec<(i32, String, i64, i64, String)> = sqlx::query_as(
+    let log_events = sqlx::query_as(
         "SELECT kafka_partition, kind, from_offset, to_offset, detail FROM ingest_log_events
          WHERE consumer_group = $1 AND topic = $2 ORDER BY detected_at DESC LIMIT 10",
     )
@@ -146,6 +167,41 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
+    Ok(Report {
+        kafka_error: offsets.as_ref().err().map(|e| format!("{e:#}")),
+        partitions: lag_per_partition(offsets.as_deref().unwrap_or_default(), &checkpoints),
+        last_batch: checkpoints.iter().filter_map(|c| c.2).max(),
+        rows_today: today,
+        rows_total: total,
+        rejected,
+        log_events,
+        components: components(args).await,
+    })
+}
+
+/// Per partition: end offset, Kafka's committed offset, PostgreSQL's checkpoint, and the lag.
+fn lag_per_partition(
+    offsets: &[(i32, i64, Option<i64>)],
+    checkpoints: &[(i32, i64, Option<chrono::DateTime<chrono::Utc>>)],
+) -> Vec<serde_json::Value> {
+    offsets
+        .iter()
+        .map(|(partition, end, committed)| {
+            let checkpoint = checkpoints.iter().find(|c| c.0 == *partition).map(|c| c.1);
+            let done = checkpoint.unwrap_or(0).max(committed.unwrap_or(0));
+            serde_json::json!({
+                "partition": partition,
+                "end_offset": end,
+                "committed_offset": committed,
+                "checkpoint": checkpoint,
+                "lag": (end - done).max(0),
+            })
+        })
+        .collect()
+}
+
+/// Each component as its `/readyz` answers.
+async fn components(args: &Args) -> Vec<Component> {
     let mut components = Vec::new();
     for (name, url) in [
         ("file-bridge", &args.bridge_metrics_url),
@@ -166,35 +222,35 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
             ready,
         });
     }
-    let healthy = offsets.is_ok() && components.iter().all(|c| matches!(c.ready, Some(Ok(()))));
+    components
+}
 
-    if args.format == Format::Json {
-        let report = serde_json::json!({
-            "at": chrono::Utc::now().to_rfc3339(),
-            "topic": args.topic,
-            "group": args.group,
-            "healthy": healthy,
-            "kafka_error": offsets.as_ref().err().map(|e| format!("{e:#}")),
-            "partitions": partitions,
-            "total_lag": partitions.iter().filter_map(|p| p["lag"].as_i64()).sum::<i64>(),
-            "last_batch_at": last_batch.map(|at| at.to_rfc3339()),
-            "rows_today": today,
-            "rows_total": total,
-            "rejected_by_reason": rejected.iter().map(|(r, n)| (r.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-            "log_events": log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
-                "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
-            })).collect::<Vec<_>>(),
-            "components": components.iter().map(|c| serde_json::json!({
-                "name": c.name,
-                "url": c.url,
-                "state": match &c.ready { None => "down", Some(Ok(())) => "ready", Some(Err(_)) => "not ready" },
-                "why": c.ready.as_ref().and_then(|r| r.as_ref().err()),
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(healthy);
-    }
+fn as_json(args: &Args, report: &Report) -> serde_json::Value {
+    serde_json::json!({
+        "at": chrono::Utc::now().to_rfc3339(),
+        "topic": args.topic,
+        "group": args.group,
+        "healthy": report.healthy(),
+        "kafka_error": report.kafka_error,
+        "partitions": report.partitions,
+        "total_lag": report.total_lag(),
+        "last_batch_at": report.last_batch.map(|at| at.to_rfc3339()),
+        "rows_today": report.rows_today,
+        "rows_total": report.rows_total,
+        "rejected_by_reason": report.rejected.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "log_events": report.log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
+            "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
+        })).collect::<Vec<_>>(),
+        "components": report.components.iter().map(|c| serde_json::json!({
+            "name": c.name,
+            "url": c.url,
+            "state": match &c.ready { None => "down", Some(Ok(())) => "ready", Some(Err(_)) => "not ready" },
+            "why": c.ready.as_ref().and_then(|r| r.as_ref().err()),
+        })).collect::<Vec<_>>(),
+    })
+}
 
+fn print_text(args: &Args, report: &Report) {
     println!(
         "pipeline status at {}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
@@ -204,12 +260,12 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
         args.topic, args.group, args.brokers
     );
     println!("\n  partition  end offset  committed (kafka)  checkpoint (postgres)  lag");
-    match &offsets {
-        Ok(_) => {
+    match &report.kafka_error {
+        None => {
             let show = |value: &serde_json::Value| {
                 value.as_i64().map_or("-".to_owned(), |v| v.to_string())
             };
-            for p in &partitions {
+            for p in &report.partitions {
                 println!(
                     "  {:<9}  {:<10}  {:<17}  {:<21}  {}",
                     show(&p["partition"]),
@@ -219,12 +275,11 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
                     show(&p["lag"])
                 );
             }
-            let total: i64 = partitions.iter().filter_map(|p| p["lag"].as_i64()).sum();
-            println!("  total lag: {total}");
+            println!("  total lag: {}", report.total_lag());
         }
-        Err(error) => println!("  kafka unavailable: {error:#}"),
+        Some(error) => println!("  kafka unavailable: {error}"),
     }
-    match last_batch {
+    match report.last_batch {
         Some(at) => println!(
             "\nlast batch: {} ({} s ago)",
             at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -232,8 +287,15 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
         ),
         None => println!("\nlast batch: none yet"),
     }
-    println!("rows today: {today} · rows total: {total}");
-    let rejected: Vec<String> = rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    println!(
+        "rows today: {} · rows total: {}",
+        report.rows_today, report.rows_total
+    );
+    let rejected: Vec<String> = report
+        .rejected
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
     println!(
         "rejected by reason: {}",
         if rejected.is_empty() {
@@ -242,11 +304,11 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
             rejected.join(", ")
         }
     );
-    for (partition, kind, from, to, detail) in &log_events {
+    for (partition, kind, from, to, detail) in &report.log_events {
         println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
     }
     println!("\ncomponents:");
-    for component in &components {
+    for component in &report.components {
         let state = match &component.ready {
             None => "down".to_owned(),
             Some(Ok(())) => "ready".to_owned(),
@@ -254,7 +316,6 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
         };
         println!("  {:<12} {:<40} {state}", component.name, component.url);
     }
-    Ok(healthy)
 }
 
 /// Per partition: the end offset and the group's committed offset.

@@ -9,7 +9,6 @@
 
 pub mod batch;
 mod config;
-pub mod dashboard;
 pub mod kafka;
 pub mod log_check;
 pub mod metrics;
@@ -37,8 +36,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Between attempts to reach the database (migrations, a batch).
-const RETRY: telemetry::Backoff =
-    telemetry::Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+const RETRY: process::Backoff =
+    process::Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -171,7 +170,7 @@ async fn consume(
         // work at the same time. Batches are still classified and committed strictly in order.
         let write = async {
             let batch = writer.write_until_done(&messages).await?;
-            event_model::failpoint::hit("consumer-after-db-commit");
+            process::failpoint::hit("consumer-after-db-commit");
             let topic = &config.kafka.topic;
             commit_offsets(consumer, topic, &batch.commit_offsets, CommitMode::Async);
             Some(batch)
@@ -235,7 +234,7 @@ async fn serve_http(
             .max_connections(2)
             .connect_lazy(&config.database_url)
             .context("invalid DATABASE_URL")?;
-        let handler = dashboard::handler(metrics.clone(), pool);
+        let handler = operator_tools::dashboard::handler(Arc::new(metrics.clone()), pool);
         let bound = telemetry::serve(addr, handler, shutdown.clone())
             .await
             .with_context(|| format!("failed to listen on {addr} for the dashboard"))?;

@@ -339,6 +339,20 @@ impl ConsumerMetrics {
     }
 }
 
+impl operator_tools::dashboard::LiveFigures for ConsumerMetrics {
+    fn lag_total(&self) -> Option<i64> {
+        ConsumerMetrics::lag_total(self)
+    }
+
+    fn rows_inserted(&self) -> u64 {
+        ConsumerMetrics::rows_inserted(self)
+    }
+
+    fn metrics_text(&self) -> String {
+        telemetry::render(&self.registry)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,9 +6,7 @@
 //! - [`validate`] turns a [`RawRow`] into an [`Event`] or a [`Rejection`] that names the field and the problem;
 //! - [`wire`] is the message format on the Kafka topic.
 
-pub mod duration;
 pub mod event;
-pub mod failpoint;
 pub mod reader;
 pub mod reason;
 pub mod validate;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use event_model::duration::parse_duration;
+use process::duration::parse_duration;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 #[command(version)]
 pub struct Config {
     #[command(flatten)]
-    pub log: telemetry::LogArgs,
+    pub log: process::LogArgs,
     /// Folder to watch for `*.csv` files.
     #[arg(long, env = "INPUT_DIR", default_value = "data/input")]
     pub input_dir: PathBuf,

@@ -13,13 +13,13 @@ pub use config::Config;
 
 use anyhow::Context;
 use metrics::BridgeMetrics;
+use process::Backoff;
 use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
 use rdkafka::config::ClientConfig;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use telemetry::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -382,7 +382,7 @@ impl Files<'_> {
                 .insert(file.path, Instant::now() + self.config.retry_interval);
             return;
         }
-        event_model::failpoint::hit("bridge-before-archive");
+        process::failpoint::hit("bridge-before-archive");
         match folder::archive(&file.path, &self.config.archive_dir) {
             Ok(target) => {
                 self.archived += 1;

@@ -4,9 +4,9 @@ use file_bridge::Config;
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    telemetry::init_logging(config.log.log_format);
-    let shutdown = telemetry::shutdown_token();
+    process::init_logging(config.log.log_format);
+    let shutdown = process::shutdown_token();
     // Exit here rather than by dropping the runtime: a librdkafka close stuck in a blocking
     // thread must not keep the process alive.
-    telemetry::exit(file_bridge::run(config, shutdown).await)
+    process::exit(file_bridge::run(config, shutdown).await)
 }

@@ -1,5 +1,5 @@
 use clap::Parser;
-use event_model::duration::parse_duration;
+use process::duration::parse_duration;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 #[command(version)]
 pub struct Config {
     #[command(flatten)]
-    pub log: telemetry::LogArgs,
+    pub log: process::LogArgs,
     /// Folder the CSV files are written to (created if missing).
     #[arg(long, env = "INPUT_DIR", default_value = "data/input")]
     pub output_dir: PathBuf,

@@ -1,13 +1,8 @@
 //! What every component serves: its metrics (declared on prometheus-client, rendered as
-//! OpenMetrics text), `/healthz` and `/readyz`, from an HTTP server on axum and hyper; and the
-//! process plumbing (logging, signals).
+//! OpenMetrics text), `/healthz` and `/readyz`, from an HTTP server on axum and hyper.
 //!
 //! Hand-written rather than a metrics stack: a handful of series, updated once per batch or file.
 //! Names follow `<namespace>_<name>_<unit>_total` for counters; labels stay low-cardinality.
-
-pub mod signal;
-
-pub use signal::{exit, init_logging, shutdown_token, Backoff, LogArgs, LogFormat};
 
 use axum::http::{header, Method, StatusCode, Uri};
 use std::collections::BTreeMap;

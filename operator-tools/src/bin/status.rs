@@ -125,7 +125,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         .with_context(|| {
             format!(
                 "failed to connect to {}",
-                consumer::redact_url(&args.database_url)
+                process::redact_url(&args.database_url)
             )
         })?;
     let checkpoints: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(

@@ -2,7 +2,6 @@
 //! rate, lag, rejected and late counts, revenue per minute and the funnel. Figures come from the
 //! analytics views (`migrations/0004_analytics.sql`) and this consumer's metrics.
 
-use crate::metrics::ConsumerMetrics;
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::VecDeque;
@@ -11,6 +10,15 @@ use std::time::{Duration, Instant};
 use telemetry::{Handler, Response};
 
 const PAGE: &str = include_str!("dashboard.html");
+
+/// What the consumer serving the page knows beyond the database: its own figures.
+pub trait LiveFigures: Send + Sync + 'static {
+    /// Total lag over its partitions; `None` where it does not consume.
+    fn lag_total(&self) -> Option<i64>;
+    fn rows_inserted(&self) -> u64;
+    /// Its metrics as OpenMetrics text.
+    fn metrics_text(&self) -> String;
+}
 
 /// How far back the ingest rate looks: a minute spans several files at any rate, so the rate reads
 /// steady (20 rows/s at the generator's default) instead of jumping between 0 and a burst.
@@ -38,17 +46,14 @@ impl RateWindow {
     }
 }
 
-pub fn handler(metrics: ConsumerMetrics, pool: PgPool) -> Handler {
+pub fn handler(metrics: Arc<dyn LiveFigures>, pool: PgPool) -> Handler {
     let window = Arc::new(RateWindow::default());
     Arc::new(move |path: String| {
         let (metrics, pool, window) = (metrics.clone(), pool.clone(), window.clone());
         Box::pin(async move {
             match path.as_str() {
                 "/" => Response::ok("text/html; charset=utf-8", PAGE),
-                "/metrics" => Response::ok(
-                    telemetry::METRICS_CONTENT_TYPE,
-                    telemetry::render(&metrics.registry),
-                ),
+                "/metrics" => Response::ok(telemetry::METRICS_CONTENT_TYPE, metrics.metrics_text()),
                 "/api/summary" => match summary(&pool, &metrics, &window).await {
                     Ok(body) => Response::ok("application/json", body.to_string()),
                     Err(error) => {
@@ -71,7 +76,7 @@ pub fn handler(metrics: ConsumerMetrics, pool: PgPool) -> Handler {
 /// Everything the page shows, in one JSON document.
 pub async fn summary(
     pool: &PgPool,
-    metrics: &ConsumerMetrics,
+    metrics: &Arc<dyn LiveFigures>,
     window: &RateWindow,
 ) -> Result<serde_json::Value, sqlx::Error> {
     let (events, late_written): (i64, i64) =

@@ -1,0 +1,11 @@
+//! Process plumbing every binary shares: logging, the shutdown signal and exit, one retry
+//! backoff, human durations for flags, failpoints for crash tests, and secret redaction. Nothing
+//! here knows about events, Kafka or PostgreSQL.
+
+pub mod duration;
+pub mod failpoint;
+mod lifecycle;
+mod secrets;
+
+pub use lifecycle::{exit, init_logging, shutdown_token, Backoff, LogArgs, LogFormat};
+pub use secrets::redact_url;

@@ -134,7 +134,8 @@ impl<R: Read> RecordSplitter<R> {
         Ok(())
     }
 
-    /// Reads the next record; returns the line it starts on, or `None` at the end.
+    /// Reads the next record; returns the line it starts on, or `None` at the end. One loop over
+    /// csv-core's results: split up, the buffer and line invariants would be spread over several.
     fn next_record(&mut self) -> std::io::Result<Option<u64>> {
         // Skip blank lines ourselves so the start line is exact.
         loop {

@@ -142,7 +142,7 @@ pub fn parse_price_cents(value: &str) -> Result<i64, String> {
 }
 
 /// RFC 3339 with `T` or a space, an optional fraction (kept to the microsecond), and `Z`, an
-/// offset `+HH:MM`/`-HH:MM`, or nothing (UTC).
+/// offset `+HH:MM`/`-HH:MM`, or nothing (UTC). One grammar, read top to bottom in one function.
 pub fn parse_event_time(value: &str) -> Result<DateTime<Utc>, String> {
     const SHAPE: &str = "is not an RFC 3339 date-time like 2026-11-25T13:00:00.123Z";
     let bytes = value.as_bytes();

@@ -76,7 +76,8 @@ struct Bridge<'a> {
 }
 
 impl<'a> Bridge<'a> {
-    /// Folders, metrics and health, the topic, the producer and the folder watcher.
+    /// Folders, metrics and health, the topic, the producer and the folder watcher: set-up in
+    /// the order it must happen, read top to bottom.
     async fn start(config: &'a Config, shutdown: CancellationToken) -> anyhow::Result<Bridge<'a>> {
         for dir in [&config.input_dir, &config.archive_dir] {
             std::fs::create_dir_all(dir)

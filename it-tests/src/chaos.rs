@@ -68,7 +68,8 @@ pub struct ChaosOptions {
 
 /// The n-th hostile file: each kind the contract must survive, in turn. Every one has rows with
 /// ids of its own, so the oracle's counts stay exact. Returns its name, its bytes, and whether it
-/// is written in place with a pause mid-line rather than renamed in.
+/// is written in place with a pause mid-line rather than renamed in. A table of fixtures, hence
+/// its length.
 pub fn hostile_file(n: u64) -> (String, Vec<u8>, bool) {
     const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time";
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -154,6 +155,8 @@ fn write_in_place(path: std::path::PathBuf, body: Vec<u8>) {
     });
 }
 
+/// The run, its stages in order (start, kill and restart, calm, oracle, count): a script, read
+/// top to bottom.
 pub async fn run_chaos(
     seconds: u64,
     seed: u64,

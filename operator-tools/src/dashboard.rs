@@ -73,7 +73,7 @@ pub fn handler(metrics: Arc<dyn LiveFigures>, pool: PgPool) -> Handler {
     })
 }
 
-/// Everything the page shows, in one JSON document.
+/// Everything the page shows, in one JSON document: one query per tile, in page order.
 pub async fn summary(
     pool: &PgPool,
     metrics: &Arc<dyn LiveFigures>,

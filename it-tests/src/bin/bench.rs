@@ -69,6 +69,7 @@ fn ratio(value: f64, ceiling: f64) -> String {
 const EVENTS_COUNT: &str = "SELECT count(*) FROM ecommerce_events";
 const LONG: Duration = Duration::from_secs(1800);
 
+/// The benchmark's stages in order, each printed as it ends: a script, read top to bottom.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

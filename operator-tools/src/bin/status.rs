@@ -250,6 +250,7 @@ fn as_json(args: &Args, report: &Report) -> serde_json::Value {
     })
 }
 
+/// One screen, printed top to bottom.
 fn print_text(args: &Args, report: &Report) {
     println!(
         "pipeline status at {}",

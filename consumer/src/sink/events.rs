@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 /// The columns of `ecommerce_events` the sink fills, in the order the encoder writes them, with
 /// their types for the staging table.
-const COLUMNS: [(&str, &str); 10] = [
+const COLUMNS: [(&str, &str); 13] = [
     ("event_id", "TEXT"),
     ("user_id", "INT"),
     ("event_type", "TEXT"),
@@ -20,6 +20,9 @@ const COLUMNS: [(&str, &str); 10] = [
     ("source_file", "TEXT"),
     ("source_line", "BIGINT"),
     ("landed_at", "TIMESTAMPTZ"),
+    ("source_file_id", "TEXT"),
+    ("kafka_partition", "INT"),
+    ("kafka_offset", "BIGINT"),
 ];
 
 fn names(prefix: &str) -> String {
@@ -116,6 +119,9 @@ fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
     push_field(out, storable::text(&row.file).as_bytes());
     push_field(out, &row.line.to_be_bytes());
     push_field(out, &postgres_micros(row.landed_ms.saturating_mul(1000)));
+    push_field(out, storable::key(&row.file_id).as_bytes());
+    push_field(out, &row.partition.to_be_bytes());
+    push_field(out, &row.offset.to_be_bytes());
 }
 
 fn postgres_micros(unix_micros: i64) -> [u8; 8] {

@@ -1,0 +1,91 @@
+//! `explain EVENT_ID`: where one event came from (file, content identity, line, Kafka partition
+//! and offset), when it landed and was written, and any quarantined rows that carry its id.
+
+use anyhow::Context;
+use clap::Parser;
+use sqlx::Connection;
+
+/// Prints the lineage of one event.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The event to explain.
+    event_id: String,
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        hide_env_values = true
+    )]
+    database_url: String,
+}
+
+type Lineage = (
+    String,
+    Option<String>,
+    i64,
+    Option<i32>,
+    Option<i64>,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    process::exit(explain(&args).await)
+}
+
+async fn explain(args: &Args) -> anyhow::Result<()> {
+    let mut db = sqlx::PgConnection::connect(&args.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to connect to {}",
+                process::redact_url(&args.database_url)
+            )
+        })?;
+    let lineage: Option<Lineage> = sqlx::query_as(
+        "SELECT source_file, source_file_id, source_line, kafka_partition, kafka_offset,
+                landed_at, ingested_at
+         FROM ecommerce_events WHERE event_id = $1",
+    )
+    .bind(&args.event_id)
+    .fetch_optional(&mut db)
+    .await?;
+    let rejects: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT reason_code, source_file, source_line, reason FROM ecommerce_events_rejected
+         WHERE event_id = $1 ORDER BY rejected_at",
+    )
+    .bind(&args.event_id)
+    .fetch_all(&mut db)
+    .await?;
+    let shown = |value: Option<String>| value.unwrap_or_else(|| "unknown".to_owned());
+    let known = lineage.is_some() || !rejects.is_empty();
+    match lineage {
+        Some((file, file_id, line, partition, offset, landed, written)) => {
+            println!("event {}", args.event_id);
+            println!("  file     {file} line {line} (content {})", shown(file_id));
+            println!(
+                "  kafka    partition {}, offset {}",
+                shown(partition.map(|p| p.to_string())),
+                shown(offset.map(|o| o.to_string()))
+            );
+            println!(
+                "  landed   {landed}; written {written} ({} ms later)",
+                (written - landed).num_milliseconds()
+            );
+        }
+        None => println!("event {} is not in ecommerce_events", args.event_id),
+    }
+    for (reason, file, line, why) in &rejects {
+        println!("  quarantined as {reason}: {file} line {line}: {why}");
+    }
+    anyhow::ensure!(
+        known,
+        "no event and no quarantined row carries the id {}",
+        args.event_id
+    );
+    Ok(())
+}

@@ -469,13 +469,39 @@ impl Proc {
     }
 
     /// Waits for the process to exit, sampling its peak memory until then.
-    pub fn wait_with_peak_rss(mut self, timeout: Duration) -> (ExitStatus, u64) {
+    /// CPU time (user + system) the process used so far, from its own accounting in `/proc`.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces, inside parentheses): utime and
+        // stime are the 12th and 13th, in clock ticks of 1/100 s (Linux's USER_HZ).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |index: usize| {
+            fields
+                .get(index)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    }
+
+    pub fn wait_with_peak_rss(self, timeout: Duration) -> (ExitStatus, u64) {
+        let (status, peak, _) = self.wait_with_usage(timeout);
+        (status, peak)
+    }
+
+    /// Waits for the exit; the exit status, peak RSS in KiB and CPU seconds last seen.
+    pub fn wait_with_usage(mut self, timeout: Duration) -> (ExitStatus, u64, f64) {
         let deadline = Instant::now() + timeout;
-        let mut peak = 0;
+        let (mut peak, mut cpu) = (0, 0.0_f64);
         loop {
             peak = peak.max(self.peak_rss_kib());
+            cpu = cpu.max(self.cpu_seconds());
             if let Some(status) = self.child.try_wait().expect("wait for child") {
-                return (status, peak);
+                return (status, peak, cpu);
             }
             assert!(
                 Instant::now() < deadline,

@@ -316,22 +316,26 @@ fn too_large_reference(path: &Path, keyed: &KeyedRow, encoded: usize, budget: us
 /// bridge reached 79% of the bare producer with all 64 characters and 84% with 32 (one run each,
 /// within this machine's noise, but never worse); 128 bits keep a collision out of reach.
 fn content_sha256(file: &mut File) -> std::io::Result<String> {
-    use sha2::Digest;
     use std::io::Seek;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(file, &mut hasher)?;
+    let digest = sha256(&mut *file)?;
     file.seek(std::io::SeekFrom::Start(0))?;
-    Ok(event_model::wire::to_hex(&hasher.finalize()[..16]))
+    Ok(event_model::wire::to_hex(&digest[..16]))
 }
 
 fn checksum_of(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<String> {
-    use sha2::Digest;
     use std::io::{Read, Seek};
-    let mut file = File::open(path)?;
+    let mut file = crate::folder::open_regular(path)?;
     file.seek(std::io::SeekFrom::Start(range.start))?;
+    let digest = sha256(file.take(range.end - range.start))?;
+    Ok(event_model::wire::to_hex(&digest))
+}
+
+/// SHA-256 of everything `reader` yields.
+fn sha256(mut reader: impl std::io::Read) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file.take(range.end - range.start), &mut hasher)?;
-    Ok(event_model::wire::to_hex(&hasher.finalize()))
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok(hasher.finalize().into())
 }
 
 pub fn file_name(path: &Path) -> String {

@@ -1,9 +1,7 @@
 //! `explain EVENT_ID`: where one event came from (file, content identity, line, Kafka partition
 //! and offset), when it landed and was written, and any quarantined rows that carry its id.
 
-use anyhow::Context;
 use clap::Parser;
-use sqlx::Connection;
 
 /// Prints the lineage of one event.
 #[derive(Parser)]
@@ -38,14 +36,7 @@ async fn main() {
 }
 
 async fn explain(args: &Args) -> anyhow::Result<()> {
-    let mut db = sqlx::PgConnection::connect(&args.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "failed to connect to {}",
-                process::redact_url(&args.database_url)
-            )
-        })?;
+    let mut db = operator_tools::connect(&args.database_url).await?;
     let lineage: Option<Lineage> = sqlx::query_as(
         "SELECT source_file, source_file_id, source_line, kafka_partition, kafka_offset,
                 landed_at, ingested_at

@@ -3,11 +3,9 @@
 //! component is ready. Exits 0 when everything is ready, 2 when a component is down or not ready
 //! (a partition stuck, the database unreachable), 1 when it cannot tell (no database).
 
-use anyhow::Context;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::Connection;
 use std::time::Duration;
 
 /// Prints the pipeline's state on one screen.
@@ -120,14 +118,7 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
 }
 
 async fn gather(args: &Args) -> anyhow::Result<Report> {
-    let mut db = sqlx::PgConnection::connect(&args.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "failed to connect to {}",
-                process::redact_url(&args.database_url)
-            )
-        })?;
+    let mut db = operator_tools::connect(&args.database_url).await?;
     let checkpoints: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
         "SELECT kafka_partition, next_offset, updated_at FROM ingest_checkpoints
          WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",

@@ -6,7 +6,10 @@ use crate::partition::PartitionState;
 use chrono::{DateTime, TimeDelta, Utc};
 use event_model::validate::parse_event_id;
 use event_model::wire::from_hex;
-use event_model::{validate, Column, Event, RawRow, RejectCode, Rejection};
+use event_model::{
+    decode_pipeline_message, validate, Column, Event, FileEnd, PipelineMessage, RawRow, RejectCode,
+    Rejection,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// A message as read from the topic.
@@ -57,6 +60,31 @@ impl EventRow {
     }
 }
 
+/// An event_id and the row and message that carried it: what the ledger needs to tell a
+/// duplicate (another row with a stored id) from the same row delivered again.
+#[derive(Debug, Clone)]
+pub struct SourcedId {
+    pub event_id: String,
+    pub file: String,
+    pub file_id: String,
+    pub line: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl EventRow {
+    pub fn sourced_id(&self) -> SourcedId {
+        SourcedId {
+            event_id: self.event.event_id.clone(),
+            file: self.file.clone(),
+            file_id: self.file_id.clone(),
+            line: self.line,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RejectRow {
     pub file: String,
@@ -71,6 +99,25 @@ pub struct RejectRow {
     pub kafka_key: Option<Vec<u8>>,
     pub partition: i32,
     pub offset: i64,
+}
+
+impl RejectRow {
+    /// The file version whose ledger counts this row; none for a message that is not a row.
+    pub fn ledger_file_id(&self) -> Option<&str> {
+        (self.code != RejectCode::Undecodable).then_some(self.file_id.as_str())
+    }
+
+    /// For a late row that turns out not to be stored (its id already is): its event_id and source.
+    pub fn sourced_id(&self) -> Option<SourcedId> {
+        Some(SourcedId {
+            event_id: self.event_id.clone()?,
+            file: self.file.clone(),
+            file_id: self.file_id.clone(),
+            line: self.line,
+            partition: self.partition,
+            offset: self.offset,
+        })
+    }
 }
 
 /// A partition's checkpoint after this batch, and the one it must replace (the fence: a consumer
@@ -103,6 +150,10 @@ pub struct WriteBatch {
     /// Late events under `--late-policy quarantine`; written only if not already an event.
     pub late_rejects: Vec<RejectRow>,
     pub checkpoints: Vec<Checkpoint>,
+    /// Valid events dropped by the in-memory dedup: duplicates, or the same rows delivered again.
+    pub duplicates: Vec<SourcedId>,
+    /// The bridge's end-of-file messages: how many rows each file had.
+    pub file_ends: Vec<FileEnd>,
     /// Per partition, the offset to commit to Kafka once the transaction committed.
     pub commit_offsets: BTreeMap<i32, i64>,
     pub stats: BatchStats,
@@ -181,11 +232,15 @@ fn classify_message(
     batch: &mut WriteBatch,
 ) {
     let decoded = match message.payload.as_deref() {
-        Some(payload) => RawRow::decode_pipeline_message(payload),
+        Some(payload) => decode_pipeline_message(payload),
         None => Err("message has no payload".to_owned()),
     };
     let row = match decoded {
-        Ok(row) => row,
+        Ok(PipelineMessage::Row(row)) => row,
+        Ok(PipelineMessage::FileEnd(end)) => {
+            batch.file_ends.push(end);
+            return;
+        }
         Err(reason) => {
             batch.stats.rejected += 1;
             batch.rejects.push(undecodable(message, topic, reason));
@@ -202,6 +257,14 @@ fn classify_message(
     };
     if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
         batch.stats.duplicates += 1;
+        batch.duplicates.push(SourcedId {
+            event_id: event.event_id,
+            file: row.file,
+            file_id: row.file_id,
+            line: row.line as i64,
+            partition: message.partition,
+            offset: message.offset,
+        });
         return;
     }
     let late = state.observe(event.event_time, rules.lateness);

@@ -15,4 +15,4 @@ pub mod wire;
 pub use event::{Column, Event, EventType, COLUMNS};
 pub use reader::{Limits, ReadError, RowReader};
 pub use validate::{validate, RejectCode, Rejection};
-pub use wire::{Defect, RawRow};
+pub use wire::{decode_pipeline_message, Defect, FileEnd, PipelineMessage, RawRow};

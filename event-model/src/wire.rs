@@ -63,27 +63,96 @@ impl RawRow {
     pub fn decode(bytes: &[u8]) -> Result<RawRow, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+}
 
-    /// Decodes a message the bridge wrote, or says why `bytes` is not one: not JSON, not this
-    /// shape, a version this build does not know, or a position no file can have. Whoever
-    /// produced it, the consumer can then quarantine it by its Kafka identity.
-    pub fn decode_pipeline_message(bytes: &[u8]) -> Result<RawRow, String> {
-        let row = RawRow::decode(bytes)
-            .map_err(|error| format!("message is not a row published by file-bridge: {error}"))?;
-        if row.v != WIRE_VERSION {
-            return Err(format!(
-                "message format version {} is not supported (this consumer reads version {WIRE_VERSION})",
-                row.v
-            ));
+/// The bridge's last message for a file, sent once every row of it was enqueued and the file was
+/// found unchanged: how many rows it read, so the consumer can reconcile the file's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEnd {
+    pub file: String,
+    /// The identity every row of the file carries (the first 128 bits of `content_sha256`).
+    pub file_id: String,
+    pub content_sha256: String,
+    pub size_bytes: u64,
+    pub landed_ms: i64,
+    /// Data rows read, each published as exactly one message.
+    pub rows_read: u64,
+    /// Published again by `file-bridge --backfill`, not taken from the input folder.
+    #[serde(default)]
+    pub backfill: bool,
+    /// The file changed while it was read: `rows_read` counts the rows sent before that was
+    /// found, and the file is read again as the version it became.
+    #[serde(default)]
+    pub changed_while_read: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileEndEnvelope {
+    v: u32,
+    file_end: FileEnd,
+}
+
+impl FileEnd {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&FileEndEnvelope {
+            v: WIRE_VERSION,
+            file_end: self.clone(),
+        })
+        .expect("a FileEnd always serializes")
+    }
+}
+
+/// What the bridge publishes: a row of a file, or the end of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineMessage {
+    Row(RawRow),
+    FileEnd(FileEnd),
+}
+
+/// Decodes a message the bridge wrote, or says why `bytes` is not one: not JSON, not either
+/// shape, a version this build does not know, or a position no file can have. Whoever produced
+/// it, the consumer can then quarantine it by its Kafka identity. Rows, nearly every message,
+/// are tried first.
+pub fn decode_pipeline_message(bytes: &[u8]) -> Result<PipelineMessage, String> {
+    let row_error = match RawRow::decode(bytes) {
+        Ok(row) => {
+            supported_version(row.v)?;
+            if row.file.is_empty() || row.line == 0 || row.line > i64::MAX as u64 {
+                return Err(format!(
+                    "message names no valid source (file {:?}, line {})",
+                    row.file.chars().take(80).collect::<String>(),
+                    row.line
+                ));
+            }
+            return Ok(PipelineMessage::Row(row));
         }
-        if row.file.is_empty() || row.line == 0 || row.line > i64::MAX as u64 {
-            return Err(format!(
-                "message names no valid source (file {:?}, line {})",
-                row.file.chars().take(80).collect::<String>(),
-                row.line
-            ));
-        }
-        Ok(row)
+        Err(error) => error,
+    };
+    let Ok(envelope) = serde_json::from_slice::<FileEndEnvelope>(bytes) else {
+        return Err(format!(
+            "message is not a row published by file-bridge: {row_error}"
+        ));
+    };
+    supported_version(envelope.v)?;
+    let end = envelope.file_end;
+    if end.file.is_empty() || end.file_id.is_empty() || end.rows_read > i64::MAX as u64 {
+        return Err(format!(
+            "end-of-file message names no valid file (file {:?}, id {:?}, rows {})",
+            end.file.chars().take(80).collect::<String>(),
+            end.file_id.chars().take(80).collect::<String>(),
+            end.rows_read
+        ));
+    }
+    Ok(PipelineMessage::FileEnd(end))
+}
+
+fn supported_version(version: u32) -> Result<(), String> {
+    if version == WIRE_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "message format version {version} is not supported (this consumer reads version {WIRE_VERSION})"
+        ))
     }
 }
 
@@ -142,5 +211,38 @@ mod tests {
         };
         assert_eq!(RawRow::decode(&row.encode()).unwrap(), row);
         assert_eq!(row.canonical_csv(), b"\"e,1\",,,,,\"\"\"q\"\"\"".to_vec());
+        assert_eq!(
+            decode_pipeline_message(&row.encode()),
+            Ok(PipelineMessage::Row(row))
+        );
+    }
+
+    #[test]
+    fn a_file_end_is_told_apart_from_rows_and_checked() {
+        let end = FileEnd {
+            file: "a.csv".into(),
+            file_id: "ab".into(),
+            content_sha256: "ab00".into(),
+            size_bytes: 10,
+            landed_ms: 1,
+            rows_read: 3,
+            backfill: false,
+            changed_while_read: false,
+        };
+        assert_eq!(
+            decode_pipeline_message(&end.encode()),
+            Ok(PipelineMessage::FileEnd(end.clone()))
+        );
+        let nameless = FileEnd {
+            file: String::new(),
+            ..end
+        };
+        assert!(decode_pipeline_message(&nameless.encode())
+            .unwrap_err()
+            .contains("names no valid file"));
+        let unknown = br#"{"v":1,"other":{}}"#;
+        assert!(decode_pipeline_message(unknown)
+            .unwrap_err()
+            .starts_with("message is not a row published by file-bridge"));
     }
 }

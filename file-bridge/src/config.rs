@@ -13,6 +13,10 @@ pub struct Config {
     /// Folder to watch for `*.csv` files.
     #[arg(long, env = "INPUT_DIR", default_value = "data/input")]
     pub input_dir: PathBuf,
+    /// This bridge's name among the bridges sharing the input folder: it claims files into
+    /// `.claimed/<instance-id>/` (default: the host name). Two running bridges cannot share one.
+    #[arg(long, env = "BRIDGE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Folder published files are moved to.
     #[arg(long, env = "ARCHIVE_DIR", default_value = "data/archive")]
     pub archive_dir: PathBuf,
@@ -41,6 +45,15 @@ pub struct Config {
     /// A field longer than this quarantines its row (`field_too_large`).
     #[arg(long, env = "BRIDGE_MAX_FIELD_BYTES", default_value_t = 64 * 1024)]
     pub max_field_bytes: usize,
+    /// Publish every `*.csv` file of this folder (an archive) again, leaving the files where they
+    /// are, then exit: rows already stored are dropped by the consumer, the rest land. Shows
+    /// progress (files, rows, rate, time left); the input folder is not watched.
+    #[arg(long, env = "BRIDGE_BACKFILL", value_name = "DIR")]
+    pub backfill: Option<PathBuf>,
+    /// At most this many rows per second during `--backfill` (0: no limit), so the live
+    /// pipeline keeps room on the topic and the consumers.
+    #[arg(long, env = "BRIDGE_BACKFILL_RATE", default_value_t = 0)]
+    pub backfill_rate: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9100.
     #[arg(long, env = "BRIDGE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

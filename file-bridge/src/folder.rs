@@ -181,11 +181,104 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// The private folder claimed files wait in, created if missing.
-pub fn claim_dir(input: &Path) -> std::io::Result<PathBuf> {
-    let dir = input.join(CLAIM_DIR);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// One bridge's claim folder, `input/.claimed/<owner>/`, held through an exclusive lock on
+/// `input/.claimed/<owner>.lock` for as long as the bridge runs: several bridges share an input
+/// folder, each publishing only the files it claimed (a claim is a rename: one bridge wins it).
+/// The kernel drops the lock when its process dies, however it dies, so a live bridge adopts
+/// the files of a dead one (and those an older version left directly in `.claimed/`).
+pub struct ClaimFolder {
+    root: PathBuf,
+    dir: PathBuf,
+    owner: String,
+    _lock: File,
+}
+
+impl ClaimFolder {
+    /// Takes `owner`'s claim folder; fails if a live bridge holds it.
+    pub fn take(input: &Path, owner: &str) -> std::io::Result<ClaimFolder> {
+        let root = input.join(CLAIM_DIR);
+        let owner = owner_folder_name(owner);
+        std::fs::create_dir_all(root.join(&owner))?;
+        let Some(lock) = try_lock(&root, &owner)? else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another running bridge claims files in {} as {owner:?}; give each bridge on \
+                     one input folder its own --instance-id",
+                    root.display()
+                ),
+            ));
+        };
+        Ok(ClaimFolder {
+            dir: root.join(&owner),
+            root,
+            owner,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Moves into this folder the files of claim folders no live bridge holds, and the files an
+    /// older version left directly in `.claimed/`; the files moved.
+    pub fn adopt_orphans(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut adopted = Vec::new();
+        for entry in std::fs::read_dir(&self.root)?.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_file() && !name.ends_with(".lock") {
+                adopted.extend(claim(&entry.path(), &self.dir)?);
+            } else if kind.is_dir() && name != self.owner {
+                // Held by a live bridge: its files are its own.
+                let Some(_lock) = try_lock(&self.root, &name)? else {
+                    continue;
+                };
+                for file in claimed_files(&entry.path())? {
+                    adopted.extend(claim(&file, &self.dir)?);
+                }
+            }
+        }
+        for file in &adopted {
+            tracing::info!(file = %file.display(), "adopted a file claimed by a bridge that is gone");
+        }
+        Ok(adopted)
+    }
+}
+
+/// An owner's name as a folder name: anything but letters, digits, `.`, `_` and `-` replaced.
+fn owner_folder_name(owner: &str) -> String {
+    let name: String = owner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match name.trim_start_matches('.') {
+        "" => "bridge".to_owned(),
+        name => name.to_owned(),
+    }
+}
+
+/// The lock of `owner`'s claim folder, if no live process holds it.
+fn try_lock(root: &Path, owner: &str) -> std::io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(format!("{owner}.lock")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => Err(error),
+    }
 }
 
 /// Claims `path` by renaming it into `claimed` under its own name. `None` when a claimed file of
@@ -423,12 +516,38 @@ mod tests {
     #[test]
     fn a_claimed_name_is_claimed_once_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let claimed = claim_dir(dir.path()).unwrap();
+        let folder = ClaimFolder::take(dir.path(), "one").unwrap();
+        let claimed = folder.dir().to_owned();
         std::fs::write(dir.path().join("a.csv"), "one").unwrap();
         let first = claim(&dir.path().join("a.csv"), &claimed).unwrap().unwrap();
         std::fs::write(dir.path().join("a.csv"), "two").unwrap();
         assert_eq!(claim(&dir.path().join("a.csv"), &claimed).unwrap(), None);
         assert_eq!(std::fs::read_to_string(&first).unwrap(), "one");
         assert_eq!(claimed_files(&claimed).unwrap(), vec![first]);
+    }
+
+    #[test]
+    fn a_claim_folder_has_one_live_owner_and_a_dead_owners_files_are_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ClaimFolder::take(dir.path(), "a").unwrap();
+        let error = ClaimFolder::take(dir.path(), "a").err().unwrap();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        let b = ClaimFolder::take(dir.path(), "b/../x").unwrap();
+        assert!(b.dir().ends_with(".claimed/b_.._x"), "{:?}", b.dir());
+
+        std::fs::write(a.dir().join("of-a.csv"), "a").unwrap();
+        std::fs::write(dir.path().join(CLAIM_DIR).join("legacy.csv"), "l").unwrap();
+        // a is alive: only the file an older version left is adopted.
+        let adopted = b.adopt_orphans().unwrap();
+        assert_eq!(adopted, vec![b.dir().join("legacy.csv")]);
+        // a is gone (its lock released, as the kernel does when a process dies).
+        drop(a);
+        let adopted = b.adopt_orphans().unwrap();
+        assert_eq!(adopted, vec![b.dir().join("of-a.csv")]);
+        assert_eq!(
+            std::fs::read_to_string(b.dir().join("of-a.csv")).unwrap(),
+            "a"
+        );
+        assert!(b.adopt_orphans().unwrap().is_empty());
     }
 }

@@ -4,6 +4,7 @@
 //! Caveat: a crash (or a failed delivery) after some rows were acknowledged publishes the whole
 //! file again; the consumer deduplicates by event_id and by file line, so that costs nothing but time.
 
+mod backfill;
 mod config;
 pub mod folder;
 pub mod metrics;
@@ -47,6 +48,9 @@ struct Files<'a> {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(dir) = &config.backfill {
+        return backfill::run(&config, dir, shutdown).await;
+    }
     Bridge::start(&config, shutdown).await?.run().await
 }
 
@@ -67,7 +71,7 @@ struct Bridge<'a> {
     wake: mpsc::Receiver<()>,
     _watcher: Option<notify::RecommendedWatcher>,
     writers: folder::Writers,
-    claimed_dir: PathBuf,
+    claims: folder::ClaimFolder,
     warned: HashSet<PathBuf>,
     next_seq: usize,
     scanned_once: bool,
@@ -109,9 +113,13 @@ impl<'a> Bridge<'a> {
             metrics.readiness.clone(),
         )?;
         report_message_budget(config, &kafka);
-        let claimed_dir = folder::claim_dir(&config.input_dir).with_context(|| {
+        let owner = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(pipeline_kafka::host_name);
+        let claims = folder::ClaimFolder::take(&config.input_dir, &owner).with_context(|| {
             format!(
-                "failed to create the claim folder in {}",
+                "failed to take the claim folder in {}",
                 config.input_dir.display()
             )
         })?;
@@ -140,7 +148,7 @@ impl<'a> Bridge<'a> {
             wake,
             _watcher: watcher,
             writers,
-            claimed_dir,
+            claims,
             warned: HashSet::new(),
             next_seq: 0,
             scanned_once: false,
@@ -234,11 +242,15 @@ impl<'a> Bridge<'a> {
         self.files
             .retry_after
             .retain(|_, until| *until > Instant::now());
-        let mut candidates = folder::claimed_files(&self.claimed_dir)
-            .with_context(|| format!("failed to list {}", self.claimed_dir.display()))?;
+        let claimed = self.claims.dir();
+        if let Err(error) = self.claims.adopt_orphans() {
+            tracing::warn!(%error, "failed to adopt the files of a bridge that is gone");
+        }
+        let mut candidates = folder::claimed_files(claimed)
+            .with_context(|| format!("failed to list {}", claimed.display()))?;
         for path in ready {
             // The listing is as old as this loop: a file of it may have been claimed since.
-            match folder::claim(&path, &self.claimed_dir) {
+            match folder::claim(&path, self.claims.dir()) {
                 Ok(Some(claimed)) => {
                     self.writers.forget(&path);
                     candidates.push(claimed);

@@ -29,15 +29,19 @@ pub struct ChaosReport {
     pub rejected_out: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Files of the ledger whose rows are not all accounted for (inserted, duplicate, rejected).
+    pub unreconciled_files: u64,
+    pub ledger_files: u64,
 }
 
 impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: kills {} {:?}, hostile files {}, events in {} ({} distinct valid, {} invalid), rows out {}, rejected {}, lost {}, duplicated {}",
+            "seed {}: kills {} {:?}, hostile files {}, events in {} ({} distinct valid, {} invalid), rows out {}, rejected {}, lost {}, duplicated {}, ledger files {} ({} unreconciled)",
             self.seed, self.kills, self.victims, self.hostile_files, self.rows_in, self.valid_distinct, self.invalid_rows,
-            self.rows_out, self.rejected_out, self.lost, self.duplicated
+            self.rows_out, self.rejected_out, self.lost, self.duplicated, self.ledger_files,
+            self.unreconciled_files
         )
     }
 }
@@ -288,9 +292,17 @@ pub async fn run_chaos(
         let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM ecommerce_events_rejected")
             .fetch_one(&pool)
             .await?;
+        let (files, unreconciled): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE reconciled_at IS NULL) FROM ingest_files",
+        )
+        .fetch_one(&pool)
+        .await?;
         report.rows_out = out as u64;
         report.rejected_out = rejected as u64;
-        let caught_up = report.rows_out >= report.valid_distinct && report.rejected_out >= invalid;
+        (report.ledger_files, report.unreconciled_files) = (files as u64, unreconciled as u64);
+        let caught_up = report.rows_out >= report.valid_distinct
+            && report.rejected_out >= invalid
+            && report.unreconciled_files == 0;
         if caught_up || Instant::now() > settle_deadline {
             break;
         }

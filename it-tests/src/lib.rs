@@ -256,7 +256,29 @@ impl World {
         ]
     }
 
-    /// How many files are not archived yet: visible entries of the input folder, and files the
+    /// The claimed files of every bridge (`.claimed/<owner>/`) and those an older version left
+    /// directly in `.claimed/`.
+    pub fn claimed_files(&self) -> Vec<PathBuf> {
+        let root = self.input_dir().join(".claimed");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(
+                    std::fs::read_dir(&path)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            } else if path.extension().is_some_and(|e| e != "lock") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// How many files are not archived yet: visible entries of the input folder, and files a
     /// bridge claimed (moved into its private `.claimed` folder) but has not archived.
     pub fn files_waiting(&self) -> usize {
         let visible = std::fs::read_dir(self.input_dir())
@@ -267,10 +289,7 @@ impl World {
                     .is_ok_and(|e| e.file_name().to_string_lossy().starts_with('.'))
             })
             .count();
-        let claimed = std::fs::read_dir(self.input_dir().join(".claimed"))
-            .map(|entries| entries.count())
-            .unwrap_or(0);
-        visible + claimed
+        visible + self.claimed_files().len()
     }
 
     pub fn spawn(&self, binary: &str, args: &[&str]) -> Proc {
@@ -435,6 +454,12 @@ impl Proc {
 
     pub fn wait_for_exit(mut self, timeout: Duration) -> ExitStatus {
         self.wait_for_exit_mut(timeout)
+    }
+
+    /// Waits for the exit; the status and everything the process wrote.
+    pub fn wait_with_log(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = self.wait_for_exit_mut(timeout);
+        (status, self.log_text())
     }
 
     fn wait_for_exit_mut(&mut self, timeout: Duration) -> ExitStatus {

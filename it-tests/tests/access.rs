@@ -53,6 +53,11 @@ async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
         format!("GRANT USAGE ON SEQUENCE ecommerce_events_rejected_id_seq TO \"{writer}\""),
         format!("GRANT SELECT, INSERT ON ingest_log_events TO \"{writer}\""),
         format!("GRANT USAGE ON SEQUENCE ingest_log_events_id_seq TO \"{writer}\""),
+        format!("GRANT SELECT, INSERT, UPDATE ON ingest_files TO \"{writer}\""),
+        format!("GRANT SELECT, INSERT ON ingest_duplicates TO \"{writer}\""),
+        format!(
+            "GRANT UPDATE (resolved_at, resolved_by_file, resolved_by_line) ON ecommerce_events_rejected TO \"{writer}\""
+        ),
     ] {
         sqlx::query(&statement).execute(&as_owner).await.unwrap();
     }

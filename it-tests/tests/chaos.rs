@@ -23,5 +23,10 @@ async fn random_kills_of_every_component_lose_and_duplicate_nothing() {
     assert!(report.kills >= 5, "{report}");
     assert!(report.rows_in > 1_000, "{report}");
     assert_eq!((report.lost, report.duplicated), (0, 0), "{report}");
+    assert!(report.ledger_files > 0, "{report}");
+    assert_eq!(
+        report.unreconciled_files, 0,
+        "every file reconciles: {report}"
+    );
     assert_eq!(report.rows_out, report.valid_distinct, "{report}");
 }

@@ -114,7 +114,7 @@ async fn a_new_group_replaying_the_topic_changes_nothing() {
     world
         .wait_for_count(
             "SELECT sum(next_offset)::bigint FROM ingest_checkpoints",
-            2_500,
+            2_505,
             LONG,
         )
         .await;
@@ -128,7 +128,7 @@ async fn a_new_group_replaying_the_topic_changes_nothing() {
     world
         .wait_for_count(
             "SELECT sum(next_offset)::bigint FROM ingest_checkpoints WHERE consumer_group = 'a-second-group'",
-            2_500,
+            2_505,
             LONG,
         )
         .await;
@@ -314,7 +314,7 @@ async fn late_classification_survives_a_crash() {
     world
         .wait_for_count(
             "SELECT sum(next_offset)::bigint FROM ingest_checkpoints",
-            4,
+            5,
             LONG,
         )
         .await;

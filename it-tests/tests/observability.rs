@@ -94,7 +94,8 @@ async fn metrics_parse_as_prometheus_text_and_match_the_database() {
 
     let consumer = parse_prometheus(&scrape(&consumer_addr).await);
     for expected in [
-        "pipeline_consumer_rows_consumed_total{} 6",
+        // Six rows and the file's end message.
+        "pipeline_consumer_rows_consumed_total{} 7",
         "pipeline_consumer_rows_inserted_total{} 2",
         "pipeline_consumer_rows_late_total{} 1",
         "pipeline_consumer_rows_rejected_total{reason=invalid_field} 2",
@@ -167,7 +168,7 @@ async fn dashboard_in_headless_chromium_shows_the_database_numbers() {
     world
         .wait_for_count(
             "SELECT sum(next_offset)::bigint FROM ingest_checkpoints",
-            900,
+            903,
             LONG,
         )
         .await;
@@ -282,7 +283,7 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
     world
         .wait_for_count(
             "SELECT sum(next_offset)::bigint FROM ingest_checkpoints",
-            6,
+            7,
             LONG,
         )
         .await;

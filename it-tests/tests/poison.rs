@@ -211,7 +211,8 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         .unwrap();
     let replay_group = it_tests::unique("it-poison-replay");
     let _replay = world.consumer_in_group(&replay_group, &["--late-policy", "quarantine"]);
-    let total_messages = 2 + 3 + 2 + 8 + 2;
+    // Rows of four files, their four end messages, the eight foreign messages.
+    let total_messages = 2 + 3 + 2 + 8 + 2 + 4;
     world
         .wait_for_count(
             "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints",

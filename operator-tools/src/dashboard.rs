@@ -73,6 +73,18 @@ pub fn handler(metrics: Arc<dyn LiveFigures>, pool: PgPool) -> Handler {
     })
 }
 
+/// A file of the ledger as the page lists it.
+#[derive(sqlx::FromRow, serde::Serialize)]
+struct RecentFile {
+    file_name: String,
+    rows_read: Option<i64>,
+    rows_inserted: i64,
+    rows_duplicate: i64,
+    rows_rejected: i64,
+    state: String,
+    backfilled: bool,
+}
+
 /// Everything the page shows, in one JSON document: one query per tile, in page order.
 pub async fn summary(
     pool: &PgPool,
@@ -83,8 +95,19 @@ pub async fn summary(
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE is_late) FROM ecommerce_events")
             .fetch_one(pool)
             .await?;
-    let rejected: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 1",
+    let rejected: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT reason_code, count(*), count(*) FILTER (WHERE resolved_at IS NOT NULL)
+         FROM ecommerce_events_rejected GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let files: Vec<RecentFile> = sqlx::query_as(
+        "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_rejected,
+                CASE WHEN reconciled_at IS NOT NULL THEN 'reconciled'
+                     WHEN first_seen_at < now() - interval '15 minutes' THEN 'overdue'
+                     ELSE 'in progress' END AS state,
+                backfilled_at IS NOT NULL AS backfilled
+         FROM ingest_files ORDER BY first_seen_at DESC LIMIT 10",
     )
     .fetch_all(pool)
     .await?;
@@ -115,15 +138,16 @@ pub async fn summary(
     .await?;
     let late_quarantined = rejected
         .iter()
-        .find(|(reason, _)| reason == "late")
-        .map_or(0, |(_, rows)| *rows);
+        .find(|(reason, ..)| reason == "late")
+        .map_or(0, |(_, rows, _)| *rows);
     let ingest_rate = window.observe(Instant::now(), events);
     Ok(json!({
         "events_total": events,
         "ingest_rate": ingest_rate,
         "late_total": late_written + late_quarantined,
-        "rejected_total": rejected.iter().map(|(_, rows)| rows).sum::<i64>(),
-        "rejected_by_reason": rejected.iter().map(|(r, n)| json!({"reason": r, "rows": n})).collect::<Vec<_>>(),
+        "rejected_total": rejected.iter().map(|(_, rows, _)| rows).sum::<i64>(),
+        "rejected_by_reason": rejected.iter().map(|(r, n, resolved)| json!({"reason": r, "rows": n, "resolved": resolved})).collect::<Vec<_>>(),
+        "recent_files": files,
         "events_per_minute": per_minute.iter().map(|(m, n)| json!({"minute": m, "value": n})).collect::<Vec<_>>(),
         "revenue_per_minute": revenue.iter().map(|(m, v)| json!({"minute": m, "value": v})).collect::<Vec<_>>(),
         "funnel": {

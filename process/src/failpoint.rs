@@ -13,11 +13,18 @@ fn parse(spec: &str) -> Option<(String, u64)> {
 
 /// Aborts the process if this is the armed failpoint's n-th hit.
 pub fn hit(name: &str) {
+    hit_then(name, || {});
+}
+
+/// Like [`hit`], running `before_abort` first: a crash at a chosen point, e.g. once what was
+/// sent so far is surely delivered.
+pub fn hit_then(name: &str, before_abort: impl FnOnce()) {
     static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
     let armed = ARMED.get_or_init(|| std::env::var(ENV).ok().as_deref().and_then(parse));
     if let Some((armed_name, at)) = armed {
         if armed_name == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+            before_abort();
             eprintln!("failpoint {name} reached: aborting");
             std::process::abort();
         }

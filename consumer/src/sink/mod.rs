@@ -12,6 +12,7 @@
 mod checkpoints;
 mod events;
 mod fault;
+mod ledger;
 mod rejects;
 
 pub use fault::{fault_of, Fault};
@@ -19,6 +20,8 @@ pub use fault::{fault_of, Fault};
 use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
+use ledger::{InsertedRow, LedgerDelta};
+use rejects::Quarantined;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -88,14 +91,27 @@ pub struct StoredCheckpoint {
 
 impl WriteOutcome {
     /// Counts quarantined rows the database took, by the codes the insert returned.
-    fn count_rejects(&mut self, codes: Vec<String>, late: bool) {
+    fn count_reject_codes(&mut self, taken: &[Quarantined], late: bool) {
         if late {
-            self.late_quarantined += codes.len() as u64;
+            self.late_quarantined += taken.len() as u64;
         } else {
-            self.rejected += codes.len() as u64;
+            self.rejected += taken.len() as u64;
         }
-        for code in codes {
-            *self.rejected_by_reason.entry(code).or_default() += 1;
+        for row in taken {
+            *self
+                .rejected_by_reason
+                .entry(row.reason_code.clone())
+                .or_default() += 1;
+        }
+    }
+
+    /// Counts them here and, those that came from a file, in the file's ledger.
+    fn count_rejects(&mut self, taken: &[Quarantined], late: bool, delta: &mut LedgerDelta) {
+        self.count_reject_codes(taken, late);
+        for row in taken {
+            if row.reason_code != RejectCode::Undecodable.as_str() {
+                delta.rejected(&row.source_file_id, &row.source_file, late);
+            }
         }
     }
 }
@@ -276,11 +292,29 @@ impl Sink {
         } else {
             None
         };
+        let mut delta = LedgerDelta::default();
         let (inserted, path) = match direct {
-            Some(count) => (count, WritePath::Copy),
+            Some(skipped) => {
+                let rows: Vec<&EventRow> = batch
+                    .events
+                    .iter()
+                    .filter(|row| !skipped.contains(&row.event.event_id))
+                    .collect();
+                for row in &rows {
+                    delta.inserted(&row.file_id, &row.file, row.late);
+                }
+                let sources: Vec<(&str, &str, i64)> = rows
+                    .iter()
+                    .map(|r| (r.event.event_id.as_str(), r.file.as_str(), r.line))
+                    .collect();
+                ledger::resolve_rejects(&mut tx, &sources).await?;
+                (rows.len() as u64, WritePath::Copy)
+            }
             None if batch.events.is_empty() => (0, WritePath::Copy),
             None => {
-                let count = insert_through_staging(&mut tx, &batch.events).await?;
+                let rows = insert_through_staging(&mut tx, &batch.events).await?;
+                count_inserted(&mut tx, &rows, &mut delta).await?;
+                let count = rows.len() as u64;
                 // Back to the fast path once a batch had nothing already written.
                 next_direct = count == batch.events.len() as u64;
                 (count, WritePath::Staging)
@@ -291,14 +325,13 @@ impl Sink {
             inserted,
             ..WriteOutcome::default()
         };
-        outcome.count_rejects(
-            rejects::insert_rejects(&mut tx, &topic, &batch.rejects, false).await?,
-            false,
-        );
-        outcome.count_rejects(
-            rejects::insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?,
-            true,
-        );
+        let taken = rejects::insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
+        outcome.count_rejects(&taken, false, &mut delta);
+        let taken = rejects::insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
+        let all_late_kept = taken.len() == batch.late_rejects.len();
+        outcome.count_rejects(&taken, true, &mut delta);
+        let all_events_in = inserted == batch.events.len() as u64;
+        ledger::account(&mut tx, batch, all_events_in, all_late_kept, delta).await?;
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
         if try_direct && !next_direct {
             tracing::debug!("rows already written: staging batches until one meets none");
@@ -311,12 +344,16 @@ impl Sink {
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
+        let mut delta = LedgerDelta::default();
         let (mut inserted, mut refused) = (0, Vec::new());
         for row in &batch.events {
             savepoint(&mut tx).await?;
             let result = insert_through_staging(&mut tx, std::slice::from_ref(row)).await;
             match settle_savepoint(&mut tx, result).await? {
-                Ok(count) => inserted += count,
+                Ok(rows) => {
+                    count_inserted(&mut tx, &rows, &mut delta).await?;
+                    inserted += rows.len() as u64;
+                }
                 Err(error) => {
                     tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
                     refused.push(RejectRow {
@@ -335,33 +372,50 @@ impl Sink {
                 }
             }
         }
-        let mut rejected = Vec::new();
+        let mut outcome = WriteOutcome {
+            path: WritePath::RowByRow,
+            inserted,
+            ..WriteOutcome::default()
+        };
         for (rows, only_if_not_an_event) in [
             (&batch.rejects[..], false),
             (&refused[..], false),
             (&batch.late_rejects[..], true),
         ] {
             for row in rows {
-                let codes = rejects::insert_reject_or_its_stand_in(
+                let taken = rejects::insert_reject_or_its_stand_in(
                     &mut tx,
                     &topic,
                     row,
                     only_if_not_an_event,
                 )
                 .await?;
-                rejected.push((codes, only_if_not_an_event));
+                // Counted as the row it stands for, whatever went in for it.
+                if let (Some(file_id), false) = (row.ledger_file_id(), taken.is_empty()) {
+                    delta.rejected(file_id, &row.file, only_if_not_an_event);
+                }
+                outcome.count_reject_codes(&taken, only_if_not_an_event);
             }
         }
-        let mut outcome = WriteOutcome {
-            path: WritePath::RowByRow,
-            inserted,
-            ..WriteOutcome::default()
-        };
-        for (codes, late) in rejected {
-            outcome.count_rejects(codes, late);
-        }
+        ledger::account(&mut tx, batch, false, false, delta).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
+}
+
+/// Counts rows that went in through staging in the ledger, and resolves the rejects they fix.
+async fn count_inserted(
+    tx: &mut PgConnection,
+    rows: &[InsertedRow],
+    delta: &mut LedgerDelta,
+) -> Result<(), sqlx::Error> {
+    for row in rows {
+        delta.inserted(&row.source_file_id, &row.source_file, row.is_late);
+    }
+    let sources: Vec<(&str, &str, i64)> = rows
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.source_file.as_str(), r.source_line))
+        .collect();
+    ledger::resolve_rejects(tx, &sources).await.map(drop)
 }
 
 /// Opens the savepoint that [`settle_savepoint`] closes.
@@ -391,10 +445,14 @@ pub(super) async fn settle_savepoint<T>(
     }
 }
 
-/// `COPY` of the events straight into `ecommerce_events`, in a savepoint. `None` when the database
-/// refused it (a row already there, or a row it will not take): the savepoint is rolled back and
-/// the caller takes the staging path, which sorts out which rows are which.
-async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Option<u64>, SinkError> {
+/// `COPY` of the events straight into `ecommerce_events`, in a savepoint; the ids it left out
+/// (quarantined as late before). `None` when the database refused it (a row already there, or a
+/// row it will not take): the savepoint is rolled back and the caller takes the staging path,
+/// which sorts out which rows are which.
+async fn copy_direct(
+    tx: &mut PgConnection,
+    events: &[EventRow],
+) -> Result<Option<HashSet<String>>, SinkError> {
     let mut late: HashSet<String> = HashSet::new();
     let any_late: bool = sqlx::query_scalar(events::ANY_LATE_QUARANTINED)
         .fetch_one(&mut *tx)
@@ -413,11 +471,11 @@ async fn copy_direct(tx: &mut PgConnection, events: &[EventRow]) -> Result<Optio
         .execute(&mut *tx)
         .await?;
     match copy_in(&mut *tx, &events::COPY_DIRECT, &copy).await {
-        Ok(count) => {
+        Ok(_) => {
             sqlx::query("RELEASE SAVEPOINT copy_direct")
                 .execute(&mut *tx)
                 .await?;
-            Ok(Some(count))
+            Ok(Some(late))
         }
         Err(error) if fault_of(&error) == Fault::Data => {
             sqlx::query("ROLLBACK TO SAVEPOINT copy_direct")
@@ -441,13 +499,12 @@ async fn copy_in(tx: &mut PgConnection, statement: &str, data: &[u8]) -> Result<
 async fn insert_through_staging(
     tx: &mut PgConnection,
     events: &[EventRow],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<InsertedRow>, sqlx::Error> {
     let copy = events::encode_events(events, &HashSet::new());
     copy_in(&mut *tx, &events::COPY_STAGING, &copy).await?;
-    let inserted = sqlx::query(&events::INSERT_FROM_STAGING)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let inserted = sqlx::query_as(&events::INSERT_FROM_STAGING)
+        .fetch_all(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM ingest_staging")
         .execute(&mut *tx)
         .await?;

@@ -16,7 +16,15 @@ FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text
      AS u(f, fid, l, c, fld, r, e, raw, p, o, k)
 WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
 ON CONFLICT DO NOTHING
-RETURNING reason_code";
+RETURNING reason_code, source_file_id, source_file";
+
+/// A quarantined row the database took (not one it already held).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Quarantined {
+    pub reason_code: String,
+    pub source_file_id: String,
+    pub source_file: String,
+}
 
 /// Quarantines one row; should the database refuse even that (a constraint an operator put on
 /// the rejected table, say), a stand-in naming the message by its Kafka identity, with the raw
@@ -26,7 +34,7 @@ pub async fn insert_reject_or_its_stand_in(
     topic: &str,
     row: &RejectRow,
     only_if_not_an_event: bool,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<Quarantined>, sqlx::Error> {
     let rows = std::slice::from_ref(row);
     savepoint(tx).await?;
     let result = insert_rejects(tx, topic, rows, only_if_not_an_event).await;
@@ -60,14 +68,14 @@ pub async fn insert_rejects(
     topic: &str,
     rows: &[RejectRow],
     only_if_not_an_event: bool,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<Quarantined>, sqlx::Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     // Every text made storable here, at the one door to the table: NUL escaped, indexed values
     // bounded. The bytes as they were stay in `raw` and `kafka_key`.
     let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    sqlx::query_scalar(INSERT_REJECTS)
+    sqlx::query_as(INSERT_REJECTS)
         .bind(column(|r| Some(storable::key(&r.file).into_owned())))
         .bind(column(|r| Some(storable::key(&r.file_id).into_owned())))
         .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("{report}");
     anyhow::ensure!(
-        report.lost == 0 && report.duplicated == 0,
+        report.lost == 0 && report.duplicated == 0 && report.unreconciled_files == 0,
         "the invariant does not hold"
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! `explain EVENT_ID`: where one event came from (file, content identity, line, Kafka partition
-//! and offset), when it landed and was written, and any quarantined rows that carry its id.
+//! and offset), when it landed and was written, how many duplicates of it were seen, and any
+//! quarantined rows that carry its id.
 
 use clap::Parser;
 
@@ -52,6 +53,13 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
     .bind(&args.event_id)
     .fetch_all(&mut db)
     .await?;
+    let duplicates: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT source_file, source_line FROM ingest_duplicates
+         WHERE event_id = $1 ORDER BY seen_at, source_file, source_line",
+    )
+    .bind(&args.event_id)
+    .fetch_all(&mut db)
+    .await?;
     let shown = |value: Option<String>| value.unwrap_or_else(|| "unknown".to_owned());
     let known = lineage.is_some() || !rejects.is_empty();
     match lineage {
@@ -70,6 +78,26 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
         }
         None => println!("event {} is not in ecommerce_events", args.event_id),
     }
+    let sources: Vec<String> = duplicates
+        .iter()
+        .take(5)
+        .map(|(file, line)| format!("{file} line {line}"))
+        .collect();
+    let more = duplicates.len().saturating_sub(sources.len());
+    println!(
+        "  duplicates {} seen{}{}",
+        duplicates.len(),
+        if sources.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", sources.join(", "))
+        },
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    );
     for (reason, file, line, why) in &rejects {
         println!("  quarantined as {reason}: {file} line {line}: {why}");
     }

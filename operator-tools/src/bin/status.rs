@@ -49,6 +49,10 @@ struct Args {
     /// Print as text or as one JSON document.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// A file whose rows are not all accounted for this long after its first row arrived is
+    /// overdue: reported, and status exits 2.
+    #[arg(long, env = "UNRECONCILED_AFTER", default_value = "15m", value_parser = process::duration::parse_duration)]
+    unreconciled_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,6 +89,9 @@ struct Report {
     rows_today: i64,
     rows_total: i64,
     rejected: Vec<(String, i64)>,
+    /// Per reason: quarantined rows not resolved, and resolved by a fixed row.
+    resolution: Vec<(String, i64, i64)>,
+    unreconciled: Vec<Unreconciled>,
     log_events: Vec<(i32, String, i64, i64, String)>,
     components: Vec<Component>,
 }
@@ -93,6 +100,7 @@ impl Report {
     /// Everything ready: the broker answered and every component is ready.
     fn healthy(&self) -> bool {
         self.kafka_error.is_none()
+            && !self.unreconciled.iter().any(|file| file.overdue)
             && self
                 .components
                 .iter()
@@ -105,6 +113,19 @@ impl Report {
             .filter_map(|p| p["lag"].as_i64())
             .sum()
     }
+}
+
+/// A file of the ledger whose rows are not all accounted for yet.
+#[derive(sqlx::FromRow, serde::Serialize)]
+struct Unreconciled {
+    file_name: String,
+    content_id: String,
+    rows_read: Option<i64>,
+    rows_inserted: i64,
+    rows_duplicate: i64,
+    rows_rejected: i64,
+    first_seen_at: chrono::DateTime<chrono::Utc>,
+    overdue: bool,
 }
 
 /// Prints the report; whether everything is up, ready and moving.
@@ -149,6 +170,22 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
+    let resolution = sqlx::query_as(
+        "SELECT reason_code, count(*) FILTER (WHERE resolved_at IS NULL),
+                count(*) FILTER (WHERE resolved_at IS NOT NULL)
+         FROM ecommerce_events_rejected GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap_or_default();
+    let unreconciled = sqlx::query_as(
+        "SELECT file_name, content_id, rows_read, rows_inserted, rows_duplicate, rows_rejected,
+                first_seen_at, first_seen_at < now() - make_interval(secs => $1) AS overdue
+         FROM ingest_files WHERE reconciled_at IS NULL ORDER BY first_seen_at LIMIT 50",
+    )
+    .bind(args.unreconciled_after.as_secs_f64())
+    .fetch_all(&mut db)
+    .await?;
     let log_events = sqlx::query_as(
         "SELECT kafka_partition, kind, from_offset, to_offset, detail FROM ingest_log_events
          WHERE consumer_group = $1 AND topic = $2 ORDER BY detected_at DESC LIMIT 10",
@@ -165,6 +202,8 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         rows_today: today,
         rows_total: total,
         rejected,
+        resolution,
+        unreconciled,
         log_events,
         components: components(args).await,
     })
@@ -229,6 +268,10 @@ fn as_json(args: &Args, report: &Report) -> serde_json::Value {
         "rows_today": report.rows_today,
         "rows_total": report.rows_total,
         "rejected_by_reason": report.rejected.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "quarantine": report.resolution.iter().map(|(reason, open, resolved)| serde_json::json!({
+            "reason": reason, "unresolved": open, "resolved": resolved,
+        })).collect::<Vec<_>>(),
+        "unreconciled_files": report.unreconciled,
         "log_events": report.log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
             "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
         })).collect::<Vec<_>>(),
@@ -296,6 +339,28 @@ fn print_text(args: &Args, report: &Report) {
             rejected.join(", ")
         }
     );
+    for (reason, open, resolved) in &report.resolution {
+        println!("  {reason}: {open} unresolved, {resolved} resolved");
+    }
+    match report.unreconciled.len() {
+        0 => println!("files: every file reconciled"),
+        n => println!("files not reconciled yet: {n}"),
+    }
+    for file in &report.unreconciled {
+        let read = file
+            .rows_read
+            .map_or("? (end not arrived)".to_owned(), |n| n.to_string());
+        println!(
+            "  {}{} ({}): read {read}, inserted {}, duplicate {}, rejected {}, since {}",
+            if file.overdue { "OVERDUE " } else { "" },
+            file.file_name,
+            file.content_id,
+            file.rows_inserted,
+            file.rows_duplicate,
+            file.rows_rejected,
+            file.first_seen_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        );
+    }
     for (partition, kind, from, to, detail) in &report.log_events {
         println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
     }

@@ -1,0 +1,274 @@
+//! The ledger of files: what became of every row, counted in the transaction that stores it.
+//!
+//! Every data row the bridge read ends as exactly one of: an event (the row is its source), a
+//! quarantined row (keyed by file version and line), or a duplicate (a valid event whose id was
+//! already stored from another row; keyed by file version and line in `ingest_duplicates`). Each of
+//! the three is recorded once per file version and line, and a counter moves only when a record is
+//! new, so a replay, a republished file or a rebalance counts nothing twice.
+
+use crate::batch::{SourcedId, WriteBatch};
+use crate::storable;
+use event_model::FileEnd;
+use sqlx::PgConnection;
+use std::collections::BTreeMap;
+
+/// A row that went into `ecommerce_events` in this transaction.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InsertedRow {
+    pub event_id: String,
+    pub source_file: String,
+    pub source_file_id: String,
+    pub source_line: i64,
+    pub is_late: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct FileCounts {
+    inserted: i64,
+    duplicate: i64,
+    rejected: i64,
+    late: i64,
+}
+
+/// What one transaction adds to the ledger, per file version (sorted: rows are locked in one
+/// order by every consumer, so two never wait on each other in a circle).
+#[derive(Debug, Default)]
+pub struct LedgerDelta {
+    files: BTreeMap<String, (String, FileCounts)>,
+    ends: BTreeMap<String, FileEnd>,
+}
+
+impl LedgerDelta {
+    fn counts(&mut self, file_id: &str, file: &str) -> &mut FileCounts {
+        if !self.files.contains_key(file_id) {
+            let entry = (file.to_owned(), FileCounts::default());
+            self.files.insert(file_id.to_owned(), entry);
+        }
+        &mut self.files.get_mut(file_id).expect("just inserted").1
+    }
+
+    pub fn inserted(&mut self, file_id: &str, file: &str, late: bool) {
+        let counts = self.counts(file_id, file);
+        counts.inserted += 1;
+        counts.late += i64::from(late);
+    }
+
+    pub fn rejected(&mut self, file_id: &str, file: &str, late: bool) {
+        let counts = self.counts(file_id, file);
+        counts.rejected += 1;
+        counts.late += i64::from(late);
+    }
+
+    fn duplicate(&mut self, file_id: &str, file: &str) {
+        self.counts(file_id, file).duplicate += 1;
+    }
+
+    fn file_ends(&mut self, ends: &[FileEnd]) {
+        for end in ends {
+            self.ends.insert(end.file_id.clone(), end.clone());
+        }
+    }
+}
+
+const RECORD_DUPLICATES: &str = "INSERT INTO ingest_duplicates
+    (source_file_id, source_line, source_file, event_id, kafka_partition, kafka_offset)
+SELECT u.fid, u.l, u.f, u.e, u.p, u.o
+FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[])
+     AS u(fid, l, f, e, p, o)
+WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events ev
+                  WHERE ev.event_id = u.e AND ev.source_file_id = u.fid AND ev.source_line = u.l)
+  AND NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
+                  WHERE r.source_file_id = u.fid AND r.source_line = u.l)
+ON CONFLICT DO NOTHING
+RETURNING source_file_id, source_file";
+
+/// Records, among `candidates` (valid rows that did not become an event or a quarantined row in
+/// this transaction), those that are duplicates: a row that is the source of a stored event or of
+/// a quarantined row is the same row delivered again, and a row recorded already is not new.
+async fn record_duplicates(
+    tx: &mut PgConnection,
+    candidates: &[SourcedId],
+    delta: &mut LedgerDelta,
+) -> Result<(), sqlx::Error> {
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&SourcedId) -> &str| {
+        candidates
+            .iter()
+            .map(|c| storable::key(f(c)).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let recorded: Vec<(String, String)> = sqlx::query_as(RECORD_DUPLICATES)
+        .bind(text(|c| &c.file_id))
+        .bind(candidates.iter().map(|c| c.line).collect::<Vec<_>>())
+        .bind(text(|c| &c.file))
+        .bind(text(|c| &c.event_id))
+        .bind(candidates.iter().map(|c| c.partition).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.offset).collect::<Vec<_>>())
+        .fetch_all(tx)
+        .await?;
+    for (file_id, file) in recorded {
+        delta.duplicate(&file_id, &file);
+    }
+    Ok(())
+}
+
+/// Marks resolved every open reject whose event_id one of `inserted` now brought in: the fixed row
+/// of an exported quarantine, dropped into the input folder.
+pub async fn resolve_rejects(
+    tx: &mut PgConnection,
+    inserted: &[(&str, &str, i64)],
+) -> Result<u64, sqlx::Error> {
+    if inserted.is_empty() {
+        return Ok(0);
+    }
+    let resolved = sqlx::query(
+        "UPDATE ecommerce_events_rejected r
+         SET resolved_at = now(), resolved_by_file = u.f, resolved_by_line = u.l
+         FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(e, f, l)
+         WHERE r.event_id = u.e AND r.resolved_at IS NULL",
+    )
+    .bind(inserted.iter().map(|i| i.0).collect::<Vec<_>>())
+    .bind(
+        inserted
+            .iter()
+            .map(|i| storable::text(i.1).into_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(inserted.iter().map(|i| i.2).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(resolved.rows_affected())
+}
+
+const UPSERT_FILES: &str = "INSERT INTO ingest_files AS f
+    (content_id, file_name, content_sha256, size_bytes, landed_at, rows_read,
+     rows_inserted, rows_duplicate, rows_rejected, rows_late, backfilled_at, changed_while_read)
+SELECT u.id, u.name, u.sha, u.size, to_timestamp(u.landed_ms / 1000.0), u.read,
+       u.ins, u.dup, u.rej, u.late, CASE WHEN u.backfill THEN now() END, coalesce(u.changed, false)
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+            $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bool[])
+     AS u(id, name, sha, size, landed_ms, read, ins, dup, rej, late, backfill, changed)
+ORDER BY u.id
+ON CONFLICT (content_id) DO UPDATE SET
+    content_sha256 = coalesce(excluded.content_sha256, f.content_sha256),
+    size_bytes     = coalesce(excluded.size_bytes, f.size_bytes),
+    landed_at      = coalesce(f.landed_at, excluded.landed_at),
+    -- A read cut short by a change counts fewer rows than a whole read of the same bytes.
+    rows_read      = greatest(excluded.rows_read, f.rows_read),
+    -- True while every end message of the version said so (rows_read is set with an end).
+    changed_while_read = CASE WHEN excluded.rows_read IS NULL THEN f.changed_while_read
+                              WHEN f.rows_read IS NULL THEN excluded.changed_while_read
+                              ELSE f.changed_while_read AND excluded.changed_while_read END,
+    rows_inserted  = f.rows_inserted + excluded.rows_inserted,
+    rows_duplicate = f.rows_duplicate + excluded.rows_duplicate,
+    rows_rejected  = f.rows_rejected + excluded.rows_rejected,
+    rows_late      = f.rows_late + excluded.rows_late,
+    backfilled_at  = coalesce(excluded.backfilled_at, f.backfilled_at),
+    updated_at     = now()";
+
+const RECONCILE: &str = "UPDATE ingest_files SET reconciled_at = now()
+WHERE content_id = ANY($1) AND reconciled_at IS NULL
+  AND rows_read = rows_inserted + rows_duplicate + rows_rejected";
+
+/// Adds `delta` to the ledger and marks reconciled the files it touched whose every row is now
+/// accounted for.
+async fn apply(tx: &mut PgConnection, delta: LedgerDelta) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<String> = delta.files.keys().cloned().collect();
+    ids.extend(delta.ends.keys().cloned());
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut columns = FileColumns::default();
+    for id in &ids {
+        let counted = delta.files.get(id);
+        let end = delta.ends.get(id);
+        let name = end
+            .map(|e| e.file.as_str())
+            .or(counted.map(|(name, _)| name.as_str()))
+            .unwrap_or_default();
+        columns.push(name, counted.map(|c| c.1).unwrap_or_default(), end);
+    }
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|id| storable::key(id).into_owned())
+        .collect();
+    sqlx::query(UPSERT_FILES)
+        .bind(&ids)
+        .bind(columns.names)
+        .bind(columns.sha)
+        .bind(columns.size)
+        .bind(columns.landed_ms)
+        .bind(columns.read)
+        .bind(columns.inserted)
+        .bind(columns.duplicate)
+        .bind(columns.rejected)
+        .bind(columns.late)
+        .bind(columns.backfill)
+        .bind(columns.changed)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(RECONCILE).bind(&ids).execute(tx).await?;
+    Ok(())
+}
+
+/// The upsert's arrays, one entry per file version.
+#[derive(Default)]
+struct FileColumns {
+    names: Vec<String>,
+    sha: Vec<Option<String>>,
+    size: Vec<Option<i64>>,
+    landed_ms: Vec<Option<i64>>,
+    read: Vec<Option<i64>>,
+    inserted: Vec<i64>,
+    duplicate: Vec<i64>,
+    rejected: Vec<i64>,
+    late: Vec<i64>,
+    backfill: Vec<bool>,
+    changed: Vec<Option<bool>>,
+}
+
+impl FileColumns {
+    fn push(&mut self, name: &str, counts: FileCounts, end: Option<&FileEnd>) {
+        self.names.push(storable::text(name).into_owned());
+        self.sha
+            .push(end.map(|e| storable::key(&e.content_sha256).into_owned()));
+        self.size
+            .push(end.map(|e| i64::try_from(e.size_bytes).unwrap_or(i64::MAX)));
+        self.landed_ms.push(end.map(|e| e.landed_ms));
+        self.read
+            .push(end.map(|e| i64::try_from(e.rows_read).unwrap_or(i64::MAX)));
+        self.inserted.push(counts.inserted);
+        self.duplicate.push(counts.duplicate);
+        self.rejected.push(counts.rejected);
+        self.late.push(counts.late);
+        self.backfill.push(end.is_some_and(|e| e.backfill));
+        self.changed.push(end.map(|e| e.changed_while_read));
+    }
+}
+
+/// The end of a batch's accounting, once its events and rejects are written: the duplicates
+/// among the valid rows that were not stored, the files' ends, and the ledger updated. The
+/// candidates are the in-memory dedup's drops always; the events, if not all of them went in;
+/// the late rows, if not all were kept.
+pub async fn account(
+    tx: &mut PgConnection,
+    batch: &WriteBatch,
+    all_events_in: bool,
+    all_late_kept: bool,
+    mut delta: LedgerDelta,
+) -> Result<(), sqlx::Error> {
+    let mut candidates = batch.duplicates.clone();
+    if !all_events_in {
+        candidates.extend(batch.events.iter().map(|e| e.sourced_id()));
+    }
+    if !all_late_kept {
+        candidates.extend(batch.late_rejects.iter().filter_map(|r| r.sourced_id()));
+    }
+    record_duplicates(tx, &candidates, &mut delta).await?;
+    delta.file_ends(&batch.file_ends);
+    apply(tx, delta).await
+}

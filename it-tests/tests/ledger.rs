@@ -1,0 +1,193 @@
+//! The ledger: every row a file had ends as exactly one of inserted, duplicate or rejected, the
+//! counts exact across a bridge crash mid-file, a republish and a consumer crash.
+
+use it_tests::{World, HEADER};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+#[derive(Debug, PartialEq, Eq, sqlx::FromRow)]
+struct Ledger {
+    file_name: String,
+    rows_read: Option<i64>,
+    rows_inserted: i64,
+    rows_duplicate: i64,
+    rows_rejected: i64,
+    rows_late: i64,
+    reconciled: bool,
+}
+
+async fn ledger(world: &World, file_name: &str) -> Ledger {
+    sqlx::query_as(
+        "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_rejected, rows_late,
+                reconciled_at IS NOT NULL AS reconciled
+         FROM ingest_files WHERE file_name = $1",
+    )
+    .bind(file_name)
+    .fetch_one(&world.pool)
+    .await
+    .unwrap()
+}
+
+fn expected(file_name: &str, read: i64, counts: [i64; 4]) -> Ledger {
+    let [inserted, duplicate, rejected, late] = counts;
+    Ledger {
+        file_name: file_name.into(),
+        rows_read: Some(read),
+        rows_inserted: inserted,
+        rows_duplicate: duplicate,
+        rows_rejected: rejected,
+        rows_late: late,
+        reconciled: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and_a_consumer_crash()
+{
+    let world = World::new("ledger").await;
+    world.drop_file(
+        "earlier.csv",
+        format!("{HEADER}b1,1,view,10,1.00,2026-11-25T12:29:00Z\n").as_bytes(),
+    );
+    world.bridge_once(&["--partitions", "1"]);
+    let rows = [
+        "a1,1,view,10,1.00,2026-11-25T12:30:00Z",        // inserted
+        "a2,1,view,10,1.00,2026-11-25T12:31:00Z",        // inserted
+        "a1,1,view,10,1.00,2026-11-25T12:30:00Z",        // duplicate within the file
+        "b1,1,view,10,1.00,2026-11-25T12:29:00Z",        // duplicate of earlier.csv's event
+        "a6,1,view,10,not-a-price,2026-11-25T12:31:00Z", // rejected: invalid field
+        "a7,1,view",                                     // rejected: field count
+        "a3,1,view,10,1.00,2026-11-25T12:00:00Z",        // inserted, late (31 minutes behind)
+        "a4,1,purchase,10,2.50,2026-11-25T12:32:00Z",    // inserted
+        "a5,1,view,10,1.00,2026-11-25T12:33:00Z",        // inserted
+    ];
+    world.drop_file(
+        "mixed.csv",
+        format!("{HEADER}{}\n", rows.join("\n")).as_bytes(),
+    );
+
+    // The bridge dies once five rows are surely on the broker; the file stays claimed and the
+    // next bridge publishes it in full again.
+    let crashed = world
+        .spawn_with_env(
+            "file-bridge",
+            &[
+                "--input-dir",
+                world.input_dir().to_str().unwrap(),
+                "--archive-dir",
+                world.archive_dir().to_str().unwrap(),
+                "--brokers",
+                &world.brokers,
+                "--topic",
+                &world.topic,
+                "--once",
+            ],
+            &[("PIPELINE_FAILPOINT", "bridge-mid-file:5")],
+        )
+        .wait_for_exit(LONG);
+    assert!(!crashed.success(), "the failpoint aborted the bridge");
+    assert_eq!(world.files_waiting(), 1, "the file is not archived");
+
+    // A consumer that dies after its first commit, before Kafka's: its successor replays.
+    let args = ["--batch-size", "3", "--instance-id", "one"];
+    let first = world
+        .consumer_with_env(
+            &args,
+            &[("PIPELINE_FAILPOINT", "consumer-after-db-commit:2")],
+        )
+        .wait_for_exit(LONG);
+    assert!(!first.success(), "the failpoint aborted the consumer");
+    world.bridge_once(&[]);
+    let _consumer = world.consumer(&args);
+
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
+            2,
+            LONG,
+        )
+        .await;
+    assert_eq!(
+        ledger(&world, "mixed.csv").await,
+        expected("mixed.csv", 9, [5, 2, 2, 1])
+    );
+    assert_eq!(
+        ledger(&world, "earlier.csv").await,
+        expected("earlier.csv", 1, [1, 0, 0, 0])
+    );
+    // What the counters say is what the tables hold.
+    let file_id: String =
+        sqlx::query_scalar("SELECT content_id FROM ingest_files WHERE file_name = 'mixed.csv'")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    let held =
+        |table: &str| format!("SELECT count(*) FROM {table} WHERE source_file_id = '{file_id}'");
+    assert_eq!(world.count(&held("ecommerce_events")).await, 5);
+    assert_eq!(world.count(&held("ingest_duplicates")).await, 2);
+    assert_eq!(world.count(&held("ecommerce_events_rejected")).await, 2);
+
+    // explain counts the duplicates of an event.
+    let output = std::process::Command::new(it_tests::binary_path("explain"))
+        .args(["a1", "--database-url", &world.database_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("duplicates 1 seen (mixed.csv line 4)"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_row_quarantined_counts_as_rejected_and_status_lists_unreconciled_files() {
+    let world = World::new("ledger_late").await;
+    let body = format!(
+        "{HEADER}q1,1,view,10,1.00,2026-11-25T12:30:00Z\nq2,1,view,10,1.00,2026-11-25T12:00:00Z\n"
+    );
+    world.drop_file("late.csv", body.as_bytes());
+    world.bridge_once(&["--partitions", "1"]);
+    let _consumer = world.consumer(&["--late-policy", "quarantine"]);
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
+            1,
+            LONG,
+        )
+        .await;
+    assert_eq!(
+        ledger(&world, "late.csv").await,
+        expected("late.csv", 2, [1, 0, 1, 1])
+    );
+
+    // Rows of a file whose end never arrives (a foreign producer, a bridge of another version):
+    // never reconciled, and reported.
+    sqlx::query(
+        "INSERT INTO ingest_files (content_id, file_name, rows_inserted, first_seen_at)
+         VALUES ('00ff', 'stray.csv', 3, now() - interval '2 hours')",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let output = std::process::Command::new(it_tests::binary_path("status"))
+        .args([
+            "--database-url",
+            &world.database_url,
+            "--brokers",
+            &world.brokers,
+            "--unreconciled-after",
+            "1h",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&text).expect(&text);
+    let files = report["unreconciled_files"].as_array().expect(&text);
+    assert_eq!(files.len(), 1, "{text}");
+    assert_eq!(files[0]["file_name"], "stray.csv");
+    assert_eq!(files[0]["overdue"], true);
+    assert!(text.contains("stray.csv"), "{text}");
+}

@@ -1,5 +1,5 @@
 //! More than one of each: two bridges on one input folder publish every file once (and adopt the
-//! claims of a bridge that is gone); three consumers share six partitions evenly, without a
+//! claims of a bridge that is gone); two or three consumers share six partitions evenly, without a
 //! rebalance storm, and the invariant holds.
 
 use it_tests::{event_ids_in, World, HEADER};
@@ -76,8 +76,19 @@ fn assigned(log: &str) -> Option<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_share_six_partitions_evenly_without_a_rebalance_storm() {
+    share_six_partitions(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn three_consumers_share_six_partitions_evenly_without_a_rebalance_storm() {
-    let world = World::new("three_consumers").await;
+    share_six_partitions(3).await;
+}
+
+/// `n` consumers joining at once on a six-partition topic: every event once, six / n partitions
+/// each, at most one assignment round per join, and none while the group idles.
+async fn share_six_partitions(n: usize) {
+    let world = World::new(&format!("consumers_{n}")).await;
     assert!(world
         .generator(&[
             "--files",
@@ -92,7 +103,7 @@ async fn three_consumers_share_six_partitions_evenly_without_a_rebalance_storm()
         .success());
     let (expected, _) = event_ids_in(&world.input_dir());
     world.bridge_once(&["--partitions", "6"]);
-    let consumers: Vec<_> = (0..3)
+    let consumers: Vec<_> = (0..n)
         .map(|_| world.consumer(&["--partitions", "6", "--batch-size", "500"]))
         .collect();
     world
@@ -108,7 +119,7 @@ async fn three_consumers_share_six_partitions_evenly_without_a_rebalance_storm()
             .map(|consumer| assigned(&consumer.log_text()))
             .collect()
     };
-    while spread() != vec![Some(2); 3] {
+    while spread() != vec![Some(6 / n); n] {
         assert!(
             std::time::Instant::now() < deadline,
             "uneven: {:?}",
@@ -125,8 +136,8 @@ async fn three_consumers_share_six_partitions_evenly_without_a_rebalance_storm()
     };
     let settled = rebalances();
     assert!(
-        settled <= 9,
-        "three joins cost at most three rounds: {settled}"
+        settled <= n * n,
+        "{n} joins cost at most {n} rounds each: {settled}"
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(rebalances(), settled, "no rebalance while idle");

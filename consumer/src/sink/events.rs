@@ -69,7 +69,7 @@ pub static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
          WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
                            WHERE r.reason_code = 'late' AND r.event_id = s.event_id)
          ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id::text, source_file, source_file_id, source_line, is_late",
+         RETURNING event_id::text, source_file, source_file_id, is_late",
         names(""),
         names("s.")
     )

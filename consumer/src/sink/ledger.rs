@@ -18,7 +18,6 @@ pub struct InsertedRow {
     pub event_id: String,
     pub source_file: String,
     pub source_file_id: String,
-    pub source_line: i64,
     pub is_late: bool,
 }
 
@@ -114,29 +113,20 @@ async fn record_duplicates(
     Ok(())
 }
 
-/// Marks resolved every open reject whose event_id one of `inserted` now brought in: the fixed row
-/// of an exported quarantine, dropped into the input folder.
-pub async fn resolve_rejects(
-    tx: &mut PgConnection,
-    inserted: &[(&str, &str, i64)],
-) -> Result<u64, sqlx::Error> {
+/// Marks resolved every open reject whose event_id is among `inserted` (ids just written): the
+/// fixed row of an exported quarantine, dropped into the input folder. Only the ids travel; the
+/// rare reject that matches looks its event's source up.
+pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result<u64, sqlx::Error> {
     if inserted.is_empty() {
         return Ok(0);
     }
     let resolved = sqlx::query(
         "UPDATE ecommerce_events_rejected r
-         SET resolved_at = now(), resolved_by_file = u.f, resolved_by_line = u.l
-         FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(e, f, l)
-         WHERE r.event_id = u.e AND r.resolved_at IS NULL",
+         SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
+         FROM UNNEST($1::text[]) AS u(id) JOIN ecommerce_events e ON e.event_id = u.id
+         WHERE r.event_id = u.id AND r.resolved_at IS NULL",
     )
-    .bind(inserted.iter().map(|i| i.0).collect::<Vec<_>>())
-    .bind(
-        inserted
-            .iter()
-            .map(|i| storable::text(i.1).into_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(inserted.iter().map(|i| i.2).collect::<Vec<_>>())
+    .bind(inserted)
     .execute(tx)
     .await?;
     Ok(resolved.rows_affected())

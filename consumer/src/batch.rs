@@ -58,6 +58,17 @@ impl EventRow {
         };
         row.canonical_csv()
     }
+
+    pub fn sourced_id(&self) -> SourcedId {
+        SourcedId {
+            event_id: self.event.event_id.clone(),
+            file: self.file.clone(),
+            file_id: self.file_id.clone(),
+            line: self.line,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
 }
 
 /// An event_id and the row and message that carried it: what the ledger needs to tell a
@@ -70,19 +81,6 @@ pub struct SourcedId {
     pub line: i64,
     pub partition: i32,
     pub offset: i64,
-}
-
-impl EventRow {
-    pub fn sourced_id(&self) -> SourcedId {
-        SourcedId {
-            event_id: self.event.event_id.clone(),
-            file: self.file.clone(),
-            file_id: self.file_id.clone(),
-            line: self.line,
-            partition: self.partition,
-            offset: self.offset,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -451,6 +449,43 @@ mod tests {
         assert_eq!(batch.commit_offsets, BTreeMap::from([(0, 3), (1, 8)]));
         assert_eq!(batch.checkpoints[0].expected, None);
         assert_eq!(batch.checkpoints[0].next_offset, 3);
+        // The dropped copy keeps its source, for the ledger.
+        assert_eq!(batch.duplicates.len(), 1);
+        assert_eq!(
+            (
+                batch.duplicates[0].event_id.as_str(),
+                batch.duplicates[0].offset
+            ),
+            ("a", 1)
+        );
+    }
+
+    #[test]
+    fn a_file_end_is_collected_for_the_ledger_not_judged_as_a_row() {
+        let end = event_model::FileEnd {
+            file: "a.csv".into(),
+            file_id: "ab".into(),
+            content_sha256: "ab00".into(),
+            size_bytes: 10,
+            landed_ms: 1,
+            rows_read: 2,
+            backfill: false,
+            changed_while_read: false,
+        };
+        let messages = vec![
+            message(0, 0, "a", "2026-11-25T12:00:00Z"),
+            Incoming {
+                partition: 0,
+                offset: 1,
+                key: Some(b"ab".to_vec()),
+                payload: Some(end.encode()),
+            },
+        ];
+        let mut states = fresh_states(&[0]);
+        let batch = classify(&messages, &mut states, &RULES, "t", now());
+        assert_eq!(batch.file_ends, vec![end]);
+        assert_eq!((batch.events.len(), batch.rejects.len()), (1, 0));
+        assert_eq!(batch.checkpoints[0].next_offset, 2);
     }
 
     #[test]

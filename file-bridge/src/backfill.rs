@@ -22,17 +22,13 @@ pub async fn run(config: &Config, dir: &Path, shutdown: CancellationToken) -> an
         .kafka
         .client_config("file-bridge-backfill", PRODUCER_DEFAULTS)?;
     config.kafka.ensure_topic(&kafka).await?;
-    let limits = event_model::Limits {
-        max_row_bytes: config.max_row_bytes,
-        max_field_bytes: config.max_field_bytes,
-    };
     let meter = Arc::new(Meter::limited_to(Some(config.backfill_rate)));
     let (completions_tx, mut completions) = mpsc::unbounded_channel();
     let publisher = Arc::new(
         Publisher::new(
             &kafka,
             &config.kafka.topic,
-            limits,
+            config.limits(),
             completions_tx,
             telemetry::Readiness::default(),
         )?

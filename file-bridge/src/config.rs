@@ -58,3 +58,13 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
+
+impl Config {
+    /// The row and field caps the reader enforces.
+    pub fn limits(&self) -> event_model::Limits {
+        event_model::Limits {
+            max_row_bytes: self.max_row_bytes,
+            max_field_bytes: self.max_field_bytes,
+        }
+    }
+}

@@ -100,10 +100,7 @@ impl<'a> Bridge<'a> {
             .kafka
             .client_config("file-bridge", PRODUCER_DEFAULTS)?;
         config.kafka.ensure_topic(&kafka).await?;
-        let limits = event_model::Limits {
-            max_row_bytes: config.max_row_bytes,
-            max_field_bytes: config.max_field_bytes,
-        };
+        let limits = config.limits();
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
             &kafka,

@@ -69,6 +69,10 @@ pub struct World {
     database: String,
 }
 
+/// How many files of the ledger have every row accounted for.
+pub const RECONCILED_FILES: &str =
+    "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL";
+
 /// The contract's header, as the fixtures write it.
 pub const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 
@@ -179,6 +183,11 @@ impl World {
     }
 
     pub fn bridge(&self, extra: &[&str]) -> Proc {
+        self.bridge_with_env(extra, &[])
+    }
+
+    /// A bridge with extra environment, e.g. an armed failpoint.
+    pub fn bridge_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let (input, archive) = (self.input_dir(), self.archive_dir());
         let brokers = self.brokers.clone();
         let mut args = vec![
@@ -196,7 +205,7 @@ impl World {
             "500ms",
         ];
         args.extend_from_slice(extra);
-        self.spawn("file-bridge", &args)
+        self.spawn_with_env("file-bridge", &args, env)
     }
 
     /// Publishes what is in the input folder and waits for the bridge to exit successfully.

@@ -66,20 +66,7 @@ async fn bridge_crash_after_publishing_before_archiving() {
     let world = World::new("crash_archive").await;
     let (expected, _) = generate(&world, "3", "500", "22");
     let crashed = world
-        .spawn_with_env(
-            "file-bridge",
-            &[
-                "--input-dir",
-                world.input_dir().to_str().unwrap(),
-                "--archive-dir",
-                world.archive_dir().to_str().unwrap(),
-                "--brokers",
-                &world.brokers,
-                "--topic",
-                &world.topic,
-            ],
-            &[("PIPELINE_FAILPOINT", "bridge-before-archive:1")],
-        )
+        .bridge_with_env(&[], &[("PIPELINE_FAILPOINT", "bridge-before-archive:1")])
         .wait_for_exit(LONG);
     assert!(!crashed.success(), "the failpoint aborted the bridge");
     assert_eq!(world.files_waiting(), 3, "nothing archived");

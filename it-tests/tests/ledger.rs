@@ -1,7 +1,7 @@
 //! The ledger: every row a file had ends as exactly one of inserted, duplicate or rejected, the
 //! counts exact across a bridge crash mid-file, a republish and a consumer crash.
 
-use it_tests::{World, HEADER};
+use it_tests::{World, HEADER, RECONCILED_FILES};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -70,21 +70,7 @@ async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and
     // The bridge dies once five rows are surely on the broker; the file stays claimed and the
     // next bridge publishes it in full again.
     let crashed = world
-        .spawn_with_env(
-            "file-bridge",
-            &[
-                "--input-dir",
-                world.input_dir().to_str().unwrap(),
-                "--archive-dir",
-                world.archive_dir().to_str().unwrap(),
-                "--brokers",
-                &world.brokers,
-                "--topic",
-                &world.topic,
-                "--once",
-            ],
-            &[("PIPELINE_FAILPOINT", "bridge-mid-file:5")],
-        )
+        .bridge_with_env(&["--once"], &[("PIPELINE_FAILPOINT", "bridge-mid-file:5")])
         .wait_for_exit(LONG);
     assert!(!crashed.success(), "the failpoint aborted the bridge");
     assert_eq!(world.files_waiting(), 1, "the file is not archived");
@@ -101,13 +87,7 @@ async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and
     world.bridge_once(&[]);
     let _consumer = world.consumer(&args);
 
-    world
-        .wait_for_count(
-            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
-            2,
-            LONG,
-        )
-        .await;
+    world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
     assert_eq!(
         ledger(&world, "mixed.csv").await,
         expected("mixed.csv", 9, [5, 2, 2, 1])
@@ -149,13 +129,7 @@ async fn a_late_row_quarantined_counts_as_rejected_and_status_lists_unreconciled
     world.drop_file("late.csv", body.as_bytes());
     world.bridge_once(&["--partitions", "1"]);
     let _consumer = world.consumer(&["--late-policy", "quarantine"]);
-    world
-        .wait_for_count(
-            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
-            1,
-            LONG,
-        )
-        .await;
+    world.wait_for_count(RECONCILED_FILES, 1, LONG).await;
     assert_eq!(
         ledger(&world, "late.csv").await,
         expected("late.csv", 2, [1, 0, 1, 1])

@@ -1,7 +1,7 @@
 //! Repair and reload: quarantined rows exported, fixed and dropped in again resolve their rejects
 //! once; an archive backfilled into an empty database yields exactly the distinct valid events.
 
-use it_tests::{binary_path, World, HEADER};
+use it_tests::{binary_path, World, HEADER, RECONCILED_FILES};
 use std::process::Command;
 use std::time::Duration;
 
@@ -113,13 +113,7 @@ async fn exported_rejects_fixed_and_dropped_in_again_are_resolved_once() {
     .unwrap();
     world.drop_file("fixed-again.csv", body.as_bytes());
     world.bridge_once(&[]);
-    world
-        .wait_for_count(
-            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
-            2,
-            LONG,
-        )
-        .await;
+    world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
     let after: Vec<(String, String)> = sqlx::query_as(
         "SELECT event_id, resolved_at::text FROM ecommerce_events_rejected ORDER BY 1",
     )
@@ -153,12 +147,7 @@ async fn a_backfill_of_an_archive_into_an_empty_database_yields_exactly_the_dist
         .success());
     live.bridge_once(&[]);
     let _live_consumer = live.consumer(&[]);
-    live.wait_for_count(
-        "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
-        4,
-        LONG,
-    )
-    .await;
+    live.wait_for_count(RECONCILED_FILES, 4, LONG).await;
     let expected = live.event_ids().await;
     let archive = live.archive_dir();
     let archived: Vec<_> = std::fs::read_dir(&archive).unwrap().collect();

@@ -185,7 +185,8 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     )
     .bind(args.unreconciled_after.as_secs_f64())
     .fetch_all(&mut db)
-    .await?;
+    .await
+    .unwrap_or_default();
     let log_events = sqlx::query_as(
         "SELECT kafka_partition, kind, from_offset, to_offset, detail FROM ingest_log_events
          WHERE consumer_group = $1 AND topic = $2 ORDER BY detected_at DESC LIMIT 10",

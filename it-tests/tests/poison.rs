@@ -113,6 +113,24 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
                 ["bad\0id", "1", "view", "1", "1.00", &time],
             )),
         ),
+        // An end-of-file message as a stranger might forge it: a time PostgreSQL cannot store,
+        // a 10 kB identity, a NUL in the name, an impossible row count. Recorded, never a stall.
+        (
+            Some(b"end".to_vec()),
+            Some(
+                event_model::FileEnd {
+                    file: "end\0.csv".into(),
+                    file_id: "E".repeat(10_000),
+                    content_sha256: "x".repeat(10_000),
+                    size_bytes: u64::MAX,
+                    landed_ms: i64::MAX,
+                    rows_read: i64::MAX as u64,
+                    backfill: false,
+                    changed_while_read: false,
+                }
+                .encode(),
+            ),
+        ),
     ];
     produce(&world, foreign).await;
 
@@ -149,6 +167,25 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
     .await
     .unwrap();
     assert_eq!(stored_name, "fo\\x00reign.csv");
+    // The forged end is in the ledger, made storable, its time left out; it never reconciles.
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ingest_files WHERE file_name LIKE 'end%'",
+            1,
+            LONG,
+        )
+        .await;
+    let (forged_name, landed, reconciled): (String, bool, bool) = sqlx::query_as(
+        "SELECT file_name, landed_at IS NULL, reconciled_at IS NOT NULL FROM ingest_files
+         WHERE file_name LIKE 'end%'",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (forged_name.as_str(), landed, reconciled),
+        ("end\\x00.csv", true, false)
+    );
 
     let codes: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT source_file, reason_code, count(*) FROM ecommerce_events_rejected
@@ -211,8 +248,8 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         .unwrap();
     let replay_group = it_tests::unique("it-poison-replay");
     let _replay = world.consumer_in_group(&replay_group, &["--late-policy", "quarantine"]);
-    // Rows of four files, their four end messages, the eight foreign messages.
-    let total_messages = 2 + 3 + 2 + 8 + 2 + 4;
+    // Rows of four files, their four end messages, the nine foreign messages.
+    let total_messages = 2 + 3 + 2 + 9 + 2 + 4;
     world
         .wait_for_count(
             "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints",

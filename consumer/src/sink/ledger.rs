@@ -205,6 +205,15 @@ async fn apply(tx: &mut PgConnection, delta: LedgerDelta) -> Result<(), sqlx::Er
     Ok(())
 }
 
+/// A landing time PostgreSQL stores: one in years 1 to 9999, else none. An end message is written
+/// by whoever produces to the topic, and a time out of range would fail the whole batch.
+fn storable_millis(millis: i64) -> Option<i64> {
+    use chrono::Datelike;
+    chrono::DateTime::from_timestamp_millis(millis)
+        .filter(|at| (1..=9999).contains(&at.year()))
+        .map(|_| millis)
+}
+
 /// The upsert's arrays, one entry per file version.
 #[derive(Default)]
 struct FileColumns {
@@ -228,7 +237,8 @@ impl FileColumns {
             .push(end.map(|e| storable::key(&e.content_sha256).into_owned()));
         self.size
             .push(end.map(|e| i64::try_from(e.size_bytes).unwrap_or(i64::MAX)));
-        self.landed_ms.push(end.map(|e| e.landed_ms));
+        self.landed_ms
+            .push(end.and_then(|e| storable_millis(e.landed_ms)));
         self.read
             .push(end.map(|e| i64::try_from(e.rows_read).unwrap_or(i64::MAX)));
         self.inserted.push(counts.inserted);
@@ -261,4 +271,15 @@ pub async fn account(
     record_duplicates(tx, &candidates, &mut delta).await?;
     delta.file_ends(&batch.file_ends);
     apply(tx, delta).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn landing_times_out_of_postgres_range_are_left_out() {
+        assert_eq!(super::storable_millis(0), Some(0));
+        assert_eq!(super::storable_millis(i64::MAX), None);
+        assert_eq!(super::storable_millis(i64::MIN), None);
+        assert_eq!(super::storable_millis(-62_135_596_800_001), None);
+    }
 }

@@ -28,6 +28,20 @@ fn pipeline_row(file: &str, values: [&str; 6]) -> Vec<u8> {
     .encode()
 }
 
+/// A row shaped like the bridge's whose file identity is 10,000 characters long.
+fn long_identity_row(line: u64, values: [&str; 6]) -> Vec<u8> {
+    RawRow {
+        v: WIRE_VERSION,
+        file: "long-identity.csv".into(),
+        file_id: "I".repeat(10_000),
+        line,
+        landed_ms: 0,
+        values: values.map(|v| Some(v.to_owned())),
+        defect: None,
+    }
+    .encode()
+}
+
 /// A message as another producer might send it: key and value, either possibly absent.
 type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -113,6 +127,22 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
                 ["bad\0id", "1", "view", "1", "1.00", &time],
             )),
         ),
+        // Two rows of one forged 10 kB file identity, one valid and one not: the ledger counts
+        // both under the identity as stored, in one upsert row.
+        (
+            Some(b"long-id-ok".to_vec()),
+            Some(long_identity_row(
+                2,
+                ["long-id-ok", "1", "view", "1", "1.00", &time],
+            )),
+        ),
+        (
+            Some(b"long-id-bad".to_vec()),
+            Some(long_identity_row(
+                3,
+                ["long-id-bad", "1", "view", "1", "x", &time],
+            )),
+        ),
         // An end-of-file message as a stranger might forge it: a time PostgreSQL cannot store,
         // a 10 kB identity, a NUL in the name, an impossible row count. Recorded, never a stall.
         (
@@ -143,14 +173,20 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
     );
     world.bridge_once(&[]);
 
-    let expected_events: std::collections::BTreeSet<String> =
-        ["ok-1", "after-far", "foreign-ok", "after-1", "after-2"]
-            .map(String::from)
-            .into();
-    // nul-header 2, nul-values 2, future 1, five foreign messages, two forged rows.
-    let expected_rejects = 12;
+    let expected_events: std::collections::BTreeSet<String> = [
+        "ok-1",
+        "after-far",
+        "foreign-ok",
+        "after-1",
+        "after-2",
+        "long-id-ok",
+    ]
+    .map(String::from)
+    .into();
+    // nul-header 2, nul-values 2, future 1, five foreign messages, three forged rows.
+    let expected_rejects = 13;
     world
-        .wait_for_count("SELECT count(*) FROM ecommerce_events", 5, LONG)
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 6, LONG)
         .await;
     world
         .wait_for_count(
@@ -208,6 +244,7 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
     let mut expected = vec![
         ("<long>", "invalid_field", 1),
         ("future.csv", "future", 1),
+        ("long-identity.csv", "invalid_field", 1),
         (topic_file.as_str(), "undecodable", 5),
         ("nul-header.csv", "missing_column", 2),
         ("nul-values.csv", "invalid_field", 2),
@@ -248,8 +285,8 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         .unwrap();
     let replay_group = it_tests::unique("it-poison-replay");
     let _replay = world.consumer_in_group(&replay_group, &["--late-policy", "quarantine"]);
-    // Rows of four files, their four end messages, the nine foreign messages.
-    let total_messages = 2 + 3 + 2 + 9 + 2 + 4;
+    // Rows of four files, their four end messages, the eleven foreign messages.
+    let total_messages = 2 + 3 + 2 + 11 + 2 + 4;
     world
         .wait_for_count(
             "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints",

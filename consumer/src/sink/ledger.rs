@@ -30,7 +30,9 @@ struct FileCounts {
 }
 
 /// What one transaction adds to the ledger, per file version (sorted: rows are locked in one
-/// order by every consumer, so two never wait on each other in a circle).
+/// order by every consumer, so two never wait on each other in a circle). Keyed by the identity
+/// as stored: a forged 10 kB identity and its stored form are one file, never two rows of one
+/// upsert (which PostgreSQL refuses for the whole statement).
 #[derive(Debug, Default)]
 pub struct LedgerDelta {
     files: BTreeMap<String, (String, FileCounts)>,
@@ -39,11 +41,12 @@ pub struct LedgerDelta {
 
 impl LedgerDelta {
     fn counts(&mut self, file_id: &str, file: &str) -> &mut FileCounts {
-        if !self.files.contains_key(file_id) {
+        let key = storable::key(file_id);
+        if !self.files.contains_key(key.as_ref()) {
             let entry = (file.to_owned(), FileCounts::default());
-            self.files.insert(file_id.to_owned(), entry);
+            self.files.insert(key.clone().into_owned(), entry);
         }
-        &mut self.files.get_mut(file_id).expect("just inserted").1
+        &mut self.files.get_mut(key.as_ref()).expect("just inserted").1
     }
 
     pub fn inserted(&mut self, file_id: &str, file: &str, late: bool) {
@@ -64,7 +67,8 @@ impl LedgerDelta {
 
     fn file_ends(&mut self, ends: &[FileEnd]) {
         for end in ends {
-            self.ends.insert(end.file_id.clone(), end.clone());
+            let key = storable::key(&end.file_id).into_owned();
+            self.ends.insert(key, end.clone());
         }
     }
 }
@@ -182,10 +186,6 @@ async fn apply(tx: &mut PgConnection, delta: LedgerDelta) -> Result<(), sqlx::Er
             .unwrap_or_default();
         columns.push(name, counted.map(|c| c.1).unwrap_or_default(), end);
     }
-    let ids: Vec<String> = ids
-        .iter()
-        .map(|id| storable::key(id).into_owned())
-        .collect();
     sqlx::query(UPSERT_FILES)
         .bind(&ids)
         .bind(columns.names)
@@ -275,11 +275,37 @@ pub async fn account(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_and_its_stored_form_are_one_file() {
+        let long = "E".repeat(10_000);
+        let stored = storable::key(&long).into_owned();
+        assert_ne!(stored, long);
+        let mut delta = LedgerDelta::default();
+        delta.inserted(&long, "f.csv", false);
+        delta.rejected(&stored, "f.csv", true);
+        delta.file_ends(&[FileEnd {
+            file: "f.csv".into(),
+            file_id: long.clone(),
+            content_sha256: String::new(),
+            size_bytes: 0,
+            landed_ms: 0,
+            rows_read: 2,
+            backfill: false,
+            changed_while_read: false,
+        }]);
+        assert_eq!(delta.files.len(), 1);
+        let counts = delta.files[&stored].1;
+        assert_eq!((counts.inserted, counts.rejected, counts.late), (1, 1, 1));
+        assert!(delta.ends.contains_key(&stored));
+    }
+
     #[test]
     fn landing_times_out_of_postgres_range_are_left_out() {
-        assert_eq!(super::storable_millis(0), Some(0));
-        assert_eq!(super::storable_millis(i64::MAX), None);
-        assert_eq!(super::storable_millis(i64::MIN), None);
-        assert_eq!(super::storable_millis(-62_135_596_800_001), None);
+        assert_eq!(storable_millis(0), Some(0));
+        assert_eq!(storable_millis(i64::MAX), None);
+        assert_eq!(storable_millis(i64::MIN), None);
+        assert_eq!(storable_millis(-62_135_596_800_001), None);
     }
 }

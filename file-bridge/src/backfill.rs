@@ -43,14 +43,10 @@ pub async fn run(config: &Config, dir: &Path, shutdown: CancellationToken) -> an
                 "backfill stopped by shutdown; run it again to finish (what is stored is kept)"
             );
         }
-        let (publisher, token, target) = (publisher.clone(), shutdown.clone(), path.clone());
-        let published =
-            tokio::task::spawn_blocking(move || publisher.publish_file(&target, seq, &token))
-                .await
-                .context("publishing task panicked")?;
-        if let Err(error) = published {
-            tracing::warn!(%error, "file not published");
-        }
+        publisher
+            .publish_file_in_background(path.clone(), seq, &shutdown)
+            .await
+            .context("publishing task panicked")?;
         while let Ok(done) = completions.try_recv() {
             progress.file_done(&files, done, &mut failed);
         }

@@ -276,14 +276,10 @@ impl<'a> Bridge<'a> {
             },
         );
         self.files.metrics.file_seen(self.files.in_flight.len());
-        let (publisher, token) = (self.publisher.clone(), self.shutdown.clone());
-        let result =
-            tokio::task::spawn_blocking(move || publisher.publish_file(&path, seq, &token))
-                .await
-                .context("publishing task panicked")?;
-        if let Err(error) = result {
-            tracing::warn!(%error, "file not published");
-        }
+        self.publisher
+            .publish_file_in_background(path, seq, &self.shutdown)
+            .await
+            .context("publishing task panicked")?;
         while let Ok(done) = self.completions.try_recv() {
             self.files.finish(done);
         }

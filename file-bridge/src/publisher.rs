@@ -16,7 +16,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -262,6 +262,23 @@ impl Publisher {
             }
         });
         result
+    }
+
+    /// [`Publisher::publish_file`] on a blocking thread (reading a file is blocking I/O); a
+    /// failure is logged here and reaches the caller as the file's [`Completion`].
+    pub async fn publish_file_in_background(
+        self: &Arc<Self>,
+        path: PathBuf,
+        seq: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<(), tokio::task::JoinError> {
+        let (publisher, token) = (self.clone(), shutdown.clone());
+        let published =
+            tokio::task::spawn_blocking(move || publisher.publish_file(&path, seq, &token)).await?;
+        if let Err(error) = published {
+            tracing::warn!(%error, "file not published");
+        }
+        Ok(())
     }
 
     fn enqueue_rows(

@@ -1,14 +1,32 @@
 //! What operators look at, apart from the services that do the work: the live dashboard (served
-//! by a consumer, or by `consumer --dashboard-only`) and the `status` command. Both read what the
-//! consumer writes to PostgreSQL; the dashboard also shows the figures of the consumer serving it.
+//! by a consumer, or by `consumer --dashboard-only`) and the `status`, `explain` and `quarantine`
+//! commands. They read what the consumer writes to PostgreSQL; the dashboard also shows the
+//! figures of the consumer serving it.
 
 pub mod dashboard;
 
-/// A connection to the pipeline's database; the error names the URL with its password hidden.
-pub async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgConnection> {
-    use anyhow::Context;
-    use sqlx::Connection;
-    sqlx::PgConnection::connect(database_url)
-        .await
-        .with_context(|| format!("failed to connect to {}", process::redact_url(database_url)))
+/// The pipeline's database, as every operator command is told it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+impl DatabaseArgs {
+    /// A connection; the error names the URL with its password hidden.
+    pub async fn connect(&self) -> anyhow::Result<sqlx::PgConnection> {
+        use anyhow::Context;
+        use sqlx::Connection;
+        let url = &self.database_url;
+        sqlx::PgConnection::connect(url)
+            .await
+            .with_context(|| format!("failed to connect to {}", process::redact_url(url)))
+    }
 }

@@ -10,14 +10,8 @@ use clap::Parser;
 struct Args {
     /// The event to explain.
     event_id: String,
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test",
-        hide_env_values = true
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: operator_tools::DatabaseArgs,
 }
 
 type Lineage = (
@@ -37,7 +31,7 @@ async fn main() {
 }
 
 async fn explain(args: &Args) -> anyhow::Result<()> {
-    let mut db = operator_tools::connect(&args.database_url).await?;
+    let mut db = args.database.connect().await?;
     let lineage: Option<Lineage> = sqlx::query_as(
         "SELECT source_file, source_file_id, source_line, kafka_partition, kafka_offset,
                 landed_at, ingested_at

@@ -13,15 +13,8 @@ use std::io::Write;
 struct Args {
     #[command(subcommand)]
     command: Command,
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        global = true,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test",
-        hide_env_values = true
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: operator_tools::DatabaseArgs,
 }
 
 #[derive(Subcommand)]
@@ -78,12 +71,15 @@ struct Quarantined {
 async fn main() {
     let args = Args::parse();
     process::exit(match &args.command {
-        Command::Export(export) => run_export(&args.database_url, export).await,
+        Command::Export(export) => run_export(&args.database, export).await,
     })
 }
 
-async fn run_export(database_url: &str, export: &Export) -> anyhow::Result<()> {
-    let mut db = operator_tools::connect(database_url).await?;
+async fn run_export(
+    database: &operator_tools::DatabaseArgs,
+    export: &Export,
+) -> anyhow::Result<()> {
+    let mut db = database.connect().await?;
     let reasons: Vec<&str> = export.reasons.iter().map(|c| c.as_str()).collect();
     let rows: Vec<Quarantined> = sqlx::query_as(
         "SELECT id, reason_code, reason, raw FROM ecommerce_events_rejected

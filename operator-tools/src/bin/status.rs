@@ -21,14 +21,8 @@ struct Args {
     /// Consumer group.
     #[arg(long, env = "KAFKA_GROUP", default_value = "ecommerce-pg")]
     group: String,
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/test",
-        hide_env_values = true
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: operator_tools::DatabaseArgs,
     /// The bridge's metrics endpoint, to tell whether it is alive.
     #[arg(
         long,
@@ -139,7 +133,7 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
 }
 
 async fn gather(args: &Args) -> anyhow::Result<Report> {
-    let mut db = operator_tools::connect(&args.database_url).await?;
+    let mut db = args.database.connect().await?;
     let checkpoints: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
         "SELECT kafka_partition, next_offset, updated_at FROM ingest_checkpoints
          WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",

@@ -7,10 +7,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use event_model::validate::parse_event_id;
 use event_model::wire::from_hex;
 use event_model::{
-    decode_pipeline_message, validate, Column, Event, FileEnd, PipelineMessage, RawRow, RejectCode,
-    Rejection,
+    decode_pipeline_message, validate, Column, Event, FileEnd, PipelineMessage, RejectCode,
+    Rejection, RowRef,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// A message as read from the topic.
 #[derive(Debug, Clone)]
@@ -25,8 +26,9 @@ pub struct Incoming {
 pub struct EventRow {
     pub event: Event,
     pub late: bool,
-    pub file: String,
-    pub file_id: String,
+    /// Shared by the rows of one file in a batch: two allocations a row fewer.
+    pub file: Arc<str>,
+    pub file_id: Arc<str>,
     pub line: i64,
     pub landed_ms: i64,
     pub partition: i32,
@@ -37,26 +39,19 @@ impl EventRow {
     /// The event as one CSV line in canonical column order, for quarantine.
     pub fn canonical_csv(&self) -> Vec<u8> {
         let event = &self.event;
-        let row = RawRow {
-            v: event_model::wire::WIRE_VERSION,
-            file: String::new(),
-            file_id: String::new(),
-            line: 0,
-            landed_ms: 0,
-            values: [
-                event.event_id.clone(),
-                event.user_id.to_string(),
-                event.event_type.as_str().to_owned(),
-                event.product_id.to_string(),
-                event_model::event::format_price(event.price_cents),
-                event
-                    .event_time
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            ]
-            .map(Some),
-            defect: None,
-        };
-        row.canonical_csv()
+        let (user_id, product_id) = (event.user_id.to_string(), event.product_id.to_string());
+        let price = event_model::event::format_price(event.price_cents);
+        let time = event
+            .event_time
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        event_model::wire::canonical_csv([
+            &event.event_id,
+            &user_id,
+            event.event_type.as_str(),
+            &product_id,
+            &price,
+            &time,
+        ])
     }
 
     pub fn sourced_id(&self) -> SourcedId {
@@ -76,8 +71,8 @@ impl EventRow {
 #[derive(Debug, Clone)]
 pub struct SourcedId {
     pub event_id: String,
-    pub file: String,
-    pub file_id: String,
+    pub file: Arc<str>,
+    pub file_id: Arc<str>,
     pub line: i64,
     pub partition: i32,
     pub offset: i64,
@@ -109,8 +104,8 @@ impl RejectRow {
     pub fn sourced_id(&self) -> Option<SourcedId> {
         Some(SourcedId {
             event_id: self.event_id.clone()?,
-            file: self.file.clone(),
-            file_id: self.file_id.clone(),
+            file: self.file.as_str().into(),
+            file_id: self.file_id.as_str().into(),
             line: self.line,
             partition: self.partition,
             offset: self.offset,
@@ -179,6 +174,7 @@ pub fn classify(
     let mut batch = WriteBatch::default();
     let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
     let mut last_of_partition: HashMap<i32, &Incoming> = HashMap::new();
+    let mut sources = SourceNames::default();
     for message in messages {
         batch.stats.rows += 1;
         let next = message.offset + 1;
@@ -206,7 +202,8 @@ pub fn classify(
             .next_offset = next;
         last_of_partition.insert(message.partition, message);
         state.next_offset = Some(next);
-        classify_message(message, state, rules, topic, now, &mut batch);
+        let context = Context { rules, topic, now };
+        classify_message(message, state, &context, &mut sources, &mut batch);
     }
     for (partition, mut checkpoint) in checkpoints {
         checkpoint.max_event_time = states.get(&partition).and_then(|s| s.max_event_time);
@@ -219,21 +216,48 @@ pub fn classify(
     batch
 }
 
+/// What every message of a batch is judged by.
+struct Context<'a> {
+    rules: &'a Rules,
+    topic: &'a str,
+    now: DateTime<Utc>,
+}
+
+/// The file name and identity of the last row, shared with the next rows of the same file.
+#[derive(Default)]
+struct SourceNames {
+    last: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl SourceNames {
+    fn of(&mut self, row: &RowRef) -> (Arc<str>, Arc<str>) {
+        match &self.last {
+            Some((file, id)) if **file == *row.file && **id == *row.file_id => {
+                (file.clone(), id.clone())
+            }
+            _ => self
+                .last
+                .insert((row.file.into(), row.file_id.into()))
+                .clone(),
+        }
+    }
+}
+
 /// One new message: a foreign message, an invalid or future row, a duplicate, a late event, or
 /// an event; counted and put where it belongs in `batch`.
 fn classify_message(
     message: &Incoming,
     state: &mut PartitionState,
-    rules: &Rules,
-    topic: &str,
-    now: DateTime<Utc>,
+    context: &Context,
+    sources: &mut SourceNames,
     batch: &mut WriteBatch,
 ) {
+    let (rules, now) = (context.rules, context.now);
     let decoded = match message.payload.as_deref() {
         Some(payload) => decode_pipeline_message(payload),
         None => Err("message has no payload".to_owned()),
     };
-    let row = match decoded {
+    let decoded_row = match decoded {
         Ok(PipelineMessage::Row(row)) => row,
         Ok(PipelineMessage::FileEnd(end)) => {
             batch.file_ends.push(end);
@@ -241,10 +265,13 @@ fn classify_message(
         }
         Err(reason) => {
             batch.stats.rejected += 1;
-            batch.rejects.push(undecodable(message, topic, reason));
+            batch
+                .rejects
+                .push(undecodable(message, context.topic, reason));
             return;
         }
     };
+    let row = decoded_row.view();
     let event = match validate(&row).and_then(|event| not_in_the_future(event, rules, now)) {
         Ok(event) => event,
         Err(rejection) => {
@@ -255,10 +282,11 @@ fn classify_message(
     };
     if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
         batch.stats.duplicates += 1;
+        let (file, file_id) = sources.of(&row);
         batch.duplicates.push(SourcedId {
             event_id: event.event_id,
-            file: row.file,
-            file_id: row.file_id,
+            file,
+            file_id,
             line: row.line as i64,
             partition: message.partition,
             offset: message.offset,
@@ -284,11 +312,12 @@ fn classify_message(
             .push(reject_row(&row, message, rejection));
         return;
     }
+    let (file, file_id) = sources.of(&row);
     batch.events.push(EventRow {
         event,
         late,
-        file: row.file,
-        file_id: row.file_id,
+        file,
+        file_id,
         line: row.line as i64,
         landed_ms: row.landed_ms,
         partition: message.partition,
@@ -324,7 +353,7 @@ fn event_time_rejection(code: RejectCode, event: &Event, problem: String) -> Rej
     }
 }
 
-fn reject_row(row: &RawRow, message: &Incoming, rejection: Rejection) -> RejectRow {
+fn reject_row(row: &RowRef, message: &Incoming, rejection: Rejection) -> RejectRow {
     let raw = row
         .defect
         .as_ref()
@@ -334,8 +363,8 @@ fn reject_row(row: &RawRow, message: &Incoming, rejection: Rejection) -> RejectR
         .value(Column::EventId)
         .and_then(|id| parse_event_id(id.trim()).ok());
     RejectRow {
-        file: row.file.clone(),
-        file_id: row.file_id.clone(),
+        file: row.file.to_owned(),
+        file_id: row.file_id.to_owned(),
         line: row.line as i64,
         code: rejection.code,
         field: rejection.field.map(Column::name),
@@ -378,6 +407,7 @@ fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
 mod tests {
     use super::*;
     use event_model::wire::WIRE_VERSION;
+    use event_model::{RawRow, WireFormat};
 
     const RULES: Rules = Rules {
         lateness: TimeDelta::minutes(10),
@@ -403,7 +433,7 @@ mod tests {
             partition,
             offset,
             key: Some(id.as_bytes().to_vec()),
-            payload: Some(row.encode()),
+            payload: Some(row.encode(WireFormat::Binary)),
         }
     }
 
@@ -559,14 +589,25 @@ mod tests {
 
     #[test]
     fn foreign_messages_are_quarantined_by_their_kafka_identity() {
-        let mut wrong_version =
-            RawRow::decode(&message(0, 0, "a", "2026-11-25T12:00:00Z").payload.unwrap()).unwrap();
-        wrong_version.v = 7;
+        let mut wrong_version: serde_json::Value = serde_json::from_slice(
+            &RawRow {
+                v: WIRE_VERSION,
+                file: "f.csv".into(),
+                file_id: "1".into(),
+                line: 2,
+                landed_ms: 0,
+                values: [const { None }; 6],
+                defect: None,
+            }
+            .encode(WireFormat::Json),
+        )
+        .unwrap();
+        wrong_version["v"] = 7.into();
         let payloads: Vec<Option<Vec<u8>>> = vec![
             None,
             Some(b"{}".to_vec()),
             Some(b"plain text".to_vec()),
-            Some(wrong_version.encode()),
+            Some(serde_json::to_vec(&wrong_version).unwrap()),
             Some(br#"{"v":1,"file":"","file_id":"x","line":1,"landed_ms":0,"values":[null,null,null,null,null,null]}"#.to_vec()),
             Some(br#"{"v":1,"file":"f","file_id":"x","line":0,"landed_ms":0,"values":[null,null,null,null,null,null]}"#.to_vec()),
         ];

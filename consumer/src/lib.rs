@@ -291,13 +291,13 @@ async fn next_batch(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Vec<Incoming> {
-    let mut messages = Vec::new();
-    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut messages = Vec::with_capacity(config.batch_size.min(MAX_PREALLOCATED_BATCH));
+    // One timer for the whole batch, moved once when the first message arrives: a timer made
+    // per message cost more than the rest of receiving it.
+    let wait = tokio::time::sleep(IDLE_WAKEUP);
+    tokio::pin!(wait);
+    let mut started = false;
     while messages.len() < config.batch_size {
-        let wait = match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline),
-            None => tokio::time::sleep(Duration::from_secs(1)),
-        };
         // recv() takes a message off the queue only in the poll that returns it, so dropping
         // it on a timeout loses nothing.
         tokio::select! {
@@ -311,19 +311,28 @@ async fn next_batch(
                         key: message.key().map(<[u8]>::to_vec),
                         payload: message.payload().map(<[u8]>::to_vec),
                     });
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.batch_timeout);
+                    if !started {
+                        started = true;
+                        wait.as_mut().reset(tokio::time::Instant::now() + config.batch_timeout);
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "kafka error"),
             },
-            _ = wait => {
-                if deadline.is_some() {
+            _ = &mut wait => {
+                if started {
                     break;
                 }
+                wait.as_mut().reset(tokio::time::Instant::now() + IDLE_WAKEUP);
             }
         }
     }
     messages
 }
+
+/// How often an idle receive loop wakes (to notice nothing in particular: shutdown has its own
+/// wakeup); and the most messages a batch reserves room for before any arrive.
+const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+const MAX_PREALLOCATED_BATCH: usize = 16_384;
 
 /// Turns batches of messages into committed transactions; owns the sink and what it knows of
 /// each partition.

@@ -15,4 +15,7 @@ pub mod wire;
 pub use event::{Column, Event, EventType, COLUMNS};
 pub use reader::{Limits, ReadError, RowReader};
 pub use validate::{validate, RejectCode, Rejection};
-pub use wire::{decode_pipeline_message, Defect, FileEnd, PipelineMessage, RawRow};
+pub use wire::{
+    decode_pipeline_message, DecodedRow, Defect, FileEnd, PipelineMessage, RawRow, RowRef,
+    WireFormat,
+};

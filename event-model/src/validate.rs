@@ -2,7 +2,7 @@
 //! reason names the field, the problem and the value.
 
 use crate::event::{Column, Event, EventType, COLUMNS};
-use crate::wire::{RawRow, WIRE_VERSION};
+use crate::wire::{Defect, RawRow, RowRef, WIRE_VERSION};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 use std::fmt;
 
@@ -24,15 +24,46 @@ impl fmt::Display for Rejection {
 pub const MAX_EVENT_ID_CHARS: usize = 64;
 const MAX_PRICE_INTEGER_DIGITS: usize = 8;
 
-pub fn validate(row: &RawRow) -> Result<Event, Rejection> {
-    if row.v != WIRE_VERSION {
+/// A row as the rules read it, whether owned ([`RawRow`]) or borrowed from a message ([`RowRef`]).
+pub trait RowValues {
+    fn value(&self, column: Column) -> Option<&str>;
+    fn defect(&self) -> Option<&Defect>;
+    /// The JSON version the row claims, where it is not the one this build reads.
+    fn unsupported_version(&self) -> Option<u32> {
+        None
+    }
+}
+
+impl RowValues for RawRow {
+    fn value(&self, column: Column) -> Option<&str> {
+        RawRow::value(self, column)
+    }
+    fn defect(&self) -> Option<&Defect> {
+        self.defect.as_ref()
+    }
+    fn unsupported_version(&self) -> Option<u32> {
+        (self.v != WIRE_VERSION).then_some(self.v)
+    }
+}
+
+impl RowValues for RowRef<'_> {
+    fn value(&self, column: Column) -> Option<&str> {
+        RowRef::value(self, column)
+    }
+    fn defect(&self) -> Option<&Defect> {
+        self.defect.as_ref()
+    }
+}
+
+pub fn validate(row: &impl RowValues) -> Result<Event, Rejection> {
+    if let Some(version) = row.unsupported_version() {
         return Err(Rejection {
             code: RejectCode::Undecodable,
             field: None,
-            reason: format!("message format version {} is not supported", row.v),
+            reason: format!("message format version {version} is not supported"),
         });
     }
-    if let Some(defect) = &row.defect {
+    if let Some(defect) = row.defect() {
         return Err(Rejection {
             code: defect.code,
             field: None,
@@ -62,7 +93,7 @@ pub fn validate(row: &RawRow) -> Result<Event, Rejection> {
 }
 
 fn field<T>(
-    row: &RawRow,
+    row: &impl RowValues,
     column: Column,
     parse: fn(&str) -> Result<T, String>,
 ) -> Result<T, Rejection> {
@@ -137,8 +168,18 @@ pub fn parse_price_cents(value: &str) -> Result<i64, String> {
     } else {
         integer.parse().map_err(|_| PLAIN.to_owned())?
     };
-    let cents: i64 = format!("{fraction:0<2}").parse().unwrap_or(0);
+    // At most two digits, checked above: "5" is 50 cents, "05" is 5.
+    let cents = i64::from(scaled_digits(fraction.as_bytes(), 2));
     Ok(whole * 100 + cents)
+}
+
+/// ASCII digits read as the first of `places` decimal places: `b"5"` in 2 places is 50. Callers
+/// pass at most `places` digits, all checked to be ASCII digits.
+fn scaled_digits(digits: &[u8], places: usize) -> u32 {
+    let value = digits
+        .iter()
+        .fold(0u32, |n, digit| n * 10 + u32::from(digit - b'0'));
+    value * 10u32.pow((places - digits.len()) as u32)
 }
 
 /// RFC 3339 with `T` or a space, an optional fraction (kept to the microsecond), and `Z`, an
@@ -175,9 +216,7 @@ pub fn parse_event_time(value: &str) -> Result<DateTime<Utc>, String> {
         if digits == 0 || digits > 9 {
             return Err(SHAPE.into());
         }
-        micros = format!("{:0<6}", &fraction[..digits.min(6)])
-            .parse::<u32>()
-            .map_err(|_| SHAPE.to_owned())?;
+        micros = scaled_digits(&fraction.as_bytes()[..digits.min(6)], 6);
         rest = &fraction[digits..];
     }
     let offset_minutes: i64 = match rest.as_bytes() {
@@ -219,7 +258,6 @@ pub fn parse_event_time(value: &str) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Defect;
     use chrono::TimeZone;
 
     fn row(values: [&str; 6]) -> RawRow {

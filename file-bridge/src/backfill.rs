@@ -32,6 +32,7 @@ pub async fn run(config: &Config, dir: &Path, shutdown: CancellationToken) -> an
             completions_tx,
             telemetry::Readiness::default(),
         )?
+        .writing(config.wire_format)
         .for_backfill(meter.clone()),
     );
     tracing::info!(folder = %dir.display(), files = files.len(), bytes = total_bytes, rate_limit = config.backfill_rate, topic = %config.kafka.topic, "backfill started");

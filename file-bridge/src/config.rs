@@ -54,6 +54,11 @@ pub struct Config {
     /// pipeline keeps room on the topic and the consumers.
     #[arg(long, env = "BRIDGE_BACKFILL_RATE", default_value_t = 0)]
     pub backfill_rate: u64,
+    /// How rows are encoded on the topic: `binary` (version 2, about half the bytes and the
+    /// consumer's work) or `json` (version 1). Consumers read both; keep `json` while a consumer
+    /// older than version 2 still runs (upgrade consumers first).
+    #[arg(long, env = "BRIDGE_WIRE_FORMAT", default_value_t = event_model::WireFormat::Binary)]
+    pub wire_format: event_model::WireFormat,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9100.
     #[arg(long, env = "BRIDGE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

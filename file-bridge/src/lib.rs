@@ -108,7 +108,8 @@ impl<'a> Bridge<'a> {
             limits,
             completions_tx.clone(),
             metrics.readiness.clone(),
-        )?;
+        )?
+        .writing(config.wire_format);
         report_message_budget(config, &kafka);
         let owner = config
             .instance_id
@@ -199,7 +200,8 @@ impl<'a> Bridge<'a> {
             self.limits,
             self.completions_tx.clone(),
             self.files.metrics.readiness.clone(),
-        )?;
+        )?
+        .writing(self.config.wire_format);
         let old = std::mem::replace(&mut self.publisher, Arc::new(fresh));
         // Dropping a producer may wait on the network: not on the async threads.
         tokio::task::spawn_blocking(move || drop(old));

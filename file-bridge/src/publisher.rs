@@ -6,7 +6,7 @@
 //! again in full; the consumer deduplicates the rows that did arrive.
 
 use event_model::reader::KeyedRow;
-use event_model::{Defect, FileEnd, Limits, RawRow, RowReader};
+use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -147,6 +147,8 @@ pub struct Publisher {
     limits: Limits,
     /// The largest payload plus key this producer sends; see [`Publisher::message_budget`].
     max_message_bytes: usize,
+    /// How rows are encoded on the topic.
+    wire_format: WireFormat,
     /// Files are published again from an archive (`--backfill`).
     backfill: bool,
     /// Counts what was sent and, when limited, holds the rate down.
@@ -220,9 +222,16 @@ impl Publisher {
             topic: topic.to_owned(),
             limits,
             max_message_bytes: Self::message_budget(config),
+            wire_format: WireFormat::default(),
             backfill: false,
             meter: None,
         })
+    }
+
+    /// Encodes rows as `format` (the default is [`WireFormat::Binary`]).
+    pub fn writing(mut self, format: WireFormat) -> Publisher {
+        self.wire_format = format;
+        self
     }
 
     /// Marks every file this publisher sends as a backfill in its end message, counting (and
@@ -306,14 +315,14 @@ impl Publisher {
             if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
                 return Err(PublishError::Abandoned { file: name });
             }
-            let mut payload = keyed.row.encode();
+            let mut payload = keyed.row.encode(self.wire_format);
             if payload.len() + keyed.key.len() > self.max_message_bytes {
                 let reference =
                     too_large_reference(path, &keyed, payload.len(), self.max_message_bytes);
                 tracing::warn!(file = %name, line = keyed.row.line, encoded_bytes = payload.len(), "row too large for one message; sent by reference");
                 keyed.key = format!("{}:{}", keyed.row.file, keyed.row.line);
                 keyed.row = reference;
-                payload = keyed.row.encode();
+                payload = keyed.row.encode(self.wire_format);
             }
             if let Some(meter) = &self.meter {
                 meter.row_sent(keyed.bytes.end - keyed.bytes.start);

@@ -505,21 +505,7 @@ impl Proc {
     /// Waits for the process to exit, sampling its peak memory until then.
     /// CPU time (user + system) the process used so far, from its own accounting in `/proc`.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces, inside parentheses): utime and
-        // stime are the 12th and 13th, in clock ticks of 1/100 s (Linux's USER_HZ).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |index: usize| {
-            fields
-                .get(index)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        (ticks(11) + ticks(12)) as f64 / 100.0
+        cpu_seconds_of(&self.pid().to_string())
     }
 
     pub fn wait_with_peak_rss(self, timeout: Duration) -> (ExitStatus, u64) {
@@ -561,4 +547,22 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system) process `pid` (or `self`) used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, inside parentheses): utime and
+    // stime are the 12th and 13th, in clock ticks of 1/100 s (Linux's USER_HZ).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }

@@ -3,6 +3,7 @@
 //! reported, and every later event still lands.
 
 use event_model::wire::{RawRow, WIRE_VERSION};
+use event_model::WireFormat;
 use it_tests::services::free_port;
 use it_tests::{World, HEADER};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,10 +26,10 @@ fn pipeline_row(file: &str, values: [&str; 6]) -> Vec<u8> {
         values: values.map(|v| Some(v.to_owned())),
         defect: None,
     }
-    .encode()
+    .encode(WireFormat::Json)
 }
 
-/// A row shaped like the bridge's whose file identity is 10,000 characters long.
+/// A row shaped like the bridge's (version 2) whose file identity is 10,000 characters long.
 fn long_identity_row(line: u64, values: [&str; 6]) -> Vec<u8> {
     RawRow {
         v: WIRE_VERSION,
@@ -39,7 +40,7 @@ fn long_identity_row(line: u64, values: [&str; 6]) -> Vec<u8> {
         values: values.map(|v| Some(v.to_owned())),
         defect: None,
     }
-    .encode()
+    .encode(WireFormat::Binary)
 }
 
 /// A message as another producer might send it: key and value, either possibly absent.
@@ -93,6 +94,11 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         (None, Some(br#"{"v":2}"#.to_vec())),
         (Some(b"tombstone".to_vec()), None),
         (Some(b"nul".to_vec()), Some(vec![0, 0, 0])),
+        // A version 2 row cut short: its prefix promises a row the bytes do not hold.
+        (Some(b"cut".to_vec()), {
+            let row = long_identity_row(9, ["cut", "1", "view", "1", "1.00", &time]);
+            Some(row[..row.len() / 2].to_vec())
+        }),
         (
             Some(b"v99".to_vec()),
             Some(
@@ -183,8 +189,8 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
     ]
     .map(String::from)
     .into();
-    // nul-header 2, nul-values 2, future 1, five foreign messages, three forged rows.
-    let expected_rejects = 13;
+    // nul-header 2, nul-values 2, future 1, six foreign messages, three forged rows.
+    let expected_rejects = 14;
     world
         .wait_for_count("SELECT count(*) FROM ecommerce_events", 6, LONG)
         .await;
@@ -245,7 +251,7 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         ("<long>", "invalid_field", 1),
         ("future.csv", "future", 1),
         ("long-identity.csv", "invalid_field", 1),
-        (topic_file.as_str(), "undecodable", 5),
+        (topic_file.as_str(), "undecodable", 6),
         ("nul-header.csv", "missing_column", 2),
         ("nul-values.csv", "invalid_field", 2),
         ("nul\\x00file.csv", "invalid_field", 1),
@@ -285,8 +291,8 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         .unwrap();
     let replay_group = it_tests::unique("it-poison-replay");
     let _replay = world.consumer_in_group(&replay_group, &["--late-policy", "quarantine"]);
-    // Rows of four files, their four end messages, the eleven foreign messages.
-    let total_messages = 2 + 3 + 2 + 11 + 2 + 4;
+    // Rows of four files, their four end messages, the twelve foreign messages.
+    let total_messages = 2 + 3 + 2 + 12 + 2 + 4;
     world
         .wait_for_count(
             "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints",

@@ -10,7 +10,8 @@
 //! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
 mod checkpoints;
-mod events;
+/// Public for `it-tests`' per-row cost example, which encodes batches without a database.
+pub mod events;
 mod fault;
 mod ledger;
 mod rejects;
@@ -354,8 +355,8 @@ impl Sink {
                 Err(error) => {
                     tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
                     refused.push(RejectRow {
-                        file: row.file.clone(),
-                        file_id: row.file_id.clone(),
+                        file: row.file.to_string(),
+                        file_id: row.file_id.to_string(),
                         line: row.line,
                         code: RejectCode::Database,
                         field: None,

@@ -133,7 +133,13 @@ async fn main() -> anyhow::Result<()> {
         "rows/s",
         "",
     );
-    let (produce_rate, consume_rate, pipe_rate) = broker_ceiling(&input, events).await?;
+    let BrokerCeiling {
+        produce_rate,
+        consume_rate,
+        pipe_rate,
+        producer_cpu,
+        consumer_cpu: bare_consumer_cpu,
+    } = broker_ceiling(&input, events).await?;
     figures.add(
         "bare_producer_rows_per_s",
         "ceiling (b): bare rdkafka producer",
@@ -261,12 +267,27 @@ async fn main() -> anyhow::Result<()> {
         "CPU per row: file-bridge",
         per_row(bridge_cpu),
         "µs",
-        "",
+        &format!("bare producer {:.2}", per_row(producer_cpu)),
     );
     figures.add(
         "consumer_cpu_us_per_row",
         "CPU per row: consumer (start-up included)",
         per_row(consumer_cpu),
+        "µs",
+        &format!("bare consumer {:.2}", per_row(bare_consumer_cpu)),
+    );
+    // The floor under our figures: librdkafka's own work per row, on raw CSV lines.
+    figures.add(
+        "bare_producer_cpu_us_per_row",
+        "CPU per row: bare rdkafka producer",
+        per_row(producer_cpu),
+        "µs",
+        "",
+    );
+    figures.add(
+        "bare_consumer_cpu_us_per_row",
+        "CPU per row: bare rdkafka consumer",
+        per_row(bare_consumer_cpu),
         "µs",
         "",
     );
@@ -423,7 +444,16 @@ async fn copy_ceiling(world: &World, input: &[PathBuf], events: usize) -> anyhow
 }
 
 /// Ceiling (b): one message per CSV line through the broker and back, with our producer settings.
-async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// The broker's ceilings in rows/s, and the CPU seconds the bare clients used for all rows.
+struct BrokerCeiling {
+    produce_rate: f64,
+    consume_rate: f64,
+    pipe_rate: f64,
+    producer_cpu: f64,
+    consumer_cpu: f64,
+}
+
+async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<BrokerCeiling> {
     let topic = it_tests::unique("bench-raw");
     let piped = it_tests::unique("bench-pipe");
     let config = pipeline_kafka::client_config(
@@ -445,13 +475,17 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64
         );
     }
     let brokers = it_tests::brokers();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64, f64)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<BrokerCeiling> {
+        // This process does nothing else meanwhile: its CPU time is the client's.
+        let cpu = || it_tests::cpu_seconds_of("self");
         let producer: ThreadedProducer<_> = config.create()?;
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), cpu());
         produce_all(&producer, &topic, &lines)?;
         let produce = rate(events, started.elapsed());
+        let producer_cpu = cpu() - cpu_before;
 
         let consumer = bare_consumer(&brokers, &topic)?;
+        let cpu_before = cpu();
         let (mut seen, mut first) = (0, None);
         let deadline = Instant::now() + Duration::from_secs(900);
         while seen < events && Instant::now() < deadline {
@@ -464,6 +498,7 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64
         anyhow::ensure!(seen == events, "bare consumer read {seen} of {events}");
         // Timed from the first message: joining the group is not throughput.
         let consume = rate(events, first.map_or(Duration::ZERO, |s| s.elapsed()));
+        let consumer_cpu = cpu() - cpu_before;
 
         // The pipe: a group joined first, then the same rows produced while it reads them;
         // timed from the first send to the last row read, as the pipeline end to end is.
@@ -494,7 +529,13 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<(f64
             "the pipe's consumer read {seen} of {events}"
         );
         let pipe = rate(events, started.elapsed());
-        Ok((produce, consume, pipe))
+        Ok(BrokerCeiling {
+            produce_rate: produce,
+            consume_rate: consume,
+            pipe_rate: pipe,
+            producer_cpu,
+            consumer_cpu,
+        })
     })
     .await?
 }
@@ -543,8 +584,8 @@ async fn sink_alone(input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
             rows.push(EventRow {
                 event,
                 late: false,
-                file: keyed.row.file,
-                file_id: keyed.row.file_id,
+                file: keyed.row.file.into(),
+                file_id: keyed.row.file_id.into(),
                 line: keyed.row.line as i64,
                 landed_ms: 0,
                 partition: 0,

@@ -3,6 +3,7 @@
 
 use crate::config::LatePolicy;
 use crate::partition::PartitionState;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, TimeDelta, Utc};
 use event_model::validate::parse_event_id;
 use event_model::wire::from_hex;
@@ -13,13 +14,44 @@ use event_model::{
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// A message as read from the topic.
+/// A message as read from the topic. Key and payload are views into one buffer per batch (see
+/// [`MessageBuffer`]): no allocation per message.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+}
+
+/// Holds the bytes of received messages, handing out views of them; a new block is taken only
+/// when one fills up, and is freed when the last message in it is dropped.
+#[derive(Debug)]
+pub struct MessageBuffer {
+    block: BytesMut,
+}
+
+/// Large enough that a batch of the default size takes a few blocks.
+const BLOCK_BYTES: usize = 1 << 20;
+
+impl Default for MessageBuffer {
+    fn default() -> Self {
+        MessageBuffer {
+            block: BytesMut::with_capacity(BLOCK_BYTES),
+        }
+    }
+}
+
+impl MessageBuffer {
+    /// A view of a copy of `bytes`.
+    pub fn keep(&mut self, bytes: &[u8]) -> Bytes {
+        if self.block.capacity() < bytes.len() {
+            // Not `reserve`: the old block stays with the messages that point into it.
+            self.block = BytesMut::with_capacity(BLOCK_BYTES.max(bytes.len()));
+        }
+        self.block.extend_from_slice(bytes);
+        self.block.split().freeze()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -171,7 +203,11 @@ pub fn classify(
     topic: &str,
     now: DateTime<Utc>,
 ) -> WriteBatch {
-    let mut batch = WriteBatch::default();
+    let mut batch = WriteBatch {
+        // Nearly every message is an event: no growing and moving of the list as it fills.
+        events: Vec::with_capacity(messages.len()),
+        ..WriteBatch::default()
+    };
     let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
     let mut last_of_partition: HashMap<i32, &Incoming> = HashMap::new();
     let mut sources = SourceNames::default();
@@ -397,7 +433,7 @@ fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
         reason,
         event_id: None,
         raw: payload.to_vec(),
-        kafka_key: message.key.clone(),
+        kafka_key: message.key.as_deref().map(<[u8]>::to_vec),
         partition: message.partition,
         offset: message.offset,
     }
@@ -432,8 +468,8 @@ mod tests {
         Incoming {
             partition,
             offset,
-            key: Some(id.as_bytes().to_vec()),
-            payload: Some(row.encode(WireFormat::Binary)),
+            key: Some(Bytes::copy_from_slice(id.as_bytes())),
+            payload: Some(row.encode(WireFormat::Binary).into()),
         }
     }
 
@@ -445,6 +481,24 @@ mod tests {
     }
 
     #[test]
+    fn kept_messages_are_exact_copies_whatever_their_size() {
+        let mut buffer = MessageBuffer::default();
+        let big = vec![7u8; BLOCK_BYTES * 2 + 1];
+        let small: Vec<Vec<u8>> = (0..5_000u32).map(|n| n.to_be_bytes().repeat(60)).collect();
+        let mut kept: Vec<Bytes> = small.iter().map(|bytes| buffer.keep(bytes)).collect();
+        kept.push(buffer.keep(&big));
+        kept.push(buffer.keep(b""));
+        kept.push(buffer.keep(b"last"));
+        drop(buffer);
+        for (view, original) in kept.iter().zip(&small) {
+            assert_eq!(&view[..], &original[..]);
+        }
+        assert_eq!(kept[5_000], big);
+        assert!(kept[5_001].is_empty());
+        assert_eq!(&kept[5_002][..], b"last");
+    }
+
+    #[test]
     fn sorts_rows_into_events_rejects_and_duplicates() {
         let messages = vec![
             message(0, 0, "a", "2026-11-25T12:00:00Z"),
@@ -453,8 +507,8 @@ mod tests {
             Incoming {
                 partition: 1,
                 offset: 7,
-                key: Some(b"k\0".to_vec()),
-                payload: Some(b"\xffnot json".to_vec()),
+                key: Some(Bytes::from_static(b"k\0")),
+                payload: Some(Bytes::from_static(b"\xffnot json")),
             },
         ];
         let mut states = fresh_states(&[0, 1]);
@@ -507,8 +561,8 @@ mod tests {
             Incoming {
                 partition: 0,
                 offset: 1,
-                key: Some(b"ab".to_vec()),
-                payload: Some(end.encode()),
+                key: Some(Bytes::from_static(b"ab")),
+                payload: Some(end.encode().into()),
             },
         ];
         let mut states = fresh_states(&[0]);
@@ -618,7 +672,7 @@ mod tests {
                 partition: 2,
                 offset: offset as i64,
                 key: None,
-                payload,
+                payload: payload.map(Bytes::from),
             })
             .collect();
         let batch = classify(&messages, &mut fresh_states(&[2]), &RULES, "t", now());

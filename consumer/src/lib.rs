@@ -19,7 +19,7 @@ pub mod storable;
 pub use config::{redact_url, Config, LatePolicy};
 
 use anyhow::Context;
-use batch::{classify, Incoming, Rules, WriteBatch};
+use batch::{classify, Incoming, MessageBuffer, Rules, WriteBatch};
 use chrono::TimeDelta;
 use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
 use log_check::{LogCheck, LogProbe};
@@ -292,6 +292,7 @@ async fn next_batch(
     shutdown: &CancellationToken,
 ) -> Vec<Incoming> {
     let mut messages = Vec::with_capacity(config.batch_size.min(MAX_PREALLOCATED_BATCH));
+    let mut buffer = MessageBuffer::default();
     // One timer for the whole batch, moved once when the first message arrives: a timer made
     // per message cost more than the rest of receiving it.
     let wait = tokio::time::sleep(IDLE_WAKEUP);
@@ -308,8 +309,8 @@ async fn next_batch(
                     messages.push(Incoming {
                         partition: message.partition(),
                         offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
+                        key: message.key().map(|key| buffer.keep(key)),
+                        payload: message.payload().map(|payload| buffer.keep(payload)),
                     });
                     if !started {
                         started = true;

@@ -7,7 +7,8 @@
 
 use crate::event::{Column, COLUMNS};
 use crate::reason::RejectCode;
-use crate::wire::{to_hex, Defect, RawRow, WIRE_VERSION};
+use crate::wire::{to_hex, Defect, RawRow, RowRef};
+use std::borrow::Cow;
 use std::io::Read;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,26 @@ pub struct KeyedRow {
     pub row: RawRow,
     /// Where the row's bytes are in the file (its line end excluded).
     pub bytes: std::ops::Range<u64>,
+}
+
+/// One row borrowed from the reader: valid until the next read.
+#[derive(Debug, Clone)]
+pub struct RowView<'r> {
+    /// The trimmed event_id, or `file:line` when the row has none to offer.
+    pub key: Cow<'r, str>,
+    pub row: RowRef<'r>,
+    /// Where the row's bytes are in the file (its line end excluded).
+    pub bytes: std::ops::Range<u64>,
+}
+
+impl RowView<'_> {
+    pub fn into_owned(self) -> KeyedRow {
+        KeyedRow {
+            key: self.key.into_owned(),
+            row: self.row.to_raw_row(),
+            bytes: self.bytes,
+        }
+    }
 }
 
 /// Splits CSV bytes into records, knowing the line each record starts on.
@@ -333,6 +354,12 @@ impl<R: Read> RowReader<R> {
 
     /// The next data row, or `None` at the end of the file.
     pub fn next_row(&mut self) -> Result<Option<KeyedRow>, ReadError> {
+        Ok(self.next_view()?.map(RowView::into_owned))
+    }
+
+    /// The next data row borrowed from the reader's buffer (no copy of its values), or `None` at
+    /// the end of the file.
+    pub fn next_view(&mut self) -> Result<Option<RowView<'_>>, ReadError> {
         if !self.header_read && !self.read_header()? {
             return Ok(None);
         }
@@ -340,32 +367,29 @@ impl<R: Read> RowReader<R> {
             return Ok(None);
         }
         let line = self.line;
-        let values = COLUMNS.map(|column| {
-            self.positions[column.index()]
-                .and_then(|index| self.records.field(index))
-                .and_then(|bytes| std::str::from_utf8(bytes).ok())
-                .map(str::to_owned)
-        });
         let defect = self.defect();
         // An oversized row travels as its defect alone, so the message stays small.
         let values = match &defect {
-            Some(d) if d.code.is_size_cap() => [const { None }; 6],
-            _ => values,
+            Some(d) if d.code.is_size_cap() => [None; 6],
+            _ => COLUMNS.map(|column| {
+                self.positions[column.index()]
+                    .and_then(|index| self.records.field(index))
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            }),
         };
-        let key = match values[Column::EventId.index()].as_deref().map(str::trim) {
-            Some(id) if !id.is_empty() => id.to_owned(),
-            _ => format!("{}:{line}", self.file),
+        let key = match values[Column::EventId.index()].map(str::trim) {
+            Some(id) if !id.is_empty() => Cow::Borrowed(id),
+            _ => Cow::Owned(format!("{}:{line}", self.file)),
         };
-        let row = RawRow {
-            v: WIRE_VERSION,
-            file: self.file.clone(),
-            file_id: self.file_id.clone(),
+        let row = RowRef {
+            file: &self.file,
+            file_id: &self.file_id,
             line,
             landed_ms: self.landed_ms,
             values,
             defect,
         };
-        Ok(Some(KeyedRow {
+        Ok(Some(RowView {
             key,
             row,
             bytes: self.records.record_range.clone(),

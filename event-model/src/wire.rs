@@ -104,6 +104,25 @@ impl RowRef<'_> {
         canonical_csv(COLUMNS.map(|column| self.value(column).unwrap_or("")))
     }
 
+    pub fn to_raw_row(&self) -> RawRow {
+        RawRow {
+            v: WIRE_VERSION,
+            file: self.file.to_owned(),
+            file_id: self.file_id.to_owned(),
+            line: self.line,
+            landed_ms: self.landed_ms,
+            values: self.values.map(|value| value.map(str::to_owned)),
+            defect: self.defect.clone(),
+        }
+    }
+
+    pub fn encode(&self, format: WireFormat) -> Vec<u8> {
+        match format {
+            WireFormat::Json => self.to_raw_row().encode(WireFormat::Json),
+            WireFormat::Binary => self.encode_binary(),
+        }
+    }
+
     fn encode_binary(&self) -> Vec<u8> {
         let size = self.file.len() + self.file_id.len() + 64;
         let size = self

@@ -5,8 +5,7 @@
 //! shutdown mid-file) completes with a failure and the file stays where it is, to be published
 //! again in full; the consumer deduplicates the rows that did arrive.
 
-use event_model::reader::KeyedRow;
-use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, WireFormat};
+use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -16,6 +15,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -311,28 +311,34 @@ impl Publisher {
             RowReader::with_limits(file, &name, &content_id, before.landed_ms, self.limits);
         let tracker = self.producer.context();
         let mut rows: u64 = 0;
-        while let Some(mut keyed) = reader.next_row()? {
+        while let Some(view) = reader.next_view()? {
             if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
                 return Err(PublishError::Abandoned { file: name });
             }
-            let mut payload = keyed.row.encode(self.wire_format);
-            if payload.len() + keyed.key.len() > self.max_message_bytes {
-                let reference =
-                    too_large_reference(path, &keyed, payload.len(), self.max_message_bytes);
-                tracing::warn!(file = %name, line = keyed.row.line, encoded_bytes = payload.len(), "row too large for one message; sent by reference");
-                keyed.key = format!("{}:{}", keyed.row.file, keyed.row.line);
-                keyed.row = reference;
-                payload = keyed.row.encode(self.wire_format);
+            let line = view.row.line;
+            let mut key = view.key;
+            let mut payload = view.row.encode(self.wire_format);
+            if payload.len() + key.len() > self.max_message_bytes {
+                let reference = too_large_reference(
+                    path,
+                    &view.row,
+                    &view.bytes,
+                    payload.len(),
+                    self.max_message_bytes,
+                );
+                tracing::warn!(file = %name, line, encoded_bytes = payload.len(), "row too large for one message; sent by reference");
+                key = format!("{}:{line}", view.row.file).into();
+                payload = reference.encode(self.wire_format);
             }
             if let Some(meter) = &self.meter {
-                meter.row_sent(keyed.bytes.end - keyed.bytes.start);
+                meter.row_sent(view.bytes.end - view.bytes.start);
             }
             tracker.update(seq, |progress| progress.pending += 1);
-            self.send(&keyed.key, &payload, seq).map_err(|source| {
+            self.send(&key, &payload, seq).map_err(|source| {
                 tracker.update(seq, |progress| progress.pending -= 1);
                 PublishError::Send {
                     file: name.clone(),
-                    line: keyed.row.line,
+                    line,
                     source,
                 }
             })?;
@@ -406,8 +412,13 @@ impl Publisher {
 
 /// The row as a `too_large` reject that names where its bytes are: file, line, byte range and
 /// the SHA-256 of those bytes (read again from the file, which is archived as it is).
-fn too_large_reference(path: &Path, keyed: &KeyedRow, encoded: usize, budget: usize) -> RawRow {
-    let range = &keyed.bytes;
+fn too_large_reference(
+    path: &Path,
+    row: &RowRef,
+    range: &Range<u64>,
+    encoded: usize,
+    budget: usize,
+) -> RawRow {
     let checksum =
         checksum_of(path, range.clone()).unwrap_or_else(|error| format!("unavailable ({error})"));
     RawRow {
@@ -421,7 +432,7 @@ fn too_large_reference(path: &Path, keyed: &KeyedRow, encoded: usize, budget: us
             ),
             raw_hex: String::new(),
         }),
-        ..keyed.row.clone()
+        ..row.to_raw_row()
     }
 }
 

@@ -49,13 +49,13 @@ fn publish(bodies: &[Vec<u8>], format: WireFormat) -> anyhow::Result<Vec<Incomin
     let mut messages = Vec::new();
     for (n, body) in bodies.iter().enumerate() {
         let mut reader = RowReader::new(&body[..], &format!("f{n}.csv"), &format!("{n:032x}"), 1);
-        while let Some(row) = reader.next_row()? {
+        while let Some(view) = reader.next_view()? {
             let offset = messages.len() as i64;
             messages.push(Incoming {
                 partition: (offset % i64::from(PARTITIONS)) as i32,
                 offset,
-                key: Some(row.key.into_bytes()),
-                payload: Some(row.row.encode(format)),
+                key: Some(view.key.as_bytes().to_vec().into()),
+                payload: Some(view.row.encode(format).into()),
             });
         }
     }

@@ -50,9 +50,14 @@ impl LedgerDelta {
     }
 
     pub fn inserted(&mut self, file_id: &str, file: &str, late: bool) {
+        self.inserted_rows(file_id, file, 1, i64::from(late));
+    }
+
+    /// `rows` inserted rows of one file, `late` of them late.
+    pub fn inserted_rows(&mut self, file_id: &str, file: &str, rows: i64, late: i64) {
         let counts = self.counts(file_id, file);
-        counts.inserted += 1;
-        counts.late += i64::from(late);
+        counts.inserted += rows;
+        counts.late += late;
     }
 
     pub fn rejected(&mut self, file_id: &str, file: &str, late: bool) {

@@ -26,6 +26,7 @@ use rejects::Quarantined;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -301,8 +302,18 @@ impl Sink {
                     .iter()
                     .filter(|row| !skipped.contains(&row.event.event_id))
                     .collect();
-                for row in &rows {
-                    delta.inserted(&row.file_id, &row.file, row.late);
+                // Rows of one file follow each other and share its name: counted per run.
+                let same_file = |a: &&EventRow, b: &&EventRow| {
+                    Arc::ptr_eq(&a.file_id, &b.file_id) && Arc::ptr_eq(&a.file, &b.file)
+                };
+                for run in rows.chunk_by(same_file) {
+                    let late = run.iter().filter(|row| row.late).count();
+                    delta.inserted_rows(
+                        &run[0].file_id,
+                        &run[0].file,
+                        run.len() as i64,
+                        late as i64,
+                    );
                 }
                 let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
                 ledger::resolve_rejects(&mut tx, &ids).await?;

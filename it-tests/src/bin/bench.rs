@@ -179,7 +179,12 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "file-bridge --once failed");
     let bridge_rate = rate(events, started.elapsed());
 
-    let (consumer_rate, consumer_rss, consumer_cpu) = drain(&world, events, LONG).await;
+    let drained = drain(&world, events, LONG).await;
+    let (consumer_rate, consumer_rss, consumer_cpu) = (
+        drained.rows_per_second,
+        drained.peak_rss_kib,
+        drained.cpu_seconds,
+    );
     let mut scaling = vec![(1, consumer_rate, consumer_cpu)];
     for consumers in [2, 3] {
         let (rate, cpu) = drain_with(&world, consumers, events).await?;
@@ -276,6 +281,13 @@ async fn main() -> anyhow::Result<()> {
         "µs",
         &format!("bare consumer {:.2}", per_row(bare_consumer_cpu)),
     );
+    figures.add(
+        "consumer_steady_cpu_us_per_row",
+        "CPU per row: consumer after its first commit",
+        drained.steady_cpu_us_per_row,
+        "µs",
+        "",
+    );
     // The floor under our figures: librdkafka's own work per row, on raw CSV lines.
     figures.add(
         "bare_producer_cpu_us_per_row",
@@ -358,18 +370,35 @@ fn sorted_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// What [`drain`] measured.
+struct Drained {
+    rows_per_second: f64,
+    peak_rss_kib: u64,
+    /// All the consumer's CPU, start-up (migrations, joining the group) included.
+    cpu_seconds: f64,
+    /// CPU per row from its first committed row on: the steady state.
+    steady_cpu_us_per_row: f64,
+}
+
 /// Starts a consumer on `world`'s pre-filled topic and waits until all `events` are in Postgres.
 /// Timed from its first committed row, as the bare consumer is from its first message: joining
-/// the group is not throughput. Returns rows/s, the consumer's peak RSS in KiB and its CPU seconds.
-async fn drain(world: &World, events: usize, timeout: Duration) -> (f64, u64, f64) {
+/// the group is not throughput.
+async fn drain(world: &World, events: usize, timeout: Duration) -> Drained {
     let consumer = world.consumer(&[]);
     world.wait_for_at_least(EVENTS_COUNT, 1, LONG).await;
     let (started, first) = (Instant::now(), world.count(EVENTS_COUNT).await);
+    let cpu_at_first = consumer.cpu_seconds();
     world
         .wait_for_count(EVENTS_COUNT, events as i64, timeout)
         .await;
-    let rate = rate(events - first as usize, started.elapsed());
-    (rate, consumer.peak_rss_kib(), consumer.cpu_seconds())
+    let rows = events - first as usize;
+    let cpu_seconds = consumer.cpu_seconds();
+    Drained {
+        rows_per_second: rate(rows, started.elapsed()),
+        peak_rss_kib: consumer.peak_rss_kib(),
+        cpu_seconds,
+        steady_cpu_us_per_row: (cpu_seconds - cpu_at_first) * 1e6 / rows.max(1) as f64,
+    }
 }
 
 /// `consumers` consumers of a new group and a new database draining `world`'s pre-filled topic,
@@ -407,7 +436,8 @@ async fn backlog(events: usize, per_file: usize) -> anyhow::Result<(f64, u64)> {
         .wait_with_peak_rss(Duration::from_secs(7200));
     anyhow::ensure!(status.success(), "file-bridge --once failed");
     // Tansu's fetch slows down as its database grows: 6,500-12,000 rows/s from 10 million.
-    let (rate, rss, _) = drain(&world, files * per_file, Duration::from_secs(4 * 3600)).await;
+    let drained = drain(&world, files * per_file, Duration::from_secs(4 * 3600)).await;
+    let (rate, rss) = (drained.rows_per_second, drained.peak_rss_kib);
     // Gigabytes of rows nobody needs after this: dropping the world drops its database.
     world.pool.close().await;
     drop(world);

@@ -6,8 +6,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$CARGO_BIN:$PATH"
-# As the image runs them (see the Dockerfile): two malloc arenas bound the services' memory.
+# As the image runs them (see the Dockerfile): two malloc arenas and a fixed mmap threshold bound
+# the services' memory.
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 TANSU_VERSION="0.6.0"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

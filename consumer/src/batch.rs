@@ -211,6 +211,7 @@ pub fn classify(
     let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
     let mut last_of_partition: HashMap<i32, &Incoming> = HashMap::new();
     let mut sources = SourceNames::default();
+    let context = Context { rules, topic, now };
     for message in messages {
         batch.stats.rows += 1;
         let next = message.offset + 1;
@@ -238,7 +239,6 @@ pub fn classify(
             .next_offset = next;
         last_of_partition.insert(message.partition, message);
         state.next_offset = Some(next);
-        let context = Context { rules, topic, now };
         classify_message(message, state, &context, &mut sources, &mut batch);
     }
     for (partition, mut checkpoint) in checkpoints {

@@ -166,7 +166,7 @@ impl RawRow {
 
     /// The row as one CSV line of the six canonical values (missing ones empty), for quarantine.
     pub fn canonical_csv(&self) -> Vec<u8> {
-        self.as_row_ref().canonical_csv()
+        canonical_csv(COLUMNS.map(|column| self.value(column).unwrap_or("")))
     }
 
     pub fn encode(&self, format: WireFormat) -> Vec<u8> {

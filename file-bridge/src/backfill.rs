@@ -27,12 +27,10 @@ pub async fn run(config: &Config, dir: &Path, shutdown: CancellationToken) -> an
     let publisher = Arc::new(
         Publisher::new(
             &kafka,
-            &config.kafka.topic,
-            config.limits(),
+            config,
             completions_tx,
             telemetry::Readiness::default(),
         )?
-        .writing(config.wire_format)
         .for_backfill(meter.clone()),
     );
     tracing::info!(folder = %dir.display(), files = files.len(), bytes = total_bytes, rate_limit = config.backfill_rate, topic = %config.kafka.topic, "backfill started");

@@ -64,7 +64,6 @@ struct Bridge<'a> {
     config: &'a Config,
     shutdown: CancellationToken,
     kafka: ClientConfig,
-    limits: event_model::Limits,
     publisher: Arc<Publisher>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
@@ -100,16 +99,13 @@ impl<'a> Bridge<'a> {
             .kafka
             .client_config("file-bridge", PRODUCER_DEFAULTS)?;
         config.kafka.ensure_topic(&kafka).await?;
-        let limits = config.limits();
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
             &kafka,
-            &config.kafka.topic,
-            limits,
+            config,
             completions_tx.clone(),
             metrics.readiness.clone(),
-        )?
-        .writing(config.wire_format);
+        )?;
         report_message_budget(config, &kafka);
         let owner = config
             .instance_id
@@ -139,7 +135,6 @@ impl<'a> Bridge<'a> {
             config,
             shutdown,
             kafka,
-            limits,
             publisher: Arc::new(publisher),
             completions_tx,
             completions,
@@ -196,12 +191,10 @@ impl<'a> Bridge<'a> {
         self.files.producer_suspect = false;
         let fresh = Publisher::new(
             &self.kafka,
-            &self.config.kafka.topic,
-            self.limits,
+            self.config,
             self.completions_tx.clone(),
             self.files.metrics.readiness.clone(),
-        )?
-        .writing(self.config.wire_format);
+        )?;
         let old = std::mem::replace(&mut self.publisher, Arc::new(fresh));
         // Dropping a producer may wait on the network: not on the async threads.
         tokio::task::spawn_blocking(move || drop(old));

@@ -202,10 +202,11 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
 impl Publisher {
+    /// A producer made from `kafka`, publishing to the topic, under the row limits and in the
+    /// wire format `bridge` names.
     pub fn new(
-        config: &ClientConfig,
-        topic: &str,
-        limits: Limits,
+        kafka: &ClientConfig,
+        bridge: &crate::Config,
         completions: UnboundedSender<Completion>,
         readiness: telemetry::Readiness,
     ) -> Result<Publisher, PublishError> {
@@ -214,24 +215,18 @@ impl Publisher {
             completions,
             readiness,
         };
-        let producer = config
+        let producer = kafka
             .create_with_context(tracker)
             .map_err(PublishError::Producer)?;
         Ok(Publisher {
             producer,
-            topic: topic.to_owned(),
-            limits,
-            max_message_bytes: Self::message_budget(config),
-            wire_format: WireFormat::default(),
+            topic: bridge.kafka.topic.clone(),
+            limits: bridge.limits(),
+            max_message_bytes: Self::message_budget(kafka),
+            wire_format: bridge.wire_format,
             backfill: false,
             meter: None,
         })
-    }
-
-    /// Encodes rows as `format` (the default is [`WireFormat::Binary`]).
-    pub fn writing(mut self, format: WireFormat) -> Publisher {
-        self.wire_format = format;
-        self
     }
 
     /// Marks every file this publisher sends as a backfill in its end message, counting (and

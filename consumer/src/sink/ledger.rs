@@ -95,7 +95,7 @@ RETURNING source_file_id, source_file";
 /// a quarantined row is the same row delivered again, and a row recorded already is not new.
 async fn record_duplicates(
     tx: &mut PgConnection,
-    candidates: &[SourcedId],
+    candidates: &[&SourcedId],
     delta: &mut LedgerDelta,
 ) -> Result<(), sqlx::Error> {
     if candidates.is_empty() {
@@ -266,13 +266,14 @@ pub async fn account(
     all_late_kept: bool,
     mut delta: LedgerDelta,
 ) -> Result<(), sqlx::Error> {
-    let mut candidates = batch.duplicates.clone();
+    let mut unstored = Vec::new();
     if !all_events_in {
-        candidates.extend(batch.events.iter().map(|e| e.sourced_id()));
+        unstored.extend(batch.events.iter().map(|e| e.sourced_id()));
     }
     if !all_late_kept {
-        candidates.extend(batch.late_rejects.iter().filter_map(|r| r.sourced_id()));
+        unstored.extend(batch.late_rejects.iter().filter_map(|r| r.sourced_id()));
     }
+    let candidates: Vec<&SourcedId> = batch.duplicates.iter().chain(&unstored).collect();
     record_duplicates(tx, &candidates, &mut delta).await?;
     delta.file_ends(&batch.file_ends);
     apply(tx, delta).await

@@ -10,7 +10,6 @@ export PATH="$CARGO_BIN:$PATH"
 # the services' memory.
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
-TANSU_VERSION="0.6.0"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -41,86 +40,115 @@ ensure_system_packages() {
     fi
 }
 
-# What the TLS tests need: the openssl command for a throwaway CA, and stunnel to put TLS in front
-# of Tansu (whose own TLS flags cannot be used together in 0.6).
+# What the TLS tests need: the openssl command for a throwaway CA per test.
 ensure_tls_tools() {
-    local missing=()
-    command -v openssl >/dev/null || missing+=(openssl)
-    command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "installing ${missing[*]}"
-        apt_install "${missing[@]}"
-    fi
+    command -v openssl >/dev/null || { log "installing openssl"; apt_install openssl; }
 }
 
-# Tansu, the Kafka-protocol broker for local runs and tests, built with its SQLite engine.
-ensure_tansu() {
-    if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-        return
-    fi
-    log "installing tansu $TANSU_VERSION (once, about 10 minutes)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql
+# Apache Kafka (KRaft) from Maven Central: the jars scripts/kafka/pom.xml names, copied once per
+# version into a cache outside the checkout ($KAFKA_LIBS), so fresh clones reuse them.
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka/pom.xml")"
+KAFKA_HOME="${KAFKA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/ecommerce-pipeline/kafka-$KAFKA_VERSION}"
+export KAFKA_LIBS="${KAFKA_LIBS:-$KAFKA_HOME/libs}"
+export KAFKA_LOG4J="${KAFKA_LOG4J:-$ROOT/scripts/kafka/log4j2.yaml}"
+
+ensure_kafka() {
+    command -v java >/dev/null || { log "installing Java"; apt_install openjdk-17-jre-headless; }
+    [ -f "$KAFKA_LIBS/.complete" ] && return
+    command -v mvn >/dev/null || { log "installing Maven"; apt_install maven; }
+    log "fetching Apache Kafka $KAFKA_VERSION with Maven (once)"
+    rm -rf "$KAFKA_LIBS"
+    mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >&2 ||
+        die "fetching Kafka's jars failed (mvn dependency:copy-dependencies, see above)"
+    touch "$KAFKA_LIBS/.complete"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_tansu DIR PORT: runs a broker on 127.0.0.1:PORT with its SQLite file in DIR, unless one
-# already listens there. Its pid goes to DIR/tansu.pid.
-start_tansu() {
-    local dir="$1" port="$2"
+kafka_java() { java -Dlog4j2.configurationFile="$KAFKA_LOG4J" -cp "$KAFKA_LIBS/*" "$@"; }
+
+# start_kafka DIR PORT: one combined broker+controller node on 127.0.0.1:PORT (its controller on
+# PORT+1), storage in DIR formatted once, unless something already listens on PORT. Waits until
+# the broker answers a metadata request. Its pid goes to DIR/kafka.pid.
+start_kafka() {
+    local dir="$1" port="$2" controller=$(($2 + 1))
     if port_open "$port"; then
         log "a broker already listens on 127.0.0.1:$port; using it"
         return
     fi
     mkdir -p "$dir"
-    log "starting tansu on 127.0.0.1:$port (data in $dir)"
-    # Tansu takes the sqlite path relative to its working directory.
-    (
-        cd "$dir" || exit 1
-        nohup tansu broker \
-            --storage-engine sqlite://tansu.db \
-            --listener-url "tcp://127.0.0.1:$port" \
-            --advertised-listener-url "tcp://127.0.0.1:$port" \
-            >>tansu.log 2>&1 &
-        echo $! >tansu.pid
-    )
-    for _ in $(seq 1 100); do
-        port_open "$port" && return
-        sleep 0.1
+    {
+        cat "$ROOT/scripts/kafka/server.properties"
+        echo "node.id=1"
+        echo "controller.quorum.bootstrap.servers=127.0.0.1:$controller"
+        echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller"
+        echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+        echo "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        echo "inter.broker.listener.name=PLAINTEXT"
+        echo "log.dirs=$dir/data"
+    } >"$dir/server.properties"
+    if [ ! -f "$dir/data/meta.properties" ]; then
+        kafka_java kafka.tools.StorageTool format --standalone \
+            -t "$(kafka_java kafka.tools.StorageTool random-uuid)" -c "$dir/server.properties" >>"$dir/kafka.log" 2>&1 ||
+            die "formatting Kafka's storage failed; see $dir/kafka.log"
+    fi
+    log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (data in $dir)"
+    # The heap bounded, as the tarball's scripts do (-Xmx1G there).
+    nohup java -Xmx512m -Xms128m -Dlog4j2.configurationFile="$KAFKA_LOG4J" -cp "$KAFKA_LIBS/*" \
+        kafka.Kafka "$dir/server.properties" >>"$dir/kafka.log" 2>&1 &
+    echo $! >"$dir/kafka.pid"
+    for _ in $(seq 1 150); do
+        port_open "$port" && break
+        kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null || die "Kafka exited; see $dir/kafka.log"
+        sleep 0.2
     done
-    die "tansu did not start; see $dir/tansu.log"
+    kafka_java org.apache.kafka.tools.ClusterTool cluster-id --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1 ||
+        die "Kafka does not answer on 127.0.0.1:$port; see $dir/kafka.log"
 }
 
-stop_tansu() {
-    local dir="$1"
-    if [ -f "$dir/tansu.pid" ]; then
-        kill "$(cat "$dir/tansu.pid")" 2>/dev/null || true
-        rm -f "$dir/tansu.pid"
-    fi
+stop_kafka() {
+    local dir="$1" pid
+    [ -f "$dir/kafka.pid" ] || return 0
+    pid="$(cat "$dir/kafka.pid")"
+    kill "$pid" 2>/dev/null || true
+    # A clean shutdown takes a few seconds; then it is killed.
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/kafka.pid"
 }
 
 # PostgreSQL at $DATABASE_URL, or the local server; on a machine with none, install and start one.
+# Debian's server (installed but stopped on a fresh machine) asks for passwords on loopback: the
+# local cluster is set to trust loopback, as a development server, and gets the `test` database.
 ensure_postgres() {
     local url="$1"
-    if pg_isready -q -d "$url" 2>/dev/null; then
-        return
-    fi
-    if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql/*/main >/dev/null 2>&1; then
-        log "starting the local PostgreSQL"
-        as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-    elif command -v apt-get >/dev/null; then
+    psql -X -q -d "$url" -c 'SELECT 1' >/dev/null 2>&1 && return
+    if ! { command -v pg_ctlcluster >/dev/null && ls /etc/postgresql/*/main >/dev/null 2>&1; }; then
+        command -v apt-get >/dev/null || die "PostgreSQL is not reachable at $url; set DATABASE_URL"
         log "installing PostgreSQL"
         apt_install postgresql
-        as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-        # Match the default URL: trust on loopback, as a local development server.
-        local hba
-        hba="$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)"
-        as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
-        as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main reload
-        as_root su postgres -c "psql -tc \"SELECT 1 FROM pg_database WHERE datname = 'test'\" | grep -q 1 || createdb test"
     fi
+    local version hba
+    version="$(ls /etc/postgresql | sort -V | tail -n1)"
+    hba="/etc/postgresql/$version/main/pg_hba.conf"
+    if ! grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then
+        log "PostgreSQL $version: trusting loopback connections (local development server)"
+        as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+    fi
+    if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        log "starting the local PostgreSQL $version"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    fi
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
     for _ in $(seq 1 50); do
-        pg_isready -q -d "$url" 2>/dev/null && return
+        pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && break
+        sleep 0.2
+    done
+    as_root su postgres -c "psql -X -tAc \"SELECT 1 FROM pg_database WHERE datname = 'test'\" | grep -q 1 || createdb test" ||
+        true
+    for _ in $(seq 1 50); do
+        psql -X -q -d "$url" -c 'SELECT 1' >/dev/null 2>&1 && return
         sleep 0.2
     done
     die "PostgreSQL is not reachable at $url; set DATABASE_URL"

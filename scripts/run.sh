@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up what is missing and runs the whole pipeline locally: Tansu, generator, file-bridge and
+# Sets up what is missing and runs the whole pipeline locally: Apache Kafka, generator, file-bridge and
 # consumer, writing into PostgreSQL. Ctrl-C stops everything.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -15,12 +15,12 @@ export BRIDGE_METRICS_ADDR="${BRIDGE_METRICS_ADDR:-127.0.0.1:9100}"
 LOGS="data/logs"
 
 ensure_system_packages
-ensure_tansu
+ensure_kafka
 ensure_postgres "$DATABASE_URL"
 log "building (release)"
 cargo build --release --bins
 mkdir -p "$LOGS" "$INPUT_DIR" "$ARCHIVE_DIR"
-start_tansu "$ROOT/data/tansu" "$KAFKA_PORT"
+start_kafka "$ROOT/data/kafka" "$KAFKA_PORT"
 
 pids=()
 cleanup() {
@@ -31,7 +31,7 @@ cleanup() {
     for pid in "${pids[@]}"; do
         while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
     done
-    stop_tansu "$ROOT/data/tansu"
+    stop_kafka "$ROOT/data/kafka"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM

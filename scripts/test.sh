@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Sets up what is missing and runs every test: formatting, lints, unit tests, and the integration
-# tests against a real PostgreSQL and a real Kafka-protocol broker (Tansu, started here).
+# tests against a real PostgreSQL and a real Apache Kafka (fetched once and started here).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 TEST_KAFKA_PORT="${TEST_KAFKA_PORT:-19093}"
-TANSU_DIR="$ROOT/target/it-tansu"
+KAFKA_DIR="$ROOT/target/it-kafka"
 
 ensure_system_packages
 ensure_tls_tools
-ensure_tansu
+ensure_kafka
 ensure_postgres "$TEST_DATABASE_URL"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 # The metrics test parses /metrics with the reference client's parser; the dashboard test drives
@@ -28,11 +28,12 @@ python3 scripts/check_compose.py docker-compose.yml
 log "building the binaries the integration tests run"
 cargo build --bins
 
-# A fresh broker per run: no topics or groups left over from earlier runs.
-stop_tansu "$TANSU_DIR"
-rm -rf "$TANSU_DIR"
-start_tansu "$TANSU_DIR" "$TEST_KAFKA_PORT"
-trap 'stop_tansu "$TANSU_DIR"' EXIT
+# A fresh shared broker per run: no topics or groups left over from earlier runs. Tests that
+# kill, restart or wipe a broker start private ones (it-tests/src/services.rs).
+stop_kafka "$KAFKA_DIR"
+rm -rf "$KAFKA_DIR"
+start_kafka "$KAFKA_DIR" "$TEST_KAFKA_PORT"
+trap 'stop_kafka "$KAFKA_DIR"' EXIT
 export KAFKA_BROKERS="127.0.0.1:$TEST_KAFKA_PORT"
 
 # Databases of earlier runs (each test makes its own).

@@ -22,7 +22,7 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     // Bounds the prefetch queue, and so memory, whatever the backlog.
     ("queued.max.messages.kbytes", "32768"),
     // Bounds one fetch response, held until its last message is gone: librdkafka's 50 MiB
-    // default let Tansu answer with 15 MiB at once (peak RSS 70 → 62 MiB draining a
+    // default let a broker answer with 15 MiB at once (peak RSS 70 → 62 MiB draining a
     // 10-million-event backlog, at the same rate).
     ("fetch.max.bytes", "4194304"),
 ];

@@ -23,8 +23,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-/// Our producer defaults; `-X` options override them. Batching settings measured on Tansu and
-/// sensible on Redpanda: large batches, a short linger.
+/// Our producer defaults; `-X` options override them: large batches, a short linger.
 ///
 /// Not idempotent: exactly-once is the consumer's job (event_id and file line are unique in
 /// Postgres), so a retry's duplicate costs nothing, while librdkafka's idempotent producer keeps

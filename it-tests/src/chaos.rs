@@ -1,5 +1,7 @@
 //! The chaos run: the whole pipeline on private services, with every component (generator,
-//! bridge, two consumers, the broker, PostgreSQL) killed with SIGKILL at random, then restarted.
+//! bridge, up to three consumers, the broker, PostgreSQL) killed with SIGKILL at random, then
+//! restarted. Consumers are dynamic group members (no `--instance-id`), as most deployments run
+//! them: a killed one is expired by the broker and its partitions reassigned.
 //! At the end the invariant is checked and printed: every valid event in once, every invalid row
 //! quarantined once, nothing lost, nothing duplicated.
 //!
@@ -46,25 +48,27 @@ impl std::fmt::Display for ChaosReport {
     }
 }
 
-const COMPONENTS: [&str; 6] = [
+const COMPONENTS: [&str; 7] = [
     "generator",
     "bridge",
     "consumer-a",
     "consumer-b",
+    "consumer-c",
     "broker",
     "postgres",
 ];
 
+/// The consumers among [`COMPONENTS`], in order.
+const CONSUMERS: [&str; 3] = ["consumer-a", "consumer-b", "consumer-c"];
+
 /// What a chaos run may do.
 #[derive(Debug, Clone, Copy)]
 pub struct ChaosOptions {
-    /// Kill the broker too. Tansu 0.6 restores group members that died with it and never expires
-    /// them, which can leave a group without assignments (see README).
+    /// Kill the broker too.
     pub kill_broker: bool,
     /// Kill PostgreSQL too.
     pub kill_postgres: bool,
-    /// One or two consumers in the group. With Tansu 0.6, two static members killed in turn can
-    /// leave the group waiting for a member that is gone.
+    /// One to three consumers in the group.
     pub consumers: usize,
     /// Mix hostile files into the generated input (see [`hostile_file`]).
     pub hostile: bool,
@@ -186,17 +190,17 @@ pub async fn run_chaos(
         "--malformed-rate",
         "0.02",
     ];
-    let consumer_args = |id: &'static str| ["--batch-size", "500", "--instance-id", id];
+    let consumers = &CONSUMERS[..options.consumers.clamp(1, CONSUMERS.len())];
     let start = |name: &str| -> Proc {
         match name {
             "generator" => world.spawn("generator", &generator_args),
             "bridge" => world.bridge(&[]),
-            "consumer-a" => world.consumer(&consumer_args("a")),
-            _ => world.consumer(&consumer_args("b")),
+            _ => world.consumer(&["--batch-size", "500"]),
         }
     };
-    let mut running: Vec<(&str, Proc)> = COMPONENTS[..2 + options.consumers.clamp(1, 2)]
+    let mut running: Vec<(&str, Proc)> = COMPONENTS
         .iter()
+        .filter(|name| matches!(**name, "generator" | "bridge") || consumers.contains(name))
         .map(|n| (*n, start(n)))
         .collect();
     let victims: Vec<&str> = COMPONENTS
@@ -204,8 +208,8 @@ pub async fn run_chaos(
         .filter(|name| match *name {
             "broker" => options.kill_broker,
             "postgres" => options.kill_postgres,
-            "consumer-b" => options.consumers >= 2,
-            _ => true,
+            "generator" | "bridge" => true,
+            consumer => consumers.contains(&consumer),
         })
         .collect();
     let mut report = ChaosReport {

@@ -1,8 +1,9 @@
 //! Test harness: real services from the environment, a fresh database, topic and group per test,
 //! and the three binaries run as real processes (so they can be killed with SIGKILL).
 //!
-//! - `KAFKA_BROKERS` (default `127.0.0.1:9092`): a Kafka-protocol broker (Tansu here, Redpanda in
-//!   Docker, see the `docker` feature).
+//! - `KAFKA_BROKERS` (default `127.0.0.1:9092`): a Kafka-protocol broker (Apache Kafka here,
+//!   Redpanda in Docker, see the `docker` feature). Tests that disturb a broker start their own
+//!   ([`services::PrivateBroker`], [`services::KafkaCluster`]).
 //! - `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`): a server where the
 //!   tests may create databases.
 //! - `PIPELINE_BIN_DIR` (default `target/debug`): where `cargo build --bins` put the binaries.

@@ -1,9 +1,9 @@
 //! TLS for the tests: a certificate authority made with the `openssl` command, server
-//! certificates it signs, and a Tansu broker behind stunnel (Tansu 0.6 cannot serve TLS itself).
+//! certificates it signs, and a Kafka node serving SASL_SSL (SCRAM-SHA-512) on its own listener.
 
-use crate::services::{free_port, PrivateBroker};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::services::{BrokerSettings, ClientListener, PrivateBroker};
+use std::path::PathBuf;
+use std::process::Command;
 
 /// A throwaway CA and one server certificate for `localhost` and `127.0.0.1`.
 pub struct TestCa {
@@ -99,64 +99,33 @@ impl TestCa {
     }
 }
 
-/// A Tansu broker reachable only through TLS: stunnel accepts TLS on `tls_port` and forwards to
-/// Tansu's plain listener, and Tansu advertises the TLS port to its clients.
-pub struct TlsBroker {
-    _broker: PrivateBroker,
-    stunnel: Child,
-    tls_port: u16,
-    _config: tempfile::TempDir,
+/// A Kafka node whose clients must use TLS (its certificate signed by `ca`) and SCRAM-SHA-512 as
+/// one of `users` (name, password); with `authorizer`, each user may do only what ACLs allow.
+pub fn sasl_ssl_broker(ca: &TestCa, users: &[(&str, &str)], authorizer: bool) -> PrivateBroker {
+    PrivateBroker::start_with(BrokerSettings {
+        listener: ClientListener::SaslSsl {
+            cert: ca.server_cert(),
+            key: ca.server_key(),
+            users: users
+                .iter()
+                .map(|(name, password)| (name.to_string(), password.to_string()))
+                .collect(),
+        },
+        authorizer,
+        extra: Vec::new(),
+    })
 }
 
-impl TlsBroker {
-    pub fn start(ca: &TestCa) -> TlsBroker {
-        let tls_port = free_port();
-        let broker = PrivateBroker::start_advertising(tls_port);
-        let config = tempfile::tempdir().expect("stunnel dir");
-        let conf = config.path().join("stunnel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = {}\ncert = {}\nkey = {}\n",
-                broker.address(),
-                ca.server_cert().display(),
-                ca.server_key().display()
-            ),
-        )
-        .expect("stunnel config");
-        let log = std::fs::File::create(config.path().join("stunnel.log")).expect("stunnel log");
-        let stunnel = Command::new(stunnel_binary())
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("stunnel log"))
-            .stderr(log)
-            .spawn()
-            .expect("stunnel on PATH (scripts/test.sh installs stunnel4)");
-        crate::services::wait_for_port(tls_port, "stunnel");
-        TlsBroker {
-            _broker: broker,
-            stunnel,
-            tls_port,
-            _config: config,
-        }
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.tls_port)
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = self.stunnel.kill();
-        let _ = self.stunnel.wait();
-    }
-}
-
-fn stunnel_binary() -> &'static str {
-    if Path::new("/usr/bin/stunnel4").exists() {
-        "/usr/bin/stunnel4"
-    } else {
-        "stunnel"
-    }
+/// The client options for `sasl_ssl_broker`: TLS trusting `ca`, SCRAM-SHA-512 as `user`.
+pub fn sasl_ssl_options(ca: &TestCa, user: &str, password: &str) -> Vec<String> {
+    [
+        "security.protocol=SASL_SSL".to_owned(),
+        format!("ssl.ca.location={}", ca.ca_pem().display()),
+        "sasl.mechanism=SCRAM-SHA-512".to_owned(),
+        format!("sasl.username={user}"),
+        format!("sasl.password={password}"),
+    ]
+    .into_iter()
+    .flat_map(|option| ["-X".to_owned(), option])
+    .collect()
 }

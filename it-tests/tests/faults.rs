@@ -133,8 +133,7 @@ async fn consumers_joining_and_leaving_mid_stream_share_the_work_without_doublin
     let (expected, _) = generate(&world, "30", "1000", "24");
     world.bridge_once(&["--partitions", "6"]);
     // Dynamic membership: a consumer that leaves says so and its partitions move at once.
-    // (Static members leave silently by design and wait out the session timeout, which Tansu
-    // 0.6 never ends.)
+    // (Static members leave silently by design and wait out the session timeout.)
     let small = ["--batch-size", "500"];
     let _first = world.consumer(&small);
     world.wait_for_at_least(EVENTS, 3_000, LONG).await;
@@ -223,7 +222,7 @@ async fn files_arriving_late_slowly_twice_and_by_the_thousand() {
     assert_exactly(&many, &expected).await;
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_restart_under_load_loses_nothing() {
     let mut broker = PrivateBroker::start();
@@ -239,7 +238,7 @@ async fn broker_restart_under_load_loses_nothing() {
     assert_eq!(world.files_waiting(), 0, "all archived");
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_crash_mid_stream_then_recovery_loses_nothing() {
     let postgres = PrivatePostgres::start();
@@ -355,7 +354,7 @@ async fn a_row_the_database_refuses_is_quarantined_alone() {
     assert!(reason.contains("no_666"), "{reason}");
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_down_longer_than_the_message_timeout_keeps_the_file_until_it_is_back() {
     let mut broker = PrivateBroker::start();
@@ -376,7 +375,7 @@ async fn broker_down_longer_than_the_message_timeout_keeps_the_file_until_it_is_
     assert_eq!(world.files_waiting(), 0, "archived after recovery");
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_cut_again_and_again_and_a_full_server_lose_nothing() {
     let postgres = PrivatePostgres::start_with("-c max_connections=8");

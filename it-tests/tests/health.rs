@@ -40,7 +40,7 @@ async fn raw(addr: &str, request: &str) -> String {
     answer
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_follows_the_database_while_health_stays_up() {
     let postgres = PrivatePostgres::start();

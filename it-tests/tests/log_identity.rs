@@ -9,7 +9,7 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(180);
 const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_broker_is_read_again_from_its_start_and_reported() {
     let mut broker = PrivateBroker::start();

@@ -1,22 +1,21 @@
-//! Production connections: the whole pipeline over TLS to Kafka (a CA of our own, the broker's
-//! certificate verified) and to PostgreSQL (`sslmode=verify-full`, a server that refuses plain
-//! connections); a wrong CA is refused on both with a clear error.
+//! Production connections: the whole pipeline over SASL_SSL to Kafka (Kafka's own TLS listener, a
+//! CA of our own, SCRAM-SHA-512 with one user per component, ACLs granting each only what it needs)
+//! and over TLS to PostgreSQL (`sslmode=verify-full`, a server that refuses plain connections); a
+//! wrong password and a wrong CA are each refused with an error that says so.
 
-use it_tests::services::PrivatePostgres;
-use it_tests::tls::{TestCa, TlsBroker};
+use it_tests::services::{kafka_tool, PrivateBroker, PrivatePostgres};
+use it_tests::tls::{sasl_ssl_broker, sasl_ssl_options, TestCa};
 use it_tests::World;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn kafka_tls(ca: &TestCa) -> Vec<String> {
-    vec![
-        "-X".into(),
-        "security.protocol=ssl".into(),
-        "-X".into(),
-        format!("ssl.ca.location={}", ca.ca_pem().display()),
-    ]
-}
+/// One user per component, and an administrator who creates the topic.
+const USERS: &[(&str, &str)] = &[
+    ("bridge", "bridge-secret"),
+    ("consumer", "consumer-secret"),
+    ("admin", "admin-secret"),
+];
 
 fn postgres_tls_url(postgres: &PrivatePostgres, ca: &TestCa) -> String {
     format!(
@@ -26,26 +25,54 @@ fn postgres_tls_url(postgres: &PrivatePostgres, ca: &TestCa) -> String {
     )
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+/// The topic made by an operator, as on a cluster where the pipeline's users may not create one.
+fn create_topic(broker: &PrivateBroker, topic: &str) {
+    let admin = broker.admin_address();
+    kafka_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &admin,
+            "--create",
+            "--topic",
+            topic,
+            "--partitions",
+            "3",
+        ],
+    );
+}
+
+/// The least privilege the README shows: the bridge describes and writes the topic; the consumer
+/// reads it and uses its group.
+fn grant_least_privilege(broker: &PrivateBroker, topic: &str, group: &str) {
+    broker.allow("User:bridge", &["Describe", "Write"], &["--topic", topic]);
+    broker.allow("User:consumer", &["Read", "Describe"], &["--topic", topic]);
+    broker.allow("User:consumer", &["Read"], &["--group", group]);
+}
+
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
-async fn events_flow_end_to_end_over_tls_to_kafka_and_postgres() {
+async fn events_flow_end_to_end_over_sasl_ssl_with_least_privilege() {
     let ca = TestCa::new("pipeline");
-    let broker = TlsBroker::start(&ca);
+    let broker = sasl_ssl_broker(&ca, USERS, true);
     let postgres = PrivatePostgres::start_tls(&ca);
     let server = postgres_tls_url(&postgres, &ca);
     let world = World::on("tls", &broker.address(), &server).await;
+    create_topic(&broker, &world.topic);
+    grant_least_privilege(&broker, &world.topic, &world.group);
     assert!(world
         .generator(&["--files", "3", "--events-per-file", "100", "--seed", "51"])
         .success());
-    let kafka = kafka_tls(&ca);
-    let kafka: Vec<&str> = kafka.iter().map(String::as_str).collect();
-    world.bridge_once(&kafka);
-    // The consumer takes its TLS settings from a client properties file, as kcat -F does.
+    let bridge = sasl_ssl_options(&ca, "bridge", "bridge-secret");
+    let bridge: Vec<&str> = bridge.iter().map(String::as_str).collect();
+    world.bridge_once(&bridge);
+    // The consumer takes its settings from a client properties file, as kcat -F does.
     let properties = world.dir.path().join("client.properties");
     std::fs::write(
         &properties,
         format!(
-            "# managed Kafka\nsecurity.protocol = SSL\nssl.ca.location: {}\n",
+            "# managed Kafka\nsecurity.protocol = SASL_SSL\nssl.ca.location: {}\n\
+             sasl.mechanism=SCRAM-SHA-512\nsasl.username=consumer\nsasl.password=consumer-secret\n",
             ca.ca_pem().display()
         ),
     )
@@ -79,14 +106,36 @@ async fn events_flow_end_to_end_over_tls_to_kafka_and_postgres() {
         .connect(&plain)
         .await;
     assert!(refused.is_err(), "a plain connection was accepted");
+
+    // The rights are exactly those: the consumer's user may not publish to the topic.
+    world.drop_file(
+        "intruder.csv",
+        b"event_id,user_id,event_type,product_id,price,event_time\nx,1,view,1,1.00,2026-11-25T12:00:00Z\n",
+    );
+    let intruder = sasl_ssl_options(&ca, "consumer", "consumer-secret");
+    let mut args: Vec<&str> = intruder.iter().map(String::as_str).collect();
+    args.push("--once");
+    let refused = world.bridge(&args);
+    let log = refused.log.clone();
+    let status = refused.wait_for_exit(LONG);
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        !status.success(),
+        "the consumer's user published to the topic:\n{log}"
+    );
+    assert!(
+        log.to_lowercase().contains("authoriz"),
+        "no clear authorization error:\n{log}"
+    );
+    assert_eq!(world.event_ids().await.len(), 300);
 }
 
-#[cfg_attr(feature = "docker", ignore = "needs a host Tansu or initdb")]
+#[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_wrong_certificate_authority_is_refused_with_a_clear_error() {
+async fn a_wrong_password_or_certificate_authority_is_refused_with_a_clear_error() {
     let ca = TestCa::new("pipeline");
     let wrong = TestCa::new("stranger");
-    let broker = TlsBroker::start(&ca);
+    let broker = sasl_ssl_broker(&ca, USERS, false);
     let postgres = PrivatePostgres::start_tls(&ca);
     let world = World::on(
         "tls_wrong",
@@ -99,22 +148,29 @@ async fn a_wrong_certificate_authority_is_refused_with_a_clear_error() {
         b"event_id,user_id,event_type,product_id,price,event_time\na,1,view,1,1.00,2026-11-25T12:00:00Z\n",
     );
 
-    // Kafka: the bridge cannot verify the broker and says so.
-    let kafka = kafka_tls(&wrong);
-    let mut args: Vec<&str> = kafka.iter().map(String::as_str).collect();
-    args.push("--once");
-    let bridge = world.bridge(&args);
-    let log = bridge.log.clone();
-    let status = bridge.wait_for_exit(LONG);
-    let log = std::fs::read_to_string(log).unwrap();
-    assert!(
-        !status.success(),
-        "the bridge trusted a broker it cannot verify:\n{log}"
-    );
-    assert!(
-        log.contains("certificate verify failed"),
-        "no clear certificate error:\n{log}"
-    );
+    // Kafka: a bridge that cannot verify the broker, or whose password is wrong, says so.
+    for (options, expected) in [
+        (
+            sasl_ssl_options(&wrong, "bridge", "bridge-secret"),
+            "certificate verify failed",
+        ),
+        (
+            sasl_ssl_options(&ca, "bridge", "not-the-password"),
+            "Authentication failed",
+        ),
+    ] {
+        let mut args: Vec<&str> = options.iter().map(String::as_str).collect();
+        args.push("--once");
+        let bridge = world.bridge(&args);
+        let log = bridge.log.clone();
+        let status = bridge.wait_for_exit(LONG);
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(
+            !status.success(),
+            "the bridge went on without `{expected}`:\n{log}"
+        );
+        assert!(log.contains(expected), "no `{expected}` error:\n{log}");
+    }
 
     // PostgreSQL: the consumer cannot verify the server and says so, and writes nothing.
     let wrong_url = world.database_url.replace(

@@ -249,6 +249,13 @@ pub fn host_name() -> String {
 }
 
 /// Client settings: our defaults first, then the user's `-X` options, which win.
+/// What every client of ours sets, before its own defaults.
+pub const SHARED_DEFAULTS: &[(&str, &str)] = &[
+    // Partitions added to the live topic are seen within this bound (librdkafka's default is
+    // five minutes): the bridge publishes to them and the consumer group rebalances onto them.
+    ("topic.metadata.refresh.interval.ms", "10000"),
+];
+
 pub fn client_config(
     brokers: &str,
     defaults: &[(&str, &str)],
@@ -256,7 +263,7 @@ pub fn client_config(
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
-    for (key, value) in defaults {
+    for (key, value) in SHARED_DEFAULTS.iter().chain(defaults) {
         config.set(*key, *value);
     }
     for (key, value) in overrides {

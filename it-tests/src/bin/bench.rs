@@ -435,7 +435,6 @@ async fn backlog(events: usize, per_file: usize) -> anyhow::Result<(f64, u64)> {
         .bridge(&["--once"])
         .wait_with_peak_rss(Duration::from_secs(7200));
     anyhow::ensure!(status.success(), "file-bridge --once failed");
-    // Tansu's fetch slows down as its database grows: 6,500-12,000 rows/s from 10 million.
     let drained = drain(&world, files * per_file, Duration::from_secs(4 * 3600)).await;
     let (rate, rss) = (drained.rows_per_second, drained.peak_rss_kib);
     // Gigabytes of rows nobody needs after this: dropping the world drops its database.

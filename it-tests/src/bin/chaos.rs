@@ -12,10 +12,12 @@ struct Args {
     /// Seed of the kill schedule (default: random).
     #[arg(long, env = "CHAOS_SEED")]
     seed: Option<u64>,
-    /// Never kill the broker (Tansu 0.6 can lose its consumer group's assignments when it is
-    /// killed under a group; Redpanda and Kafka do not).
+    /// Never kill the broker.
     #[arg(long, env = "CHAOS_SPARE_BROKER")]
     spare_broker: bool,
+    /// Consumers in the group (1 to 3), dynamic members.
+    #[arg(long, env = "CHAOS_CONSUMERS", default_value_t = 3)]
+    consumers: usize,
 }
 
 #[tokio::main]
@@ -29,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         it_tests::chaos::ChaosOptions {
             kill_broker: !args.spare_broker,
             kill_postgres: true,
-            consumers: 2,
+            consumers: args.consumers,
             hostile: true,
         },
     )

@@ -31,6 +31,9 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 /// reports each partition's lag from librdkafka's statistics.
 pub struct RebalanceWatch {
     moved: AtomicBool,
+    /// Wakes a receive loop that waits for messages, so new partitions are positioned at once
+    /// (a partition whose group offset is at the log's end would otherwise bring none).
+    moved_signal: tokio::sync::Notify,
     metrics: ConsumerMetrics,
 }
 
@@ -38,6 +41,7 @@ impl RebalanceWatch {
     pub fn new(metrics: ConsumerMetrics) -> RebalanceWatch {
         RebalanceWatch {
             moved: AtomicBool::new(false),
+            moved_signal: tokio::sync::Notify::new(),
             metrics,
         }
     }
@@ -45,6 +49,11 @@ impl RebalanceWatch {
     /// True once after every rebalance.
     pub fn take_moved(&self) -> bool {
         self.moved.swap(false, Ordering::AcqRel)
+    }
+
+    /// Returns after the next rebalance (at once if one happened since the last call).
+    pub async fn moved(&self) {
+        self.moved_signal.notified().await;
     }
 }
 
@@ -68,6 +77,7 @@ impl ClientContext for RebalanceWatch {
 impl ConsumerContext for RebalanceWatch {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.moved.store(true, Ordering::Release);
+        self.moved_signal.notify_one();
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = %describe(partitions), "partitions assigned");

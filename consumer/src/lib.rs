@@ -22,7 +22,7 @@ use anyhow::Context;
 use batch::{classify, Incoming, MessageBuffer, Rules, WriteBatch};
 use chrono::TimeDelta;
 use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
-use log_check::{LogCheck, LogProbe};
+use log_check::{LogCheck, LogEventKind, LogProbe};
 use metrics::ConsumerMetrics;
 use partition::PartitionState;
 use rdkafka::config::ClientConfig;
@@ -159,8 +159,12 @@ async fn consume(
     let mut messages = next_batch(consumer, config, shutdown).await;
     while !shutdown.is_cancelled() {
         if consumer.context().take_moved() {
-            // Partitions may have changed hands: trust only Postgres for where each one stands.
+            // Partitions may have changed hands: trust only Postgres for where each one stands,
+            // and start reading each exactly there.
             writer.states.clear();
+            if !writer.position_assigned(consumer, &mut messages).await {
+                break;
+            }
         }
         if messages.is_empty() {
             messages = next_batch(consumer, config, shutdown).await;
@@ -319,6 +323,8 @@ async fn next_batch(
                 }
                 Err(error) => tracing::warn!(%error, "kafka error"),
             },
+            // Partitions moved: the caller positions them before anything is read.
+            _ = consumer.context().moved(), if !started => break,
             _ = &mut wait => {
                 if started {
                     break;
@@ -429,6 +435,91 @@ impl Writer<'_> {
         }
     }
 
+    /// Starts every assigned partition exactly at PostgreSQL's checkpoint (checked against the
+    /// log), or at the log's start where PostgreSQL has none, whatever Kafka's committed offset
+    /// says: a database restored from an older backup is behind Kafka, and trusting Kafka would
+    /// skip what the backup lost. A rewind is recorded, logged and counted. Messages in hand for
+    /// a partition that moves are dropped (they are read again from its new position). False when
+    /// shutdown came first.
+    async fn position_assigned(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceWatch>,
+        in_hand: &mut Vec<Incoming>,
+    ) -> bool {
+        let topic = self.config.kafka.topic.clone();
+        let Ok(assignment) = consumer.assignment() else {
+            return true;
+        };
+        let partitions: Vec<i32> = assignment
+            .elements_for_topic(&topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        if partitions.is_empty() {
+            return true;
+        }
+        let mut backoff = RETRY;
+        while let Err(error) = self.load_states(&partitions).await {
+            tracing::error!(%error, "checkpoints not readable; will retry before reading");
+            self.sink.reset();
+            if !backoff.wait(self.shutdown).await {
+                return false;
+            }
+        }
+        let committed = committed_offsets(consumer, &assignment);
+        let mut moved = Vec::new();
+        for partition in partitions {
+            let checkpoint = self.states.get(&partition).and_then(|s| s.next_offset);
+            let start = match checkpoint {
+                Some(offset) => offset,
+                None => match self.log_start(partition).await {
+                    Some(offset) => offset,
+                    None => continue,
+                },
+            };
+            let first_in_hand = in_hand
+                .iter()
+                .find(|m| m.partition == partition)
+                .map(|m| m.offset);
+            if let Some(&ahead) = committed.get(&partition).filter(|&&c| c > start) {
+                tracing::error!(partition, committed = ahead, checkpoint = start, "Kafka's committed offset is ahead of PostgreSQL's checkpoint (a restored database?); reading again from the checkpoint");
+                self.metrics.log_event(partition, LogEventKind::Rewound);
+                if let Err(error) = self.sink.record_rewind(partition, ahead, start).await {
+                    tracing::warn!(partition, %error, "rewind not recorded");
+                }
+            }
+            if first_in_hand == Some(start) {
+                continue;
+            }
+            // Without the seek, reading would go on from Kafka's position: never trust it.
+            let mut seek_backoff = SEEK_RETRY;
+            while let Err(error) =
+                consumer.seek(&topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
+            {
+                tracing::warn!(partition, start, %error, "could not move to the checkpoint yet; will retry");
+                if !seek_backoff.wait(self.shutdown).await {
+                    return false;
+                }
+            }
+            moved.push(partition);
+        }
+        in_hand.retain(|m| !moved.contains(&m.partition));
+        true
+    }
+
+    /// Where the partition's log starts now, asked of the broker.
+    async fn log_start(&self, partition: i32) -> Option<i64> {
+        let probe = self.probe.clone();
+        match tokio::task::spawn_blocking(move || probe.log_start(partition)).await {
+            Ok(Ok(offset)) => Some(offset),
+            Ok(Err(error)) => {
+                tracing::warn!(partition, %error, "could not ask where the log starts; reading from the group's position");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Loads the checkpoint of each partition not known yet, and checks that the partition's log
     /// is still the one it describes.
     async fn load_states(&mut self, partitions: &[i32]) -> Result<(), SinkError> {
@@ -478,7 +569,7 @@ impl Writer<'_> {
                     to,
                     "messages were removed from the log before they were read"
                 );
-                self.metrics.log_event(partition, "gap");
+                self.metrics.log_event(partition, LogEventKind::Gap);
                 self.sink.record_gap(partition, from, to).await?;
                 Ok(next)
             }
@@ -487,7 +578,7 @@ impl Writer<'_> {
                 self.sink
                     .restart_checkpoint(partition, next, start, &reason)
                     .await?;
-                self.metrics.log_event(partition, "restarted");
+                self.metrics.log_event(partition, LogEventKind::Restarted);
                 Ok(start)
             }
             // The broker cannot be asked now: keep the checkpoint; the next assignment asks again.
@@ -525,6 +616,31 @@ fn partitions_of(messages: &[Incoming]) -> Vec<i32> {
     partitions.sort_unstable();
     partitions.dedup();
     partitions
+}
+
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+const SEEK_RETRY: process::Backoff =
+    process::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Kafka's committed offset of each assigned partition that has one (for the record only).
+fn committed_offsets(
+    consumer: &StreamConsumer<RebalanceWatch>,
+    assignment: &TopicPartitionList,
+) -> BTreeMap<i32, i64> {
+    match consumer.committed_offsets(assignment.clone(), Duration::from_secs(5)) {
+        Ok(list) => list
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "could not read Kafka's committed offsets");
+            BTreeMap::new()
+        }
+    }
 }
 
 fn commit_offsets(

@@ -16,6 +16,29 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
+/// What the consumer found about a partition's log that an operator must know, as
+/// `ingest_log_events.kind` and the `kind` label of `pipeline_consumer_log_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEventKind {
+    /// The log is not the one the checkpoint was taken on; read again from its start.
+    Restarted,
+    /// Messages were removed before this group read them.
+    Gap,
+    /// Kafka's committed offset was ahead of PostgreSQL's checkpoint; read again from the
+    /// checkpoint.
+    Rewound,
+}
+
+impl LogEventKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogEventKind::Restarted => "restarted",
+            LogEventKind::Gap => "gap",
+            LogEventKind::Rewound => "rewound",
+        }
+    }
+}
+
 /// What the log says about a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogCheck {
@@ -109,6 +132,13 @@ impl LogProbe {
             },
             _ => LogCheck::Continues,
         })
+    }
+
+    /// Where the partition's log starts now. Blocking.
+    pub fn log_start(&self, partition: i32) -> KafkaResult<i64> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, self.timeout)
+            .map(|(low, _)| low)
     }
 
     /// The offset and hash of the first message at or after `offset`, if one arrives in time.

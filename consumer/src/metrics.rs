@@ -272,7 +272,8 @@ impl ConsumerMetrics {
     }
 
     /// Counts a finding about a partition's log: `restarted` or `gap`.
-    pub fn log_event(&self, partition: i32, kind: &'static str) {
+    pub fn log_event(&self, partition: i32, kind: crate::log_check::LogEventKind) {
+        let kind = kind.as_str();
         self.log_events
             .get_or_create(&LogEventLabels { partition, kind })
             .inc();

@@ -190,7 +190,8 @@ pub struct ClaimFolder {
     root: PathBuf,
     dir: PathBuf,
     owner: String,
-    _lock: File,
+    /// Held while the bridge runs; `None` only for the moment of [`ClaimFolder::renew`].
+    _lock: Option<File>,
 }
 
 impl ClaimFolder {
@@ -213,8 +214,17 @@ impl ClaimFolder {
             dir: root.join(&owner),
             root,
             owner,
-            _lock: lock,
+            _lock: Some(lock),
         })
+    }
+
+    /// Takes the claim folder again in `input` (a folder that was removed and made again, or
+    /// replaced): the old lock goes first, since a lock on the same file would refuse the new one.
+    pub fn renew(&mut self, input: &Path) -> std::io::Result<()> {
+        self._lock = None;
+        let renewed = ClaimFolder::take(input, &self.owner)?;
+        *self = renewed;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -310,6 +320,9 @@ pub fn claimed_files(claimed: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Across file systems it copies to a hidden temporary name, syncs, renames, then removes the
 /// original: a failure at any step leaves no partial file under an archive name.
 pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
+    // The archive folder may have been removed while the bridge ran (a volume re-mounted, an
+    // operator clearing it): made again, as at start-up.
+    std::fs::create_dir_all(archive_dir)?;
     let name = file
         .file_name()
         .ok_or_else(|| std::io::Error::other("file has no name"))?;

@@ -18,7 +18,7 @@ use process::Backoff;
 use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
 use rdkafka::config::ClientConfig;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -37,7 +37,7 @@ struct Files<'a> {
     retry_after: HashMap<PathBuf, Instant>,
     /// Published files whose archiving failed: retried alone (never published again), with
     /// backoff, until the archive takes them.
-    archive_pending: HashMap<PathBuf, (Instant, Backoff)>,
+    archive_pending: HashMap<PathBuf, PendingArchive>,
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
@@ -45,6 +45,14 @@ struct Files<'a> {
     /// its producer id and sequences) may no longer match the broker's, so it is replaced once
     /// nothing is in flight.
     producer_suspect: bool,
+}
+
+/// A published file waiting to be archived: when to try next, and what its metrics will say.
+struct PendingArchive {
+    at: Instant,
+    backoff: Backoff,
+    rows: u64,
+    started: Instant,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -67,10 +75,15 @@ struct Bridge<'a> {
     publisher: Arc<Publisher>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
+    wake_tx: mpsc::Sender<()>,
     wake: mpsc::Receiver<()>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    /// Kept for its events; made again when the input folder is.
+    watcher: Option<notify::RecommendedWatcher>,
     writers: folder::Writers,
     claims: folder::ClaimFolder,
+    /// The input folder as last seen (device and inode), `None` while it is missing: a folder
+    /// removed and made again, re-mounted or replaced by a symlink is another folder.
+    input_folder: Option<(u64, u64)>,
     warned: HashSet<PathBuf>,
     next_seq: usize,
     scanned_once: bool,
@@ -121,9 +134,7 @@ impl<'a> Bridge<'a> {
         let (wake_tx, wake) = mpsc::channel(1);
         // Events make us quick and tell us when a writer is done; the periodic rescan makes us
         // right even where events are not delivered.
-        let watcher = folder::watch(&config.input_dir, wake_tx, writers.clone())
-            .map_err(|error| tracing::warn!(%error, "no file-system events; relying on rescans"))
-            .ok();
+        let watcher = watch_input(config, &wake_tx, &writers);
         tracing::info!(
             input = %config.input_dir.display(),
             archive = %config.archive_dir.display(),
@@ -138,8 +149,10 @@ impl<'a> Bridge<'a> {
             publisher: Arc::new(publisher),
             completions_tx,
             completions,
+            input_folder: folder_identity(&config.input_dir),
+            wake_tx,
             wake,
-            _watcher: watcher,
+            watcher,
             writers,
             claims,
             warned: HashSet::new(),
@@ -164,7 +177,7 @@ impl<'a> Bridge<'a> {
             self.replace_suspect_producer()?;
             self.files.retry_archives();
             // --once scans a single time: what is in the folder now.
-            let scan = !self.config.once || !self.scanned_once;
+            let scan = (!self.config.once || !self.scanned_once) && self.follow_input_folder();
             let unsettled = if scan && !self.shutdown.is_cancelled() {
                 self.scan_and_publish().await?
             } else {
@@ -181,6 +194,45 @@ impl<'a> Bridge<'a> {
             self.wait(unsettled).await;
         }
         self.stop()
+    }
+
+    /// Notices the input folder vanish, come back or be replaced (re-mounted, a symlink to another
+    /// folder): while it is missing the bridge waits and readiness says why; when it is another
+    /// folder than before, the claim folder and its lock are taken there and the watch renewed.
+    /// False while there is no folder to scan.
+    fn follow_input_folder(&mut self) -> bool {
+        let input = &self.config.input_dir;
+        let readiness = &self.files.metrics.readiness;
+        let Some(now) = folder_identity(input) else {
+            if self.input_folder.take().is_some() {
+                tracing::error!(folder = %input.display(), "the input folder is gone; waiting for it to come back");
+            }
+            readiness.set(
+                INPUT_FOLDER_CHECK,
+                Err(format!("input folder {} is missing", input.display())),
+            );
+            return false;
+        };
+        let claims_there = self.claims.dir().is_dir();
+        if self.input_folder == Some(now) && claims_there {
+            return true;
+        }
+        if let Err(error) = self.claims.renew(input) {
+            tracing::warn!(folder = %input.display(), %error, "cannot take the claim folder yet; will retry");
+            readiness.set(
+                INPUT_FOLDER_CHECK,
+                Err(format!(
+                    "claim folder in {} not taken: {error}",
+                    input.display()
+                )),
+            );
+            return false;
+        }
+        self.watcher = watch_input(self.config, &self.wake_tx, &self.writers);
+        tracing::warn!(folder = %input.display(), "the input folder is back or was replaced; claim folder and watch renewed");
+        self.input_folder = Some(now);
+        readiness.set(INPUT_FOLDER_CHECK, Ok(()));
+        true
     }
 
     /// After a failed delivery, a fresh producer once nothing is in flight.
@@ -224,13 +276,23 @@ impl<'a> Bridge<'a> {
     /// then the complete files of the input folder, claimed now.
     fn claim_ready(&mut self) -> anyhow::Result<(Vec<PathBuf>, bool)> {
         let input = &self.config.input_dir;
-        let (ready, mut unsettled) = folder::ready_files(
+        let listed = folder::ready_files(
             input,
             self.config.settle_time,
             &self.writers,
             &mut self.warned,
-        )
-        .with_context(|| format!("failed to list {}", input.display()))?;
+        );
+        let (ready, mut unsettled) = match listed {
+            Ok(listed) => listed,
+            // Gone since it was checked: noticed and waited for at the next turn.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.input_folder = None;
+                return Ok((Vec::new(), false));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("failed to list {}", input.display()))
+            }
+        };
         self.files
             .retry_after
             .retain(|_, until| *until > Instant::now());
@@ -238,8 +300,16 @@ impl<'a> Bridge<'a> {
         if let Err(error) = self.claims.adopt_orphans() {
             tracing::warn!(%error, "failed to adopt the files of a bridge that is gone");
         }
-        let mut candidates = folder::claimed_files(claimed)
-            .with_context(|| format!("failed to list {}", claimed.display()))?;
+        let mut candidates = match folder::claimed_files(claimed) {
+            Ok(files) => files,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.input_folder = None;
+                return Ok((Vec::new(), false));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("failed to list {}", claimed.display()))
+            }
+        };
         for path in ready {
             // The listing is as old as this loop: a file of it may have been claimed since.
             match folder::claim(&path, self.claims.dir()) {
@@ -350,6 +420,30 @@ impl<'a> Bridge<'a> {
     }
 }
 
+/// The readiness check that names a missing input folder.
+const INPUT_FOLDER_CHECK: &str = "input_folder";
+
+/// The folder's device and inode, following symlinks; `None` when it is not a folder now.
+fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(std::fs::Metadata::is_dir)
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Events make us quick and tell us when a writer is done; the periodic rescan makes us right
+/// even where events are not delivered.
+fn watch_input(
+    config: &Config,
+    wake: &mpsc::Sender<()>,
+    writers: &folder::Writers,
+) -> Option<notify::RecommendedWatcher> {
+    folder::watch(&config.input_dir, wake.clone(), writers.clone())
+        .map_err(|error| tracing::warn!(%error, "no file-system events; relying on rescans"))
+        .ok()
+}
+
 /// JSON writes a control character as six bytes: a row within the caps may still not fit in one
 /// message. Such rows are sent by reference; say so when the caps allow them.
 fn report_message_budget(config: &Config, kafka: &ClientConfig) {
@@ -395,37 +489,52 @@ impl Files<'_> {
                 let mut backoff = ARCHIVE_RETRY;
                 let delay = backoff.next_delay();
                 tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
-                self.archive_pending
-                    .insert(file.path, (Instant::now() + delay, backoff));
+                let pending = PendingArchive {
+                    at: Instant::now() + delay,
+                    backoff,
+                    rows: done.rows,
+                    started: file.started,
+                };
+                self.archive_pending.insert(file.path, pending);
             }
         }
     }
 
-    /// Tries again to archive published files whose archiving failed, each when its backoff ends.
+    /// Tries again to archive published files whose archiving failed, each when its backoff ends;
+    /// one archived here counts in the metrics like any other.
     fn retry_archives(&mut self) {
         let now = Instant::now();
         let due: Vec<PathBuf> = self
             .archive_pending
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|(_, pending)| pending.at <= now)
             .map(|(path, _)| path.clone())
             .collect();
         for path in due {
             let name = file_name(&path);
+            let Some(mut pending) = self.archive_pending.remove(&path) else {
+                continue;
+            };
             match folder::archive(&path, &self.config.archive_dir) {
                 Ok(target) => {
-                    self.archive_pending.remove(&path);
                     self.archived += 1;
+                    let elapsed_ms = pending.started.elapsed().as_millis() as u64;
+                    self.metrics
+                        .archived(&name, pending.rows, elapsed_ms, &target);
                     tracing::info!(file = %name, archive = %target.display(), "archived after retrying");
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    self.archive_pending.remove(&path);
+                // The claimed file is gone (its folder removed): published in full, nothing left.
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::NotFound
+                        && path.symlink_metadata().is_err() =>
+                {
+                    tracing::warn!(file = %name, "a published file vanished before it was archived");
                 }
                 Err(error) => {
-                    let mut backoff = self.archive_pending[&path].1;
-                    let delay = backoff.next_delay();
+                    let delay = pending.backoff.next_delay();
                     tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
-                    self.archive_pending.insert(path, (now + delay, backoff));
+                    pending.at = now + delay;
+                    self.archive_pending.insert(path, pending);
                 }
             }
         }

@@ -148,22 +148,25 @@ async fn a_failing_archive_is_retried_alone_and_leaves_no_partial_copy() {
     world.drop_file("a.csv", format!("{HEADER}{}", rows("a", 100)).as_bytes());
     world.wait_for_count(EVENTS, 100, LONG).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let files_seen = || async {
+    let metric = |name: &'static str| {
         let url = format!("http://{metrics_addr}/metrics");
-        let (_, body) = telemetry::http_get(&url, Duration::from_secs(2))
-            .await
-            .unwrap();
-        body.lines()
-            .find(|line| line.starts_with("pipeline_bridge_files_seen_total"))
-            .and_then(|line| line.rsplit(' ').next())
-            .unwrap_or_default()
-            .to_owned()
+        async move {
+            let (_, body) = telemetry::http_get(&url, Duration::from_secs(2))
+                .await
+                .unwrap();
+            body.lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.rsplit(' ').next())
+                .unwrap_or_default()
+                .to_owned()
+        }
     };
     assert_eq!(
-        files_seen().await,
+        metric("pipeline_bridge_files_seen_total").await,
         "1",
         "published once, not again and again"
     );
+    assert_eq!(metric("pipeline_bridge_files_archived_total").await, "0");
     assert!(bridge
         .log_text()
         .contains("failed to archive a published file; will retry"));
@@ -180,5 +183,8 @@ async fn a_failing_archive_is_retried_alone_and_leaves_no_partial_copy() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["a.csv"]);
-    assert_eq!(files_seen().await, "1");
+    assert_eq!(metric("pipeline_bridge_files_seen_total").await, "1");
+    // Archived on the retry path, counted like any other (it read 0 here before).
+    assert_eq!(metric("pipeline_bridge_files_archived_total").await, "1");
+    assert_eq!(metric("pipeline_bridge_rows_published_total").await, "100");
 }

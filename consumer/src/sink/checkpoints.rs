@@ -2,6 +2,7 @@
 //! (the fence against a consumer that lost the partition), and what was found about its log.
 
 use crate::batch::Checkpoint;
+use crate::log_check::LogEventKind;
 use sqlx::PgConnection;
 
 pub async fn record_log_event(
@@ -9,7 +10,7 @@ pub async fn record_log_event(
     group: &str,
     topic: &str,
     partition: i32,
-    kind: &str,
+    kind: LogEventKind,
     (from, to): (i64, i64),
     detail: &str,
 ) -> Result<(), sqlx::Error> {
@@ -21,7 +22,7 @@ pub async fn record_log_event(
     .bind(group)
     .bind(topic)
     .bind(partition)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(from)
     .bind(to)
     .bind(detail)

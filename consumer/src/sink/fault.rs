@@ -35,3 +35,11 @@ pub fn fault_of(error: &sqlx::Error) -> Fault {
         _ => Fault::Other,
     }
 }
+
+/// A refusal the database gave for what it was asked, not a failure of the connection or the
+/// server: any SQLSTATE but those of [`Fault::Connection`] (a trigger's `RAISE EXCEPTION`, a
+/// custom code, a row-level security policy, a constraint). It may be caused by one row, so the
+/// batch is narrowed down to find out.
+pub fn refused_by_database(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some() && fault_of(error) != Fault::Connection
+}

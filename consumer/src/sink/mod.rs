@@ -16,9 +16,10 @@ mod fault;
 mod ledger;
 mod rejects;
 
-pub use fault::{fault_of, Fault};
+pub use fault::{fault_of, refused_by_database, Fault};
 
 use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
+use crate::log_check::LogEventKind;
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use ledger::{InsertedRow, LedgerDelta};
@@ -235,7 +236,7 @@ impl Sink {
             &group,
             &topic,
             partition,
-            "restarted",
+            LogEventKind::Restarted,
             (expected, start),
             reason,
         )
@@ -261,7 +262,7 @@ impl Sink {
             &group,
             &topic,
             partition,
-            "gap",
+            LogEventKind::Gap,
             (from, to),
             &detail,
         )
@@ -269,13 +270,46 @@ impl Sink {
         Ok(())
     }
 
+    /// Records that Kafka's committed offset `committed` was ahead of where PostgreSQL says the
+    /// partition stands (`start`), so reading starts again at `start`. A database restored from
+    /// an older backup looks exactly like this; every rewind is recorded.
+    pub async fn record_rewind(
+        &mut self,
+        partition: i32,
+        committed: i64,
+        start: i64,
+    ) -> Result<(), SinkError> {
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let detail = format!(
+            "Kafka's committed offset {committed} is ahead of PostgreSQL's checkpoint {start} (a database restored from an older backup, or checkpoints removed): read again from {start}"
+        );
+        let connection = self.connection().await?;
+        sqlx::query(
+            "INSERT INTO ingest_log_events
+                 (consumer_group, topic, kafka_partition, kind, from_offset, to_offset, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&group)
+        .bind(&topic)
+        .bind(partition)
+        .bind(LogEventKind::Rewound.as_str())
+        .bind(committed)
+        .bind(start)
+        .bind(&detail)
+        .execute(connection)
+        .await?;
+        Ok(())
+    }
+
     /// Writes the batch in one transaction; nothing of it is visible unless all of it is.
-    /// Should the database refuse a row's data (a value it will not store, a constraint an operator
-    /// added), the batch is written again row by row and only the refused rows are quarantined:
-    /// poison is data, never an outage.
+    /// Should the database refuse the batch in its own words (a value it will not store, a
+    /// constraint, an operator's trigger or policy, whatever the SQLSTATE), the batch is written
+    /// again row by row and only the refused rows are quarantined: poison is data, never an
+    /// outage. Only when it refuses every row and a harmless row too (a broken schema, a missing
+    /// privilege) is the batch retried and, in time, reported stuck.
     pub async fn write(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
         match self.write_bulk(batch).await {
-            Err(SinkError::Database(error)) if fault_of(&error) == Fault::Data => {
+            Err(SinkError::Database(error)) if refused_by_database(&error) => {
                 tracing::warn!(%error, "the database refused a row; finding it row by row");
                 self.write_row_by_row(batch).await
             }
@@ -355,6 +389,9 @@ impl Sink {
         let mut tx = connection.begin().await?;
         let mut delta = LedgerDelta::default();
         let (mut inserted, mut refused) = (0, Vec::new());
+        // Refusals outside the data classes may not be the rows' doing: kept to decide below.
+        let mut refusals_beyond_data: Option<sqlx::Error> = None;
+        let mut data_refused = false;
         for row in &batch.events {
             savepoint(&mut tx).await?;
             let result = insert_through_staging(&mut tx, std::slice::from_ref(row)).await;
@@ -365,6 +402,9 @@ impl Sink {
                 }
                 Err(error) => {
                     tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
+                    if fault_of(&error) == Fault::Data {
+                        data_refused = true;
+                    }
                     refused.push(RejectRow {
                         file: row.file.to_string(),
                         file_id: row.file_id.to_string(),
@@ -378,7 +418,15 @@ impl Sink {
                         partition: row.partition,
                         offset: row.offset,
                     });
+                    refusals_beyond_data.get_or_insert(error);
                 }
+            }
+        }
+        if let Some(error) = refusals_beyond_data {
+            let every_row_refused = inserted == 0 && refused.len() == batch.events.len();
+            if every_row_refused && !data_refused && !accepts_a_harmless_row(&mut tx).await? {
+                // Nothing goes in at all: the database, not these rows, is what is wrong.
+                return Err(SinkError::Database(error));
             }
         }
         let mut outcome = WriteOutcome {
@@ -411,6 +459,38 @@ impl Sink {
     }
 }
 
+/// Whether the events table takes a harmless, valid row of our own, tried in a savepoint and
+/// rolled back whatever happens: tells rows the database refuses from a database that refuses
+/// everything (a missing privilege, a broken schema, a trigger that raises for any row).
+async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let canary = EventRow {
+        event: event_model::Event {
+            // Never committed: an id already stored would still be taken (ON CONFLICT DO NOTHING).
+            event_id: "pipeline-canary".to_owned(),
+            user_id: 1,
+            event_type: event_model::EventType::View,
+            product_id: 1,
+            price_cents: 100,
+            event_time: Utc::now(),
+        },
+        late: false,
+        file: Arc::from("pipeline-canary"),
+        file_id: Arc::from("pipeline-canary"),
+        line: 1,
+        landed_ms: Utc::now().timestamp_millis(),
+        partition: 0,
+        offset: 0,
+    };
+    sqlx::query("SAVEPOINT canary").execute(&mut *tx).await?;
+    let accepted = insert_through_staging(tx, std::slice::from_ref(&canary))
+        .await
+        .is_ok();
+    sqlx::query("ROLLBACK TO SAVEPOINT canary")
+        .execute(&mut *tx)
+        .await?;
+    Ok(accepted)
+}
+
 /// Counts rows that went in through staging in the ledger, and resolves the rejects they fix.
 async fn count_inserted(
     tx: &mut PgConnection,
@@ -429,9 +509,9 @@ pub(super) async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> 
     sqlx::query("SAVEPOINT one_row").execute(tx).await.map(drop)
 }
 
-/// Closes the savepoint around a step that ended with `result`. A refusal of the data rolls the
-/// savepoint back and is returned as `Ok(Err(..))`, the transaction still usable; any other error
-/// ends the transaction.
+/// Closes the savepoint around a step that ended with `result`. A refusal by the database (any
+/// SQLSTATE but a connection or server failure) rolls the savepoint back and is returned as
+/// `Ok(Err(..))`, the transaction still usable; any other error ends the transaction.
 pub(super) async fn settle_savepoint<T>(
     tx: &mut PgConnection,
     result: Result<T, sqlx::Error>,
@@ -441,7 +521,7 @@ pub(super) async fn settle_savepoint<T>(
             sqlx::query("RELEASE SAVEPOINT one_row").execute(tx).await?;
             Ok(Ok(value))
         }
-        Err(error) if fault_of(&error) == Fault::Data => {
+        Err(error) if refused_by_database(&error) => {
             sqlx::query("ROLLBACK TO SAVEPOINT one_row")
                 .execute(tx)
                 .await?;

@@ -1,0 +1,112 @@
+//! Folders that change under a running bridge: the input folder removed and made again, replaced
+//! by a symlink to another folder, the archive folder removed. The bridge logs it, waits (its
+//! readiness says why) and carries on: every file lands once, none is left behind.
+
+use it_tests::services::free_port;
+use it_tests::{World, HEADER};
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+
+fn rows(prefix: &str) -> Vec<u8> {
+    let mut body = HEADER.to_owned();
+    for n in 0..20 {
+        body.push_str(&format!(
+            "{prefix}-{n},1,view,10,1.00,2026-11-25T12:00:00Z\n"
+        ));
+    }
+    body.into_bytes()
+}
+
+/// Waits until `/readyz` of the bridge answers `status` with a body that holds `text`.
+async fn wait_for_readiness(addr: &str, status: u16, text: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (got, body) =
+            telemetry::http_get(&format!("http://{addr}/readyz"), Duration::from_secs(5))
+                .await
+                .unwrap_or((0, String::new()));
+        if got == status && body.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed at {got} ({body}), expected {status} with {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn input_and_archive_folders_that_vanish_or_are_replaced_lose_and_double_nothing() {
+    let world = World::new("folders").await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut bridge = world.bridge(&["--metrics-addr", &metrics]);
+    let _consumer = world.consumer(&[]);
+    world.drop_file("a.csv", &rows("a"));
+    world.wait_for_count(EVENTS, 20, LONG).await;
+    wait_for_readiness(&metrics, 200, "").await;
+
+    // Removed (an operator clearing it, a volume gone): the bridge waits and says why.
+    std::fs::remove_dir_all(world.input_dir()).unwrap();
+    wait_for_readiness(&metrics, 503, "input folder").await;
+    assert!(
+        bridge.is_running(),
+        "the bridge exited:\n{}",
+        bridge.log_text()
+    );
+    // Made again: files dropped into the new folder are published, without a restart.
+    world.drop_file("b.csv", &rows("b"));
+    world.wait_for_count(EVENTS, 40, LONG).await;
+    wait_for_readiness(&metrics, 200, "").await;
+
+    // Replaced by a symlink to another folder (a re-mount elsewhere).
+    let elsewhere = world.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::rename(world.input_dir(), world.dir.path().join("input-old")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, world.input_dir()).unwrap();
+    world.drop_file("c.csv", &rows("c"));
+    world.wait_for_count(EVENTS, 60, LONG).await;
+
+    // The archive folder removed: made again, and the next file archived into it.
+    std::fs::remove_dir_all(world.archive_dir()).unwrap();
+    world.drop_file("d.csv", &rows("d"));
+    world.wait_for_count(EVENTS, 80, LONG).await;
+    let deadline = Instant::now() + LONG;
+    while !world.archive_dir().join("d.csv").exists() || world.files_waiting() > 0 {
+        assert!(Instant::now() < deadline, "d.csv was not archived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        bridge.is_running(),
+        "the bridge exited:\n{}",
+        bridge.log_text()
+    );
+    assert_eq!(world.event_ids().await.len(), 80, "every row once");
+    let log = bridge.log_text();
+    assert!(
+        log.contains("the input folder is gone; waiting for it to come back"),
+        "{log}"
+    );
+    assert_eq!(
+        world
+            .count(
+                "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL \
+                 AND rows_inserted = 20"
+            )
+            .await,
+        4,
+        "every file reconciled once"
+    );
+    let metrics_text =
+        telemetry::http_get(&format!("http://{metrics}/metrics"), Duration::from_secs(5))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+    assert!(
+        metrics_text.contains("pipeline_bridge_files_archived_total 4"),
+        "{metrics_text}"
+    );
+}

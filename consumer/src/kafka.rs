@@ -59,9 +59,10 @@ impl RebalanceWatch {
 
 impl ClientContext for RebalanceWatch {
     fn stats(&self, statistics: Statistics) {
-        self.metrics
-            .readiness
-            .set("broker", pipeline_kafka::broker_reachable(&statistics));
+        self.metrics.readiness.set(
+            telemetry::Check::Broker,
+            pipeline_kafka::broker_reachable(&statistics),
+        );
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
                 // -1 marks the internal UA partition.
@@ -80,13 +81,17 @@ impl ConsumerContext for RebalanceWatch {
         self.moved_signal.notify_one();
         match rebalance {
             Rebalance::Assign(partitions) => {
+                // An assignment is the group coordinator answering: the broker is there.
+                self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
                 tracing::info!(partitions = %describe(partitions), "partitions assigned");
                 let state = if partitions.count() > 0 {
                     Ok(())
                 } else {
                     Err("the group assigned this consumer no partition".to_owned())
                 };
-                self.metrics.readiness.set("partitions", state);
+                self.metrics
+                    .readiness
+                    .set(telemetry::Check::Partitions, state);
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = %describe(partitions), "partitions revoked");
@@ -97,7 +102,9 @@ impl ConsumerContext for RebalanceWatch {
                     .collect();
                 self.metrics.forget_partitions(&numbers);
                 // A revoke starts a rebalance: ready while it is in progress.
-                self.metrics.readiness.set("partitions", Ok(()));
+                self.metrics
+                    .readiness
+                    .set(telemetry::Check::Partitions, Ok(()));
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
         }

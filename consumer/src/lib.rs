@@ -64,7 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     if config.dashboard_only {
         // The dashboard reads PostgreSQL only: no broker, no group.
-        metrics.readiness.set("broker", Ok(()));
+        metrics.readiness.set(telemetry::Check::Broker, Ok(()));
         shutdown.cancelled().await;
         return Ok(());
     }
@@ -140,6 +140,9 @@ async fn join_group(
         kafka.set("group.instance.id", instance);
     }
     config.kafka.ensure_topic(&kafka).await?;
+    // The topic's metadata came back: a working broker connection, whatever the statistics
+    // (every few seconds) will say later.
+    metrics.readiness.set(telemetry::Check::Broker, Ok(()));
     let consumer: StreamConsumer<RebalanceWatch> = kafka
         .create_with_context(RebalanceWatch::new(metrics.clone()))
         .context("failed to create the Kafka consumer")?;
@@ -170,6 +173,11 @@ async fn consume(
             messages = next_batch(consumer, config, shutdown).await;
             continue;
         }
+        // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
+        writer
+            .metrics
+            .readiness
+            .set(telemetry::Check::Broker, Ok(()));
         // This batch is written while the next one is received: the broker and the database
         // work at the same time. Batches are still classified and committed strictly in order.
         let write = async {
@@ -276,7 +284,7 @@ fn watch_database(
                 Ok(Err(error)) => Err(format!("database not reachable: {error}")),
                 Err(_) => Err("database did not answer in time".to_owned()),
             };
-            readiness.set("database", state);
+            readiness.set(telemetry::Check::Database, state);
             tokio::select! {
                 _ = tokio::time::sleep(DATABASE_CHECK_EVERY) => {}
                 _ = shutdown.cancelled() => return,

@@ -177,11 +177,11 @@ impl ConsumerMetrics {
                 .inc_by(0);
         }
         let readiness = &metrics.readiness;
-        readiness.set("progress", Ok(()));
-        readiness.set("database", Err("not checked yet".into()));
-        readiness.set("broker", Err("not connected yet".into()));
+        readiness.set(telemetry::Check::Progress, Ok(()));
+        readiness.set(telemetry::Check::Database, Err("not checked yet".into()));
+        readiness.set(telemetry::Check::Broker, Err("not connected yet".into()));
         // Joining the group is a rebalance in progress.
-        readiness.set("partitions", Ok(()));
+        readiness.set(telemetry::Check::Partitions, Ok(()));
         ConsumerMetrics {
             registry: Arc::new(registry),
             ..metrics
@@ -268,7 +268,7 @@ impl ConsumerMetrics {
         } else {
             Err(format!("partitions {set:?} cannot advance"))
         };
-        self.readiness.set("progress", state);
+        self.readiness.set(telemetry::Check::Progress, state);
     }
 
     /// Counts a finding about a partition's log: `restarted` or `gap`.

@@ -112,6 +112,8 @@ impl<'a> Bridge<'a> {
             .kafka
             .client_config("file-bridge", PRODUCER_DEFAULTS)?;
         config.kafka.ensure_topic(&kafka).await?;
+        // The topic's metadata came back: a working broker connection, at once.
+        metrics.readiness.set(telemetry::Check::Broker, Ok(()));
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
             &kafka,
@@ -208,7 +210,7 @@ impl<'a> Bridge<'a> {
                 tracing::error!(folder = %input.display(), "the input folder is gone; waiting for it to come back");
             }
             readiness.set(
-                INPUT_FOLDER_CHECK,
+                telemetry::Check::InputFolder,
                 Err(format!("input folder {} is missing", input.display())),
             );
             return false;
@@ -220,7 +222,7 @@ impl<'a> Bridge<'a> {
         if let Err(error) = self.claims.renew(input) {
             tracing::warn!(folder = %input.display(), %error, "cannot take the claim folder yet; will retry");
             readiness.set(
-                INPUT_FOLDER_CHECK,
+                telemetry::Check::InputFolder,
                 Err(format!(
                     "claim folder in {} not taken: {error}",
                     input.display()
@@ -231,7 +233,7 @@ impl<'a> Bridge<'a> {
         self.watcher = watch_input(self.config, &self.wake_tx, &self.writers);
         tracing::warn!(folder = %input.display(), "the input folder is back or was replaced; claim folder and watch renewed");
         self.input_folder = Some(now);
-        readiness.set(INPUT_FOLDER_CHECK, Ok(()));
+        readiness.set(telemetry::Check::InputFolder, Ok(()));
         true
     }
 
@@ -420,9 +422,6 @@ impl<'a> Bridge<'a> {
     }
 }
 
-/// The readiness check that names a missing input folder.
-const INPUT_FOLDER_CHECK: &str = "input_folder";
-
 /// The folder's device and inode, following symlinks; `None` when it is not a folder now.
 fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -477,6 +476,8 @@ impl Files<'_> {
                 .insert(file.path, Instant::now() + self.config.retry_interval);
             return;
         }
+        // Every row acknowledged: the broker is demonstrably there.
+        self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
         process::failpoint::hit("bridge-before-archive");
         match folder::archive(&file.path, &self.config.archive_dir) {
             Ok(target) => {

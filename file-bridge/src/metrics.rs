@@ -62,7 +62,7 @@ impl BridgeMetrics {
             files_in_flight.clone(),
         );
         let readiness = telemetry::Readiness::default();
-        readiness.set("broker", Err("not connected yet".into()));
+        readiness.set(telemetry::Check::Broker, Err("not connected yet".into()));
         BridgeMetrics {
             registry: Arc::new(registry),
             readiness,

@@ -122,8 +122,10 @@ impl DeliveryTracker {
 
 impl ClientContext for DeliveryTracker {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        self.readiness
-            .set("broker", pipeline_kafka::broker_reachable(&statistics));
+        self.readiness.set(
+            telemetry::Check::Broker,
+            pipeline_kafka::broker_reachable(&statistics),
+        );
     }
 }
 

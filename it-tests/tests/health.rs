@@ -147,3 +147,91 @@ fn logs_go_to_stderr_as_json_when_asked_and_a_fatal_error_is_one_line() {
         "colour codes off a terminal: {stderr}"
     );
 }
+
+/// Holds `count` connections to `addr` that never send a byte, opening a new one as soon as the
+/// server closes one (the worst form: the pressure never lets up), until `stop`.
+fn idle_clients(addr: &str, count: usize, stop: &tokio_util::sync::CancellationToken) {
+    for _ in 0..count {
+        let (addr, stop) = (addr.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let mut sink = [0u8; 64];
+                tokio::select! {
+                    _ = stream.read(&mut sink) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+}
+
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_are_answered_while_thousands_of_idle_connections_press_on_the_port() {
+    let world = World::new("idle_sockets").await;
+    let consumer_addr = format!("127.0.0.1:{}", free_port());
+    let _consumer = world.consumer(&["--metrics-addr", &consumer_addr]);
+    world.drop_file(
+        "a.csv",
+        format!(
+            "{}a1,1,view,10,1.00,2026-11-25T12:00:00Z\n",
+            it_tests::HEADER
+        )
+        .as_bytes(),
+    );
+    world.bridge_once(&[]);
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 1, LONG)
+        .await;
+    wait_for(&consumer_addr, "/readyz", 200).await;
+
+    // Far more idle clients than connections are served at once (256), re-opened as soon as
+    // they are closed.
+    let stop = tokio_util::sync::CancellationToken::new();
+    idle_clients(&consumer_addr, 2_000, &stop);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for round in 0..5 {
+        for (path, expected) in [
+            ("/healthz", "alive"),
+            ("/readyz", "ready"),
+            ("/metrics", "pipeline_consumer_rows_inserted_total"),
+        ] {
+            let started = Instant::now();
+            let (status, body) = telemetry::http_get(
+                &format!("http://{consumer_addr}{path}"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_or_else(|error| (0, error.to_string()));
+            assert_eq!(
+                status, 200,
+                "round {round}: {path} answered {status} ({body})"
+            );
+            assert!(body.contains(expected), "{path}: {body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Ingestion goes on meanwhile.
+    world.drop_file(
+        "b.csv",
+        format!(
+            "{}b1,1,view,10,1.00,2026-11-25T12:00:00Z\n",
+            it_tests::HEADER
+        )
+        .as_bytes(),
+    );
+    world.bridge_once(&[]);
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 2, LONG)
+        .await;
+    stop.cancel();
+}

@@ -78,7 +78,25 @@ async fn events_flow_end_to_end_over_sasl_ssl_with_least_privilege() {
     )
     .unwrap();
     let properties = properties.to_str().unwrap();
-    let _consumer = world.consumer(&["--kafka-config", properties, "--instance-id", "tls-1"]);
+    let metrics = format!("127.0.0.1:{}", it_tests::services::free_port());
+    let _consumer = world.consumer(&[
+        "--kafka-config",
+        properties,
+        "--instance-id",
+        "tls-1",
+        "--metrics-addr",
+        &metrics,
+    ]);
+    world
+        .wait_for_at_least("SELECT count(*) FROM ecommerce_events", 1, LONG)
+        .await;
+    // Readiness tells the truth at once: rows landed, so the broker connection works (not
+    // "not connected yet" until librdkafka's first statistics, seconds later).
+    let (status, body) =
+        telemetry::http_get(&format!("http://{metrics}/readyz"), Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
     world
         .wait_for_count("SELECT count(*) FROM ecommerce_events", 300, LONG)
         .await;

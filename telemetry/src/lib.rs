@@ -70,55 +70,140 @@ impl Response {
 pub type Handler =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
-/// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 64;
-/// A client must send its request head within this time.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections that sent their request, served at once; more wait briefly for a turn.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections that have not sent a byte yet (each a descriptor and a small task, closed after
+/// [`FIRST_BYTE_TIMEOUT`]). Beyond this the one that has waited longest is closed: clients that
+/// send nothing can never keep a probe out. Below the usual descriptor limit of a container.
+pub const MAX_WAITING: usize = 4096;
+/// A client must send its first byte within this time (probes and scrapers send at once).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client must send its whole request head within this time.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A route must answer within this time (a dashboard query on a slow database).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves GET and HEAD on `addr` until `shutdown`, with axum on hyper: at most
-/// [`MAX_CONNECTIONS`] connections at once, [`READ_TIMEOUT`] to send a request head,
-/// [`ANSWER_TIMEOUT`] for an answer. `handler` gets the path (query stripped).
+/// Serves GET and HEAD on `addr` until `shutdown`, with axum on hyper. Idle and slow clients
+/// cannot starve it: a connection holds no serving slot until its first byte arrives (within
+/// [`FIRST_BYTE_TIMEOUT`], at most [`MAX_WAITING`] such, the oldest closed first), then at most
+/// [`MAX_CONNECTIONS`] are served at once, each with [`READ_TIMEOUT`] for its request head and
+/// [`ANSWER_TIMEOUT`] for the answer. `handler` gets the path (query stripped).
 pub async fn serve(
     addr: SocketAddr,
     handler: Handler,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = listen(addr)?;
     let local = listener.local_addr()?;
     let router = axum::Router::new().fallback(move |method: Method, uri: Uri| {
         let handler = handler.clone();
         async move { answer(&handler, &method, uri.path()).await }
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = WaitingRoom::default();
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit,
-                _ = shutdown.cancelled() => return,
-            };
-            let Ok(permit) = permit else { return };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = shutdown.cancelled() => return,
             };
-            let Ok((stream, _)) = accepted else {
-                continue;
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors, say: let some connections close before the next accept.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
             };
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let (router, permits, waiting) = (router.clone(), permits.clone(), waiting.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                if !waiting.first_byte(&stream).await {
+                    return;
+                }
+                let Ok(Ok(_permit)) =
+                    tokio::time::timeout(READ_TIMEOUT, permits.acquire_owned()).await
+                else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router);
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(READ_TIMEOUT)
                     .keep_alive(false)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = connection.await;
+                let bound = READ_TIMEOUT + ANSWER_TIMEOUT + Duration::from_secs(1);
+                let _ = tokio::time::timeout(bound, connection).await;
             });
         }
     });
     Ok(local)
+}
+
+/// Connections queued by the kernel before they are accepted: room for bursts of clients (the
+/// kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The connections that have not sent a byte yet, oldest first; entering a full room closes the
+/// oldest.
+#[derive(Clone, Default)]
+struct WaitingRoom {
+    inner: Arc<Mutex<WaitingInner>>,
+}
+
+#[derive(Default)]
+struct WaitingInner {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, CancellationToken)>,
+}
+
+impl WaitingRoom {
+    /// Waits for the connection's first byte: true when it came, false when the client sent
+    /// nothing in time or was closed to make room.
+    async fn first_byte(&self, stream: &tokio::net::TcpStream) -> bool {
+        let (id, evicted) = self.enter();
+        let mut first = [0u8; 1];
+        let arrived = tokio::select! {
+            // A peek, not readiness: a fresh socket may report itself readable with nothing
+            // to read (seen: every idle client passed a readiness wait at once).
+            peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)) => {
+                matches!(peeked, Ok(Ok(n)) if n > 0)
+            }
+            _ = evicted.cancelled() => false,
+        };
+        self.leave(id);
+        arrived
+    }
+
+    fn enter(&self) -> (u64, CancellationToken) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        while inner.queue.len() >= MAX_WAITING {
+            if let Some((_, oldest)) = inner.queue.pop_front() {
+                oldest.cancel();
+            }
+        }
+        let (id, token) = (inner.next, CancellationToken::new());
+        inner.next += 1;
+        inner.queue.push_back((id, token.clone()));
+        (id, token)
+    }
+
+    fn leave(&self, id: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = inner.queue.iter().position(|(entry, _)| *entry == id) {
+            inner.queue.remove(at);
+        }
+    }
 }
 
 async fn answer(handler: &Handler, method: &Method, path: &str) -> axum::response::Response {
@@ -157,16 +242,45 @@ async fn answer(handler: &Handler, method: &Method, path: &str) -> axum::respons
     answer
 }
 
+/// One thing a component needs to be ready, named in `/readyz` (declared in the order they are
+/// listed there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Check {
+    /// A working broker connection, by any evidence (metadata, an assignment, a delivery,
+    /// librdkafka's statistics).
+    Broker,
+    /// The database answers.
+    Database,
+    /// The bridge's input folder is there and its claim folder taken.
+    InputFolder,
+    /// The group assigned this consumer partitions.
+    Partitions,
+    /// No batch is stuck.
+    Progress,
+}
+
+impl Check {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Check::Broker => "broker",
+            Check::Database => "database",
+            Check::InputFolder => "input_folder",
+            Check::Partitions => "partitions",
+            Check::Progress => "progress",
+        }
+    }
+}
+
 /// What a component needs to be ready, each need with its state: `/readyz` answers 200 when all
 /// hold and 503 naming those that do not. `/healthz` answers 200 while the process serves.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Arc<Mutex<BTreeMap<&'static str, Result<(), String>>>>,
+    checks: Arc<Mutex<BTreeMap<Check, Result<(), String>>>>,
 }
 
 impl Readiness {
     /// Records whether `check` holds now (`Err` says why not).
-    pub fn set(&self, check: &'static str, state: Result<(), String>) {
+    pub fn set(&self, check: Check, state: Result<(), String>) {
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         checks.insert(check, state);
     }
@@ -176,7 +290,12 @@ impl Readiness {
         let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         checks
             .iter()
-            .filter_map(|(name, state)| state.as_ref().err().map(|why| format!("{name}: {why}")))
+            .filter_map(|(check, state)| {
+                state
+                    .as_ref()
+                    .err()
+                    .map(|why| format!("{}: {why}", check.as_str()))
+            })
             .collect()
     }
 

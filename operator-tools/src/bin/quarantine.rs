@@ -89,7 +89,7 @@ async fn run_export(
            AND ($3::timestamptz IS NULL OR rejected_at >= $3)
            AND ($4::timestamptz IS NULL OR rejected_at < $4)
            AND ($5 OR resolved_at IS NULL)
-         ORDER BY id",
+         ORDER BY source_file, source_line, id",
     )
     .bind(&reasons)
     .bind(&export.file)

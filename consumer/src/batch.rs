@@ -308,7 +308,8 @@ fn classify_message(
         }
     };
     let row = decoded_row.view();
-    let event = match validate(&row).and_then(|event| not_in_the_future(event, rules, now)) {
+    let reference = FutureReference::of(row.landed_ms, now);
+    let event = match validate(&row).and_then(|event| not_in_the_future(event, rules, reference)) {
         Ok(event) => event,
         Err(rejection) => {
             batch.stats.rejected += 1;
@@ -361,17 +362,55 @@ fn classify_message(
     });
 }
 
-/// The event, unless it is dated further ahead of `now` than `max_future` allows; such an event
-/// must not move the watermark, so it is rejected before the watermark sees it.
-fn not_in_the_future(event: Event, rules: &Rules, now: DateTime<Utc>) -> Result<Event, Rejection> {
-    match now.checked_add_signed(rules.max_future) {
+/// What `future` is judged against: the landing time of the row's file, carried in the message,
+/// so every consumer, with any clock, now or in a year, classifies the message the same way. A
+/// row without one (written by a producer that sends none) falls back to the consumer's clock.
+#[derive(Debug, Clone, Copy)]
+enum FutureReference {
+    Landed(DateTime<Utc>),
+    ConsumerClock(DateTime<Utc>),
+}
+
+impl FutureReference {
+    fn of(landed_ms: i64, now: DateTime<Utc>) -> FutureReference {
+        match DateTime::from_timestamp_millis(landed_ms) {
+            Some(landed) if landed_ms > 0 => FutureReference::Landed(landed),
+            _ => FutureReference::ConsumerClock(now),
+        }
+    }
+
+    fn time(self) -> DateTime<Utc> {
+        match self {
+            FutureReference::Landed(time) | FutureReference::ConsumerClock(time) => time,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            FutureReference::Landed(_) => "its file's landing time",
+            FutureReference::ConsumerClock(_) => "the consumer's clock",
+        }
+    }
+}
+
+/// The event, unless it is dated further ahead of its reference time than `max_future` allows;
+/// such an event must not move the watermark, so it is rejected before the watermark sees it.
+fn not_in_the_future(
+    event: Event,
+    rules: &Rules,
+    reference: FutureReference,
+) -> Result<Event, Rejection> {
+    match reference.time().checked_add_signed(rules.max_future) {
         Some(horizon) if event.event_time > horizon => Err(event_time_rejection(
             RejectCode::Future,
             &event,
             format!(
-                "is more than {}s ahead of the consumer's clock ({})",
+                "is more than {}s ahead of {} ({})",
                 rules.max_future.num_seconds(),
-                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                reference.describe(),
+                reference
+                    .time()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
         )),
         _ => Ok(event),
@@ -456,12 +495,22 @@ mod tests {
     }
 
     fn message(partition: i32, offset: i64, id: &str, time: &str) -> Incoming {
+        landed_message(partition, offset, id, time, 0)
+    }
+
+    fn landed_message(
+        partition: i32,
+        offset: i64,
+        id: &str,
+        time: &str,
+        landed_ms: i64,
+    ) -> Incoming {
         let row = RawRow {
             v: WIRE_VERSION,
             file: "f.csv".into(),
             file_id: "1".into(),
             line: offset as u64 + 2,
-            landed_ms: 0,
+            landed_ms,
             values: [id, "1", "view", "2", "3.00", time].map(|v| Some(v.to_owned())),
             defect: None,
         };
@@ -609,6 +658,39 @@ mod tests {
         assert_eq!(batch.late_rejects[0].code, RejectCode::Late);
         assert_eq!(batch.late_rejects[0].event_id.as_deref(), Some("old"));
         assert!(batch.late_rejects[0].reason.contains("watermark"));
+    }
+
+    #[test]
+    fn future_is_judged_against_the_landing_time_whatever_the_consumer_clock() {
+        let landed = "2026-11-25T12:40:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp_millis();
+        let messages = vec![
+            landed_message(0, 0, "fine", "2026-11-25T12:50:00Z", landed),
+            landed_message(0, 1, "ahead", "2026-11-25T13:00:00Z", landed),
+        ];
+        for clock in [
+            "2026-11-25T09:40:00Z",
+            "2026-11-25T12:40:00Z",
+            "2026-11-25T18:00:00Z",
+        ] {
+            let batch = classify(
+                &messages,
+                &mut fresh_states(&[0]),
+                &RULES,
+                "t",
+                clock.parse().unwrap(),
+            );
+            let stored: Vec<&str> = batch
+                .events
+                .iter()
+                .map(|e| e.event.event_id.as_str())
+                .collect();
+            assert_eq!(stored, ["fine"], "clock {clock}");
+            assert_eq!(batch.rejects[0].code, RejectCode::Future, "clock {clock}");
+            assert!(batch.rejects[0].reason.contains("its file's landing time"));
+        }
     }
 
     #[test]

@@ -29,8 +29,9 @@ pub struct Config {
     /// How far behind a partition's newest event_time an event may be before it is late.
     #[arg(long, env = "ALLOWED_LATENESS", default_value = "10m", value_parser = parse_duration)]
     pub allowed_lateness: Duration,
-    /// How far ahead of this consumer's clock an event_time may be. An event further ahead is
-    /// quarantined with reason `future` and never moves the watermark.
+    /// How far ahead of its file's landing time (carried in every message, so any consumer with
+    /// any clock judges alike) an event_time may be. An event further ahead is quarantined with
+    /// reason `future` and never moves the watermark.
     #[arg(long, env = "MAX_FUTURE", default_value = "15m", value_parser = parse_duration)]
     pub max_future: Duration,
     /// A partition that cannot move forward for this long (its batch refused, the database

@@ -8,6 +8,7 @@
 //! finds the checkpoint moved and writes nothing (fencing).
 
 pub mod batch;
+mod clock;
 mod config;
 pub mod kafka;
 pub mod log_check;
@@ -399,7 +400,7 @@ impl Writer<'_> {
         loop {
             let result = match self.load_states(partitions).await {
                 Ok(()) => {
-                    let now = chrono::Utc::now();
+                    let now = clock::now();
                     let batch = classify(
                         messages,
                         &mut self.states,
@@ -601,14 +602,18 @@ impl Writer<'_> {
         }
     }
 
-    /// A watermark beyond --max-future was left by a version without that rule (one event dated
+    /// A watermark more than a year beyond --max-future was left by a version without that rule (one event dated
     /// 9999 would keep every later event late for good): forgotten; the next events build it.
     fn sane_watermark(
         &self,
         partition: i32,
         max_event_time: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
-        let horizon = chrono::Utc::now().checked_add_signed(self.rules.max_future)?;
+        // Far beyond any clock skew: a consumer whose clock is hours behind must not forget a
+        // watermark its peers keep (classification depends on the log alone).
+        let horizon = clock::now()
+            .checked_add_signed(self.rules.max_future)?
+            .checked_add_signed(TimeDelta::days(365))?;
         match max_event_time {
             Some(max) if max > horizon => {
                 tracing::warn!(partition, max_event_time = %max, "checkpointed event time is beyond --max-future; watermark reset");

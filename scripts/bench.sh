@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
-BENCH_KAFKA_PORT="${BENCH_KAFKA_PORT:-19094}"
+BENCH_KAFKA_PORT="${BENCH_KAFKA_PORT:-19096}"
 KAFKA_DIR="$ROOT/target/bench-kafka"
 
 ensure_system_packages

@@ -69,7 +69,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 kafka_java() { java -Dlog4j2.configurationFile="$KAFKA_LOG4J" -cp "$KAFKA_LIBS/*" "$@"; }
 
 # start_kafka DIR PORT: one combined broker+controller node on 127.0.0.1:PORT (its controller on
-# PORT+1), storage in DIR formatted once, unless something already listens on PORT. Waits until
+# PORT+1, so give two nodes ports at least 2 apart), storage in DIR formatted once, unless something already listens on PORT. Waits until
 # the broker answers a metadata request. Its pid goes to DIR/kafka.pid.
 start_kafka() {
     local dir="$1" port="$2" controller=$(($2 + 1))

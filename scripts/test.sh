@@ -27,6 +27,8 @@ python3 scripts/check_compose.py docker-compose.yml
 
 log "building the binaries the integration tests run"
 cargo build --bins
+log "the docs cite only paths, tests, metrics and flags that exist"
+python3 scripts/check_docs.py
 
 # A fresh shared broker per run: no topics or groups left over from earlier runs. Tests that
 # kill, restart or wipe a broker start private ones (it-tests/src/services.rs).

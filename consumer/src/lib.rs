@@ -183,7 +183,7 @@ async fn consume(
         // work at the same time. Batches are still classified and committed strictly in order.
         let write = async {
             let batch = writer.write_until_done(&messages).await?;
-            process::failpoint::hit("consumer-after-db-commit");
+            process::failpoint::hit(process::failpoint::Failpoint::ConsumerAfterDbCommit);
             let topic = &config.kafka.topic;
             commit_offsets(consumer, topic, &batch.commit_offsets, CommitMode::Async);
             Some(batch)

@@ -478,7 +478,7 @@ impl Files<'_> {
         }
         // Every row acknowledged: the broker is demonstrably there.
         self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
-        process::failpoint::hit("bridge-before-archive");
+        process::failpoint::hit(process::failpoint::Failpoint::BridgeBeforeArchive);
         match folder::archive(&file.path, &self.config.archive_dir) {
             Ok(target) => {
                 self.archived += 1;

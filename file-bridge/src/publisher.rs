@@ -339,7 +339,7 @@ impl Publisher {
                 }
             })?;
             rows += 1;
-            process::failpoint::hit_then("bridge-mid-file", || {
+            process::failpoint::hit_then(process::failpoint::Failpoint::BridgeMidFile, || {
                 self.flush(Duration::from_secs(10));
             });
         }

@@ -14,6 +14,7 @@ pub mod containers;
 pub mod services;
 pub mod tls;
 
+pub use process::failpoint::Failpoint;
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
@@ -219,6 +220,18 @@ impl World {
 
     pub fn consumer(&self, extra: &[&str]) -> Proc {
         self.consumer_with_env(extra, &[])
+    }
+
+    /// A bridge that aborts (like kill -9) the `n`-th time it reaches `point`.
+    pub fn bridge_failing_at(&self, extra: &[&str], point: Failpoint, n: u64) -> Proc {
+        let (key, value) = point.armed_at(n);
+        self.bridge_with_env(extra, &[(key, &value)])
+    }
+
+    /// A consumer that aborts (like kill -9) the `n`-th time it reaches `point`.
+    pub fn consumer_failing_at(&self, extra: &[&str], point: Failpoint, n: u64) -> Proc {
+        let (key, value) = point.armed_at(n);
+        self.consumer_with_env(extra, &[(key, &value)])
     }
 
     /// A consumer with extra environment, e.g. an armed failpoint.

@@ -3,6 +3,7 @@
 //! Each case ends with the invariant: the table equals the distinct valid event_ids of the input.
 
 use it_tests::services::{PrivateBroker, PrivatePostgres};
+use it_tests::Failpoint;
 use it_tests::{event_ids_in, World, HEADER};
 use sqlx::Connection;
 use std::collections::BTreeSet;
@@ -45,10 +46,7 @@ async fn consumer_crash_between_postgres_commit_and_offset_commit() {
     world.bridge_once(&[]);
     let args = ["--batch-size", "400", "--instance-id", "one"];
     let crashed = world
-        .consumer_with_env(
-            &args,
-            &[("PIPELINE_FAILPOINT", "consumer-after-db-commit:3")],
-        )
+        .consumer_failing_at(&args, Failpoint::ConsumerAfterDbCommit, 3)
         .wait_for_exit(LONG);
     assert!(!crashed.success(), "the failpoint aborted the consumer");
     let written = world.count(EVENTS).await;
@@ -66,7 +64,7 @@ async fn bridge_crash_after_publishing_before_archiving() {
     let world = World::new("crash_archive").await;
     let (expected, _) = generate(&world, "3", "500", "22");
     let crashed = world
-        .bridge_with_env(&[], &[("PIPELINE_FAILPOINT", "bridge-before-archive:1")])
+        .bridge_failing_at(&[], Failpoint::BridgeBeforeArchive, 1)
         .wait_for_exit(LONG);
     assert!(!crashed.success(), "the failpoint aborted the bridge");
     assert_eq!(world.files_waiting(), 3, "nothing archived");
@@ -285,10 +283,7 @@ async fn late_classification_survives_a_crash() {
         "one",
     ];
     let aborted = world
-        .consumer_with_env(
-            &args,
-            &[("PIPELINE_FAILPOINT", "consumer-after-db-commit:1")],
-        )
+        .consumer_failing_at(&args, Failpoint::ConsumerAfterDbCommit, 1)
         .wait_for_exit(LONG);
     assert!(!aborted.success());
     assert_eq!(

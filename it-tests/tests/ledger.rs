@@ -1,6 +1,7 @@
 //! The ledger: every row a file had ends as exactly one of inserted, duplicate or rejected, the
 //! counts exact across a bridge crash mid-file, a republish and a consumer crash.
 
+use it_tests::Failpoint;
 use it_tests::{World, HEADER, RECONCILED_FILES};
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and
     // The bridge dies once five rows are surely on the broker; the file stays claimed and the
     // next bridge publishes it in full again.
     let crashed = world
-        .bridge_with_env(&["--once"], &[("PIPELINE_FAILPOINT", "bridge-mid-file:5")])
+        .bridge_failing_at(&["--once"], Failpoint::BridgeMidFile, 5)
         .wait_for_exit(LONG);
     assert!(!crashed.success(), "the failpoint aborted the bridge");
     assert_eq!(world.files_waiting(), 1, "the file is not archived");
@@ -78,10 +79,7 @@ async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and
     // A consumer that dies after its first commit, before Kafka's: its successor replays.
     let args = ["--batch-size", "3", "--instance-id", "one"];
     let first = world
-        .consumer_with_env(
-            &args,
-            &[("PIPELINE_FAILPOINT", "consumer-after-db-commit:2")],
-        )
+        .consumer_failing_at(&args, Failpoint::ConsumerAfterDbCommit, 2)
         .wait_for_exit(LONG);
     assert!(!first.success(), "the failpoint aborted the consumer");
     world.bridge_once(&[]);

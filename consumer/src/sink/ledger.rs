@@ -255,6 +255,24 @@ impl FileColumns {
     }
 }
 
+/// What went in of a batch, as far as the ledger must know: where everything went in, none of
+/// those rows can be a duplicate of a stored event.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    /// Every event of the batch was inserted.
+    pub all_events: bool,
+    /// Every late row quarantined under `--late-policy quarantine` was kept.
+    pub all_late_rejects: bool,
+}
+
+impl Stored {
+    /// Nothing is known to have gone in whole (the row-by-row path): every row is a candidate.
+    pub const UNKNOWN: Stored = Stored {
+        all_events: false,
+        all_late_rejects: false,
+    };
+}
+
 /// The end of a batch's accounting, once its events and rejects are written: the duplicates
 /// among the valid rows that were not stored, the files' ends, and the ledger updated. The
 /// candidates are the in-memory dedup's drops always; the events, if not all of them went in;
@@ -262,15 +280,14 @@ impl FileColumns {
 pub async fn account(
     tx: &mut PgConnection,
     batch: &WriteBatch,
-    all_events_in: bool,
-    all_late_kept: bool,
+    stored: Stored,
     mut delta: LedgerDelta,
 ) -> Result<(), sqlx::Error> {
     let mut unstored = Vec::new();
-    if !all_events_in {
+    if !stored.all_events {
         unstored.extend(batch.events.iter().map(|e| e.sourced_id()));
     }
-    if !all_late_kept {
+    if !stored.all_late_rejects {
         unstored.extend(batch.late_rejects.iter().filter_map(|r| r.sourced_id()));
     }
     let candidates: Vec<&SourcedId> = batch.duplicates.iter().chain(&unstored).collect();

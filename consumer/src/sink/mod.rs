@@ -371,10 +371,12 @@ impl Sink {
         let taken = rejects::insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
         outcome.count_rejects(&taken, false, &mut delta);
         let taken = rejects::insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
-        let all_late_kept = taken.len() == batch.late_rejects.len();
+        let stored = ledger::Stored {
+            all_events: inserted == batch.events.len() as u64,
+            all_late_rejects: taken.len() == batch.late_rejects.len(),
+        };
         outcome.count_rejects(&taken, true, &mut delta);
-        let all_events_in = inserted == batch.events.len() as u64;
-        ledger::account(&mut tx, batch, all_events_in, all_late_kept, delta).await?;
+        ledger::account(&mut tx, batch, stored, delta).await?;
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
         if try_direct && !next_direct {
             tracing::debug!("rows already written: staging batches until one meets none");
@@ -454,7 +456,7 @@ impl Sink {
                 outcome.count_reject_codes(&taken, only_if_not_an_event);
             }
         }
-        ledger::account(&mut tx, batch, false, false, delta).await?;
+        ledger::account(&mut tx, batch, ledger::Stored::UNKNOWN, delta).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
 }

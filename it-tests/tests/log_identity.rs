@@ -1,4 +1,5 @@
-//! A checkpoint knows its log: when the broker's storage is wiped (offsets start at 0 again)
+//! A checkpoint knows its log: when the broker's storage is wiped or the topic deleted and created
+//! again (offsets start at 0 again)
 //! while PostgreSQL keeps its checkpoints, the new messages are read, not skipped as replays, and
 //! the restart is recorded.
 
@@ -44,4 +45,45 @@ async fn a_wiped_broker_is_read_again_from_its_start_and_reported() {
             .contains("reading it again from its start"),
         "the restart is logged"
     );
+}
+
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_deleted_and_created_again_is_read_from_its_start_and_reported() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let world = World::new("topic_recreated").await;
+    let generate = |files: &str, seed: &str| {
+        assert!(world
+            .generator(&["--files", files, "--events-per-file", "100", "--seed", seed])
+            .success());
+    };
+    generate("2", "43");
+    world.bridge_once(&[]);
+    let consumer = world.consumer(&[]);
+    world.wait_for_count(EVENTS, 200, LONG).await;
+    assert!(consumer.terminate(Duration::from_secs(30)).success());
+
+    // Deleted and created again (by the bridge, on its next run): offsets start at 0 again.
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .expect("admin");
+    let deleted = admin
+        .delete_topics(&[&world.topic], &AdminOptions::new())
+        .await
+        .expect("delete topic");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    generate("3", "44");
+    world.bridge_once(&[]);
+    let consumer = world.consumer(&[]);
+    world.wait_for_count(EVENTS, 500, LONG).await;
+    let restarted = world
+        .count("SELECT count(*) FROM ingest_log_events WHERE kind = 'restarted'")
+        .await;
+    assert!(restarted >= 1, "the restart is recorded ({restarted})");
+    assert!(consumer
+        .log_text()
+        .contains("reading it again from its start"));
 }

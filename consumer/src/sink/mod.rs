@@ -284,19 +284,15 @@ impl Sink {
             "Kafka's committed offset {committed} is ahead of PostgreSQL's checkpoint {start} (a database restored from an older backup, or checkpoints removed): read again from {start}"
         );
         let connection = self.connection().await?;
-        sqlx::query(
-            "INSERT INTO ingest_log_events
-                 (consumer_group, topic, kafka_partition, kind, from_offset, to_offset, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        checkpoints::record_log_event(
+            connection,
+            &group,
+            &topic,
+            partition,
+            LogEventKind::Rewound,
+            (committed, start),
+            &detail,
         )
-        .bind(&group)
-        .bind(&topic)
-        .bind(partition)
-        .bind(LogEventKind::Rewound.as_str())
-        .bind(committed)
-        .bind(start)
-        .bind(&detail)
-        .execute(connection)
         .await?;
         Ok(())
     }

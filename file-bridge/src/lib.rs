@@ -206,9 +206,8 @@ impl<'a> Bridge<'a> {
         let input = &self.config.input_dir;
         let readiness = &self.files.metrics.readiness;
         let Some(now) = folder_identity(input) else {
-            if self.input_folder.take().is_some() {
-                tracing::error!(folder = %input.display(), "the input folder is gone; waiting for it to come back");
-            }
+            self.lose_input_folder();
+            let readiness = &self.files.metrics.readiness;
             readiness.set(
                 telemetry::Check::InputFolder,
                 Err(format!("input folder {} is missing", input.display())),
@@ -235,6 +234,14 @@ impl<'a> Bridge<'a> {
         self.input_folder = Some(now);
         readiness.set(telemetry::Check::InputFolder, Ok(()));
         true
+    }
+
+    /// The input folder (or its claim folder) is gone: said once, then waited for.
+    fn lose_input_folder(&mut self) {
+        if self.input_folder.take().is_some() {
+            let folder = self.config.input_dir.display();
+            tracing::error!(%folder, "the input folder is gone; waiting for it to come back");
+        }
     }
 
     /// After a failed delivery, a fresh producer once nothing is in flight.
@@ -288,7 +295,7 @@ impl<'a> Bridge<'a> {
             Ok(listed) => listed,
             // Gone since it was checked: noticed and waited for at the next turn.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                self.input_folder = None;
+                self.lose_input_folder();
                 return Ok((Vec::new(), false));
             }
             Err(error) => {
@@ -305,7 +312,7 @@ impl<'a> Bridge<'a> {
         let mut candidates = match folder::claimed_files(claimed) {
             Ok(files) => files,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                self.input_folder = None;
+                self.lose_input_folder();
                 return Ok((Vec::new(), false));
             }
             Err(error) => {

@@ -26,11 +26,15 @@ pub fn wait_for_port(port: u16, what: &str) {
     panic!("{what} did not open port {port}");
 }
 
-/// Where the Kafka jars and the log configuration are (`scripts/lib.sh` sets both).
+/// Where the Kafka jars are: `KAFKA_LIBS` (`scripts/lib.sh` sets it), else the cache folder
+/// `scripts/lib.sh` fills for the version `scripts/kafka/pom.xml` pins.
 fn kafka_libs() -> String {
     let libs = std::env::var("KAFKA_LIBS").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/ecommerce-pipeline/kafka-{KAFKA_VERSION}/libs")
+        format!(
+            "{home}/.cache/ecommerce-pipeline/kafka-{}/libs",
+            kafka_version()
+        )
     });
     assert!(
         Path::new(&libs).join(".complete").exists(),
@@ -39,8 +43,14 @@ fn kafka_libs() -> String {
     format!("{libs}/*")
 }
 
-/// The version `scripts/kafka/pom.xml` pins (the cache folder is named after it).
-const KAFKA_VERSION: &str = "4.1.1";
+/// The `<kafka.version>` of `scripts/kafka/pom.xml`, the one place it is pinned.
+fn kafka_version() -> String {
+    let pom = std::fs::read_to_string(kafka_file("pom.xml")).expect("scripts/kafka/pom.xml");
+    pom.split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map(|(version, _)| version.trim().to_owned())
+        .expect("<kafka.version> in scripts/kafka/pom.xml")
+}
 
 fn kafka_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -166,10 +176,6 @@ impl PrivateBroker {
 
     pub fn controller_address(&self) -> String {
         format!("127.0.0.1:{}", self.ports.controller)
-    }
-
-    pub fn node_id(&self) -> u32 {
-        self.node_id
     }
 
     pub fn log_text(&self) -> String {
@@ -307,11 +313,12 @@ impl PrivateBroker {
             .create()
             .expect("metadata client");
         loop {
-            if let Some(mut child) = self.child.take() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("kafka exited ({status}):\n{}", self.log_text());
-                }
-                self.child = Some(child);
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!("kafka exited ({status}):\n{}", self.log_text());
             }
             if client
                 .fetch_metadata(None, Duration::from_secs(2))
@@ -334,11 +341,6 @@ impl PrivateBroker {
         self.wait_until_serving(1);
     }
 
-    /// Starts a cluster's node again without waiting (its peers may be down too).
-    pub fn restart_in_background(&mut self) {
-        self.spawn();
-    }
-
     /// Kills the node, deletes its storage (every topic, offset and group), formats it anew and
     /// starts it again on the same ports: what a broker whose disk was lost looks like to its
     /// clients.
@@ -354,12 +356,6 @@ impl PrivateBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Grants `operations` on a resource (`--topic T`, `--group G`, `--cluster`) to `principal`

@@ -252,22 +252,11 @@ impl Sink {
         from: i64,
         to: i64,
     ) -> Result<(), SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
         let detail = format!(
             "offsets {from}..{to} were removed from the log (retention) before this group read them"
         );
-        let connection = self.connection().await?;
-        checkpoints::record_log_event(
-            connection,
-            &group,
-            &topic,
-            partition,
-            LogEventKind::Gap,
-            (from, to),
-            &detail,
-        )
-        .await?;
-        Ok(())
+        self.record_log_event(partition, LogEventKind::Gap, (from, to), &detail)
+            .await
     }
 
     /// Records that Kafka's committed offset `committed` was ahead of where PostgreSQL says the
@@ -279,21 +268,30 @@ impl Sink {
         committed: i64,
         start: i64,
     ) -> Result<(), SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
         let detail = format!(
             "Kafka's committed offset {committed} is ahead of PostgreSQL's checkpoint {start} (a database restored from an older backup, or checkpoints removed): read again from {start}"
         );
-        let connection = self.connection().await?;
-        checkpoints::record_log_event(
-            connection,
-            &group,
-            &topic,
+        self.record_log_event(
             partition,
             LogEventKind::Rewound,
             (committed, start),
             &detail,
         )
-        .await?;
+        .await
+    }
+
+    /// One finding about a partition's log, on its own (outside any batch's transaction).
+    async fn record_log_event(
+        &mut self,
+        partition: i32,
+        kind: LogEventKind,
+        offsets: (i64, i64),
+        detail: &str,
+    ) -> Result<(), SinkError> {
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let connection = self.connection().await?;
+        checkpoints::record_log_event(connection, &group, &topic, partition, kind, offsets, detail)
+            .await?;
         Ok(())
     }
 

@@ -145,6 +145,25 @@ impl RejectRow {
     }
 }
 
+/// A late event under `--late-policy quarantine`: quarantined as `late`, unless it is the fix of
+/// a row quarantined before (an exported reject corrected and dropped in again), which is stored
+/// (marked late) and resolves that reject, whatever the watermark says now.
+#[derive(Debug, Clone)]
+pub struct LateRow {
+    pub event: EventRow,
+    pub reject: RejectRow,
+}
+
+/// A valid event whose id the in-memory dedup saw before. Memory only suggests: it is a
+/// duplicate once the database confirms its id is stored; if not (the tables were emptied for a
+/// backfill, the event deleted), it is stored like a new event, or quarantined as late when the
+/// policy says so.
+#[derive(Debug, Clone)]
+pub struct WindowDuplicate {
+    pub event: EventRow,
+    pub late_reject: Option<RejectRow>,
+}
+
 /// A partition's checkpoint after this batch, and the one it must replace (the fence: a consumer
 /// that lost the partition to another finds the checkpoint moved and writes nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,10 +192,11 @@ pub struct WriteBatch {
     pub events: Vec<EventRow>,
     pub rejects: Vec<RejectRow>,
     /// Late events under `--late-policy quarantine`; written only if not already an event.
-    pub late_rejects: Vec<RejectRow>,
+    pub late_rejects: Vec<LateRow>,
     pub checkpoints: Vec<Checkpoint>,
-    /// Valid events dropped by the in-memory dedup: duplicates, or the same rows delivered again.
-    pub duplicates: Vec<SourcedId>,
+    /// Valid events the in-memory dedup saw before: duplicates, or the same rows delivered again,
+    /// once the database confirms their ids are stored.
+    pub duplicates: Vec<WindowDuplicate>,
     /// The bridge's end-of-file messages: how many rows each file had.
     pub file_ends: Vec<FileEnd>,
     /// Per partition, the offset to commit to Kafka once the transaction committed.
@@ -308,6 +328,20 @@ fn classify_message(
         }
     };
     let row = decoded_row.view();
+    if let Some(code) = row.defect.as_ref().map(|defect| defect.code) {
+        if !code.is_found_by_reader() {
+            // Kept under its Kafka identity: its claimed file and line are not trusted either.
+            let reason = format!(
+                "the row claims the defect `{}`, which no reader finds in a file (a consumer's finding, not a bridge's)",
+                code.as_str()
+            );
+            batch.stats.rejected += 1;
+            batch
+                .rejects
+                .push(undecodable(message, context.topic, reason));
+            return;
+        }
+    }
     let reference = FutureReference::of(row.landed_ms, now);
     let event = match validate(&row).and_then(|event| not_in_the_future(event, rules, reference)) {
         Ok(event) => event,
@@ -317,40 +351,44 @@ fn classify_message(
             return;
         }
     };
+    let watermark = state.watermark(rules.lateness);
+    let quarantine_late = rules.late_policy == LatePolicy::Quarantine;
     if state.seen_before(&event.event_id, event.event_time, rules.lateness) {
         batch.stats.duplicates += 1;
-        let (file, file_id) = sources.of(&row);
-        batch.duplicates.push(SourcedId {
-            event_id: event.event_id,
-            file,
-            file_id,
-            line: row.line as i64,
-            partition: message.partition,
-            offset: message.offset,
-        });
+        // Judged as it would be if new, without moving the watermark: what it becomes should the
+        // database not hold its id after all.
+        let late = watermark.is_some_and(|watermark| event.event_time < watermark);
+        let late_reject = (late && quarantine_late)
+            .then(|| reject_row(&row, message, late_rejection(&event, watermark)));
+        let event = event_row(event, late, &row, message, sources);
+        batch
+            .duplicates
+            .push(WindowDuplicate { event, late_reject });
         return;
     }
     let late = state.observe(event.event_time, rules.lateness);
     if late {
         batch.stats.late += 1;
     }
-    if late && rules.late_policy == LatePolicy::Quarantine {
-        let watermark = state.watermark(rules.lateness);
-        let rejection = event_time_rejection(
-            RejectCode::Late,
-            &event,
-            format!(
-                "is older than the partition watermark {}",
-                watermark.map(|w| w.to_rfc3339()).unwrap_or_default()
-            ),
-        );
-        batch
-            .late_rejects
-            .push(reject_row(&row, message, rejection));
+    if late && quarantine_late {
+        let reject = reject_row(&row, message, late_rejection(&event, watermark));
+        let event = event_row(event, late, &row, message, sources);
+        batch.late_rejects.push(LateRow { event, reject });
         return;
     }
-    let (file, file_id) = sources.of(&row);
-    batch.events.push(EventRow {
+    let event = event_row(event, late, &row, message, sources);
+    batch.events.push(event);
+}
+
+fn event_row(
+    event: Event,
+    late: bool,
+    row: &RowRef,
+    message: &Incoming,
+    sources: &mut SourceNames,
+) -> EventRow {
+    let (file, file_id) = sources.of(row);
+    EventRow {
         event,
         late,
         file,
@@ -359,7 +397,18 @@ fn classify_message(
         landed_ms: row.landed_ms,
         partition: message.partition,
         offset: message.offset,
-    });
+    }
+}
+
+fn late_rejection(event: &Event, watermark: Option<DateTime<Utc>>) -> Rejection {
+    event_time_rejection(
+        RejectCode::Late,
+        event,
+        format!(
+            "is older than the partition watermark {}",
+            watermark.map(|w| w.to_rfc3339()).unwrap_or_default()
+        ),
+    )
 }
 
 /// What `future` is judged against: the landing time of the row's file, carried in the message,
@@ -586,8 +635,8 @@ mod tests {
         assert_eq!(batch.duplicates.len(), 1);
         assert_eq!(
             (
-                batch.duplicates[0].event_id.as_str(),
-                batch.duplicates[0].offset
+                batch.duplicates[0].event.event.event_id.as_str(),
+                batch.duplicates[0].event.offset
             ),
             ("a", 1)
         );
@@ -655,9 +704,12 @@ mod tests {
         let batch = classify(&messages, &mut fresh_states(&[0]), &quarantine, "t", now());
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.late_rejects.len(), 1);
-        assert_eq!(batch.late_rejects[0].code, RejectCode::Late);
-        assert_eq!(batch.late_rejects[0].event_id.as_deref(), Some("old"));
-        assert!(batch.late_rejects[0].reason.contains("watermark"));
+        assert_eq!(batch.late_rejects[0].reject.code, RejectCode::Late);
+        assert_eq!(
+            batch.late_rejects[0].reject.event_id.as_deref(),
+            Some("old")
+        );
+        assert!(batch.late_rejects[0].reject.reason.contains("watermark"));
     }
 
     #[test]
@@ -770,5 +822,42 @@ mod tests {
             "{}",
             batch.rejects[3].reason
         );
+    }
+
+    #[test]
+    fn a_row_claiming_a_consumers_finding_is_foreign_and_decides_nothing() {
+        let forged = RawRow {
+            v: WIRE_VERSION,
+            file: "f.csv".into(),
+            file_id: "1".into(),
+            line: 2,
+            landed_ms: 0,
+            values: ["victim", "1", "view", "2", "3.00", "2026-11-25T12:00:00Z"]
+                .map(|v| Some(v.to_owned())),
+            defect: Some(event_model::Defect {
+                code: RejectCode::Late,
+                reason: "forged".into(),
+                raw_hex: String::new(),
+            }),
+        };
+        let messages = vec![
+            Incoming {
+                partition: 0,
+                offset: 0,
+                key: Some(Bytes::from_static(b"victim")),
+                payload: Some(forged.encode(WireFormat::Binary).into()),
+            },
+            message(0, 1, "victim", "2026-11-25T12:00:00Z"),
+        ];
+        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, "t", now());
+        assert_eq!(batch.rejects.len(), 1);
+        let reject = &batch.rejects[0];
+        assert_eq!(reject.code, RejectCode::Undecodable);
+        assert_eq!(
+            (reject.file.as_str(), reject.event_id.as_deref()),
+            ("kafka:t", None)
+        );
+        assert!(reject.reason.contains("`late`"), "{}", reject.reason);
+        assert_eq!(batch.events.len(), 1, "the real event is an event");
     }
 }

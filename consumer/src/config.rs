@@ -47,8 +47,10 @@ pub struct Config {
     /// How long a batch may wait to fill before it is written anyway.
     #[arg(long, env = "BATCH_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub batch_timeout: Duration,
-    /// Recent event_ids remembered per partition to drop duplicates before the database (older
-    /// duplicates are caught by the primary key, at the cost of a slower batch). About 100 bytes
+    /// Recent event_ids remembered per partition to keep duplicates out of the fast `COPY` (older
+    /// duplicates are caught by the primary key, at the cost of a slower batch). Memory only
+    /// suggests: a remembered id counts as a duplicate once the database confirms it holds it,
+    /// else the row is stored (tables emptied for a backfill, events deleted). About 100 bytes
     /// each: the default keeps five default batches per partition and the consumer under 64 MiB.
     #[arg(long, env = "DEDUP_CAPACITY", default_value_t = 50_000)]
     pub dedup_capacity: usize,

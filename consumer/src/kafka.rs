@@ -1,7 +1,7 @@
 //! The Kafka side of the consumer: settings, and a context that notices rebalances.
 
 use crate::metrics::ConsumerMetrics;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -31,6 +31,9 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 /// reports each partition's lag from librdkafka's statistics.
 pub struct RebalanceWatch {
     moved: AtomicBool,
+    /// Partitions revoked since the loop last asked: their offsets are no longer ours to commit
+    /// (another member may have moved them on since).
+    revoked: std::sync::Mutex<Vec<i32>>,
     /// Wakes a receive loop that waits for messages, so new partitions are positioned at once
     /// (a partition whose group offset is at the log's end would otherwise bring none).
     moved_signal: tokio::sync::Notify,
@@ -41,6 +44,7 @@ impl RebalanceWatch {
     pub fn new(metrics: ConsumerMetrics) -> RebalanceWatch {
         RebalanceWatch {
             moved: AtomicBool::new(false),
+            revoked: std::sync::Mutex::new(Vec::new()),
             moved_signal: tokio::sync::Notify::new(),
             metrics,
         }
@@ -49,6 +53,16 @@ impl RebalanceWatch {
     /// True once after every rebalance.
     pub fn take_moved(&self) -> bool {
         self.moved.swap(false, Ordering::AcqRel)
+    }
+
+    /// The partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<i32> {
+        std::mem::take(
+            &mut *self
+                .revoked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// Returns after the next rebalance (at once if one happened since the last call).
@@ -76,7 +90,7 @@ impl ClientContext for RebalanceWatch {
 }
 
 impl ConsumerContext for RebalanceWatch {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.moved.store(true, Ordering::Release);
         self.moved_signal.notify_one();
         match rebalance {
@@ -84,7 +98,12 @@ impl ConsumerContext for RebalanceWatch {
                 // An assignment is the group coordinator answering: the broker is there.
                 self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
                 tracing::info!(partitions = %describe(partitions), "partitions assigned");
-                let state = if partitions.count() > 0 {
+                // Under cooperative rebalancing an assignment is an increment (often empty after
+                // a revoke): what this consumer holds is its whole assignment, asked for here.
+                let held = consumer
+                    .assignment()
+                    .map_or(partitions.count(), |assignment| assignment.count());
+                let state = if held > 0 {
                     Ok(())
                 } else {
                     Err("the group assigned this consumer no partition".to_owned())
@@ -101,6 +120,10 @@ impl ConsumerContext for RebalanceWatch {
                     .map(|p| p.partition())
                     .collect();
                 self.metrics.forget_partitions(&numbers);
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(&numbers);
                 // A revoke starts a rebalance: ready while it is in progress.
                 self.metrics
                     .readiness

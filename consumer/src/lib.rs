@@ -193,6 +193,10 @@ async fn consume(
             break;
         };
         committed.extend(&batch.commit_offsets);
+        // Revoked partitions are not committed on leaving: another member may own them now.
+        for partition in consumer.context().take_revoked() {
+            committed.remove(&partition);
+        }
         messages = next;
     }
     committed
@@ -204,8 +208,11 @@ async fn consume(
 async fn leave(
     consumer: StreamConsumer<RebalanceWatch>,
     topic: &str,
-    committed: BTreeMap<i32, i64>,
+    mut committed: BTreeMap<i32, i64>,
 ) {
+    for partition in consumer.context().take_revoked() {
+        committed.remove(&partition);
+    }
     let consumer = Arc::new(consumer);
     let committer = consumer.clone();
     let topic = topic.to_owned();

@@ -196,9 +196,10 @@ impl ConsumerMetrics {
         lateness: TimeDelta,
     ) {
         let stats = batch.stats;
-        let duplicates = stats.duplicates
-            + (batch.events.len() as u64 - outcome.inserted)
-            + (batch.late_rejects.len() as u64 - outcome.late_quarantined)
+        // Valid rows are events, late rows or window duplicates; what of them was neither stored
+        // nor kept as late was a duplicate (some window duplicates are stored after all).
+        let valid = batch.events.len() + batch.late_rejects.len() + batch.duplicates.len();
+        let duplicates = (valid as u64).saturating_sub(outcome.inserted + outcome.late_quarantined)
             + (batch.rejects.len() as u64).saturating_sub(outcome.rejected);
         tracing::info!(
             rows = stats.rows,

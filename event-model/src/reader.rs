@@ -274,6 +274,10 @@ pub struct RowReader<R: Read> {
     positions: [Option<usize>; 6],
     header: Vec<String>,
     header_read: bool,
+    /// The first line names none of the columns: it is data, and every line is rejected.
+    headerless: bool,
+    /// The record read as a header turned out to be a row, still to be handed out.
+    first_is_a_row: bool,
     line: u64,
 }
 
@@ -298,6 +302,8 @@ impl<R: Read> RowReader<R> {
             positions: [None; 6],
             header: Vec::new(),
             header_read: false,
+            headerless: false,
+            first_is_a_row: false,
             line: 0,
         }
     }
@@ -349,7 +355,18 @@ impl<R: Read> RowReader<R> {
             }
             self.header.push(cell.trim().to_owned());
         }
+        // A header names at least one column; a first line that names none is a row of a file
+        // written without one, accounted for like every other line.
+        if self.positions.iter().all(Option::is_none) {
+            self.headerless = true;
+            self.first_is_a_row = true;
+        }
         Ok(true)
+    }
+
+    /// Whether the file has no header (its first line names none of the columns).
+    pub fn is_headerless(&self) -> bool {
+        self.headerless
     }
 
     /// The next data row, or `None` at the end of the file.
@@ -363,7 +380,9 @@ impl<R: Read> RowReader<R> {
         if !self.header_read && !self.read_header()? {
             return Ok(None);
         }
-        if !self.read_record()? {
+        if std::mem::take(&mut self.first_is_a_row) {
+            // The record in the splitter is the first line, read as a header and found a row.
+        } else if !self.read_record()? {
             return Ok(None);
         }
         let line = self.line;
@@ -409,7 +428,15 @@ impl<R: Read> RowReader<R> {
                 raw_hex: to_hex(self.records.kept_prefix()),
             });
         }
-        let (code, reason) = if self.records.len() != self.header.len() {
+        let (code, reason) = if self.headerless {
+            (
+                RejectCode::MissingHeader,
+                format!(
+                    "the file has no header: its first line names none of the columns {}; every line is rejected",
+                    COLUMNS.map(Column::name).join(", ")
+                ),
+            )
+        } else if self.records.len() != self.header.len() {
             (
                 RejectCode::FieldCount,
                 format!(
@@ -657,5 +684,33 @@ mod tests {
     fn row_without_event_id_is_keyed_by_file_and_line() {
         let input = format!("{HEADER}\n ,1,view,2,3,2026-01-01T00:00:00Z");
         assert_eq!(rows(input.as_bytes())[0].key, "f.csv:2");
+    }
+
+    #[test]
+    fn a_file_without_a_header_has_every_line_rejected_the_first_included() {
+        let three = rows(b"e1,1,view,2,3.00,2026-01-01T00:00:00Z\ne2,1,view,2,3.00,2026-01-01T00:00:00Z\ne3,1,view,2,3.00,2026-01-01T00:00:00Z\n");
+        assert_eq!(three.len(), 3);
+        assert_eq!(
+            three.iter().map(|r| r.row.line).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        for row in &three {
+            let defect = row.row.defect.as_ref().expect("rejected");
+            assert_eq!(defect.code, RejectCode::MissingHeader);
+            assert!(defect.reason.contains("no header"), "{}", defect.reason);
+            assert_eq!(row.key, format!("f.csv:{}", row.row.line));
+        }
+        assert_eq!(
+            from_hex(&three[0].row.defect.as_ref().unwrap().raw_hex).unwrap(),
+            b"e1,1,view,2,3.00,2026-01-01T00:00:00Z"
+        );
+        let one = rows(b"e1,1,view,2,3.00,2026-01-01T00:00:00Z");
+        assert_eq!(
+            one.len(),
+            1,
+            "a one-line headerless file is one rejected row"
+        );
+        // A header naming only some columns is still a header: its rows lack columns.
+        assert!(rows(b"event_id,whatever\ne1,x\n")[0].row.defect.is_none());
     }
 }

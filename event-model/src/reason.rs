@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectCode {
+    /// The file's first line names none of the six columns: the file has no header.
+    MissingHeader,
     /// The header lacks one of the six columns.
     MissingColumn,
     /// The row has more or fewer fields than the header.
@@ -32,7 +34,7 @@ pub enum RejectCode {
 
 impl RejectCode {
     /// Every code, in the order the migrations list them.
-    pub const ALL: [RejectCode; 11] = [
+    pub const ALL: [RejectCode; 12] = [
         RejectCode::MissingColumn,
         RejectCode::FieldCount,
         RejectCode::InvalidUtf8,
@@ -44,11 +46,13 @@ impl RejectCode {
         RejectCode::Future,
         RejectCode::Undecodable,
         RejectCode::Database,
+        RejectCode::MissingHeader,
     ];
 
     /// The code as stored in `reason_code` and sent on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
+            RejectCode::MissingHeader => "missing_header",
             RejectCode::MissingColumn => "missing_column",
             RejectCode::FieldCount => "field_count",
             RejectCode::InvalidUtf8 => "invalid_utf8",
@@ -61,6 +65,21 @@ impl RejectCode {
             RejectCode::Undecodable => "undecodable",
             RejectCode::Database => "database",
         }
+    }
+
+    /// Whether a reader finds this defect in a file, so a row on the wire may carry it. The
+    /// others (`late`, `future`, `database`, ...) are the consumer's own findings: a message that
+    /// claims one is not a bridge's, and must not decide any row's fate.
+    pub fn is_found_by_reader(self) -> bool {
+        matches!(
+            self,
+            RejectCode::MissingHeader
+                | RejectCode::FieldCount
+                | RejectCode::InvalidUtf8
+                | RejectCode::RowTooLarge
+                | RejectCode::FieldTooLarge
+                | RejectCode::TooLarge
+        )
     }
 
     /// A row over a size cap travels as its defect alone, so its message stays small.

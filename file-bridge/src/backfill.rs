@@ -2,6 +2,7 @@
 //! optional rate limit. The consumer drops what is already stored (by event_id, file and line);
 //! the ledger marks each file as backfilled.
 
+use crate::folder::EntryKind;
 use crate::publisher::{file_name, Completion, Meter, Publisher, PRODUCER_DEFAULTS};
 use crate::Config;
 use anyhow::Context;
@@ -70,19 +71,22 @@ pub async fn run(config: &Config, dir: &Path, shutdown: CancellationToken) -> an
     Ok(())
 }
 
-/// The archive's `*.csv` files (regular files only, hidden ones skipped), oldest name first, and
-/// their sizes.
+/// The archive's data files by the live bridge's own rule ([`EntryKind`]: `*.csv` in any case,
+/// regular files only), oldest name first, with their sizes; every other entry is named in a
+/// warning, so nothing is left out unsaid.
 fn archive_files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u64)>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let metadata = entry.metadata()?;
-        if metadata.is_file() && !name.starts_with('.') && name.ends_with(".csv") {
-            files.push((entry.path(), metadata.len()));
+        let kind = EntryKind::of(&entry)
+            .with_context(|| format!("failed to look at {}", entry.path().display()))?;
+        match kind.skipped_because() {
+            None => files.push((entry.path(), entry.metadata()?.len())),
+            Some(why) => {
+                tracing::warn!(file = %entry.path().display(), why, "not backfilled");
+            }
         }
     }
     files.sort();

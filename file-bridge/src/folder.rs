@@ -29,6 +29,10 @@ pub const CLAIM_DIR: &str = ".claimed";
 /// unchanged before it is taken: its writer may have paused mid-line.
 pub const UNTERMINATED_SETTLE: Duration = Duration::from_secs(10);
 
+/// How long a bridge taking its claim folder waits for a lock another bridge holds: one adopting
+/// the files of this owner's earlier run holds it only while it moves them.
+const ADOPTION_WAIT: Duration = Duration::from_secs(5);
+
 /// What the file-system events said about a file's writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Writer {
@@ -79,10 +83,65 @@ impl Writers {
     }
 }
 
-/// Lists the `*.csv` regular files of `dir` that are complete (see the module's rules), oldest
-/// name first, and says whether others are still being written. Hidden files (temporary files of
-/// writers, the claim folder) are skipped silently; symlinks, FIFOs and folders are skipped with
-/// one warning each.
+/// What an entry of a folder is to the bridge: one rule, shared by the live folder and the
+/// backfill, for which names are files to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file named `*.csv`, any case of the extension: published.
+    Data,
+    /// A name starting with `.`: a writer's temporary file, the claim folder, a partial archive.
+    Hidden,
+    /// A regular file whose name does not end in `.csv`.
+    NotCsv,
+    /// A symlink, a folder, a FIFO or a device, whatever its name (never followed or opened).
+    NotRegular(&'static str),
+}
+
+impl EntryKind {
+    /// The kind of `entry`, by its name and its type (not following a symlink).
+    pub fn of(entry: &std::fs::DirEntry) -> std::io::Result<EntryKind> {
+        let name = entry.file_name();
+        let shown = name.to_string_lossy();
+        if shown.starts_with('.') {
+            return Ok(EntryKind::Hidden);
+        }
+        // file_type() does not follow symlinks: a link to a file is not a regular file here.
+        let kind = entry.file_type()?;
+        if !kind.is_file() {
+            let what = if kind.is_symlink() {
+                "symlink"
+            } else if kind.is_dir() {
+                "folder"
+            } else {
+                "special file"
+            };
+            return Ok(EntryKind::NotRegular(what));
+        }
+        let is_csv = Path::new(&*shown)
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
+        Ok(if is_csv {
+            EntryKind::Data
+        } else {
+            EntryKind::NotCsv
+        })
+    }
+
+    /// Why a file of this kind is skipped, for the one warning it gets; `None` for a data file.
+    pub fn skipped_because(self) -> Option<&'static str> {
+        match self {
+            EntryKind::Data => None,
+            EntryKind::Hidden => Some("hidden name (a temporary file)"),
+            EntryKind::NotCsv => Some("name does not end in .csv"),
+            EntryKind::NotRegular(what) => Some(what),
+        }
+    }
+}
+
+/// Lists the data files of `dir` (see [`EntryKind`]) that are complete (see the module's rules),
+/// oldest name first, and says whether others are still being written. Hidden files (temporary
+/// files of writers, the claim folder) are skipped silently; every other file skipped gets one
+/// warning naming it and why.
 pub fn ready_files(
     dir: &Path,
     settle: Duration,
@@ -91,42 +150,97 @@ pub fn ready_files(
 ) -> std::io::Result<(Vec<PathBuf>, bool)> {
     let mut unsettled = false;
     let mut files = Vec::new();
+    let mut held = None;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let shown = name.to_string_lossy();
-        let is_csv = Path::new(&*shown)
-            .extension()
-            .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
-        if shown.starts_with('.') || !is_csv {
-            continue;
-        }
         let path = entry.path();
-        // file_type() does not follow symlinks: a link to a file is not a regular file here.
-        match entry.file_type() {
-            Ok(kind) if kind.is_file() => match is_complete(&path, settle, writers.of(&name)) {
-                Ok(true) => files.push(path),
-                Ok(false) => unsettled = true,
-                // Gone between listing and looking: nothing to do.
-                Err(_) => {}
-            },
+        match EntryKind::of(&entry) {
+            Ok(EntryKind::Data) => {}
+            Ok(EntryKind::Hidden) | Err(_) => continue,
             Ok(kind) => {
                 if warned.insert(path.clone()) {
-                    let kind = if kind.is_symlink() {
-                        "symlink"
-                    } else if kind.is_dir() {
-                        "folder"
-                    } else {
-                        "special file"
-                    };
-                    tracing::warn!(file = %path.display(), kind, "ignoring: not a regular file");
+                    let why = kind.skipped_because().unwrap_or_default();
+                    tracing::warn!(file = %path.display(), why, "ignoring a file in the input folder");
+                }
+                continue;
+            }
+        }
+        match is_complete(&path, settle, writers.of(&entry.file_name())) {
+            // Complete by its age and events; and no process holds it open for writing (a
+            // writer that paused longer than the settle time is still a writer).
+            Ok(true) => {
+                let held = held.get_or_insert_with(OpenForWriting::now);
+                if held.holds(&path) {
+                    unsettled = true;
+                } else {
+                    files.push(path);
                 }
             }
+            Ok(false) => unsettled = true,
+            // Gone between listing and looking: nothing to do.
             Err(_) => {}
         }
     }
     files.sort();
     Ok((files, unsettled))
+}
+
+/// The files some process on this host holds open for writing, as `/proc/*/fd` shows them
+/// (device and inode). Processes of other users (unless we are root), of other PID namespaces
+/// (another container) or of other hosts (a network share) are not seen: for them the bridge
+/// relies on the settle rules and on noticing a claimed file that changed.
+#[derive(Debug, Default)]
+pub struct OpenForWriting(HashSet<(u64, u64)>);
+
+impl OpenForWriting {
+    pub fn now() -> OpenForWriting {
+        use std::os::unix::fs::MetadataExt;
+        let mut held = HashSet::new();
+        let Ok(processes) = std::fs::read_dir("/proc") else {
+            return OpenForWriting(held);
+        };
+        let own = std::process::id().to_string();
+        for process in processes.filter_map(Result::ok) {
+            let pid = process.file_name();
+            let pid = pid.to_string_lossy();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.filter_map(Result::ok) {
+                let info = process.path().join("fdinfo").join(fd.file_name());
+                if !opened_for_writing(&info) {
+                    continue;
+                }
+                // metadata() follows the fd's link to the open file itself.
+                if let Ok(meta) = std::fs::metadata(fd.path()) {
+                    if meta.is_file() {
+                        held.insert((meta.dev(), meta.ino()));
+                    }
+                }
+            }
+        }
+        OpenForWriting(held)
+    }
+
+    pub fn holds(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        path.symlink_metadata()
+            .is_ok_and(|meta| self.0.contains(&(meta.dev(), meta.ino())))
+    }
+}
+
+/// Whether `/proc/PID/fdinfo/FD` says the descriptor was opened write-only or read-write.
+fn opened_for_writing(fdinfo: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(fdinfo) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix("flags:"))
+        .and_then(|flags| u32::from_str_radix(flags.trim(), 8).ok())
+        .is_some_and(|flags| flags & (libc::O_WRONLY | libc::O_RDWR) as u32 != 0)
 }
 
 fn is_complete(path: &Path, settle: Duration, writer: Option<Writer>) -> std::io::Result<bool> {
@@ -195,21 +309,33 @@ pub struct ClaimFolder {
 }
 
 impl ClaimFolder {
-    /// Takes `owner`'s claim folder; fails if a live bridge holds it.
+    /// Takes `owner`'s claim folder; fails if a live bridge holds it. The lock comes before the
+    /// folder, so no other bridge adopts a folder being taken; a lock held a moment by a bridge
+    /// adopting the files of this owner's earlier run is waited out.
     pub fn take(input: &Path, owner: &str) -> std::io::Result<ClaimFolder> {
         let root = input.join(CLAIM_DIR);
         let owner = owner_folder_name(owner);
-        std::fs::create_dir_all(root.join(&owner))?;
-        let Some(lock) = try_lock(&root, &owner)? else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!(
-                    "another running bridge claims files in {} as {owner:?}; give each bridge on \
-                     one input folder its own --instance-id",
-                    root.display()
-                ),
-            ));
+        std::fs::create_dir_all(&root)?;
+        let deadline = std::time::Instant::now() + ADOPTION_WAIT;
+        let lock = loop {
+            match try_lock(&root, &owner)? {
+                Some(lock) => break lock,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!(
+                            "another running bridge claims files in {} as {owner:?}; give each \
+                             bridge on one input folder its own --instance-id",
+                            root.display()
+                        ),
+                    ))
+                }
+            }
         };
+        std::fs::create_dir_all(root.join(&owner))?;
         Ok(ClaimFolder {
             dir: root.join(&owner),
             root,
@@ -316,9 +442,11 @@ pub fn claimed_files(claimed: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Moves a published file to the archive folder, never overwriting an earlier file of that name.
-/// Across file systems it copies to a hidden temporary name, syncs, renames, then removes the
-/// original: a failure at any step leaves no partial file under an archive name.
+/// Moves a published file to the archive folder, never replacing a file there, whoever else
+/// archives into it at the same moment (another bridge, a file of the same name): each name is
+/// taken by an atomic rename that fails if it exists, and the next free `NAME.N.csv` is tried.
+/// Across file systems it copies to a temporary name of its own, syncs, and moves that the same
+/// way: a failure at any step leaves no partial file under an archive name.
 pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
     // The archive folder may have been removed while the bridge ran (a volume re-mounted, an
     // operator clearing it): made again, as at start-up.
@@ -326,33 +454,76 @@ pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
     let name = file
         .file_name()
         .ok_or_else(|| std::io::Error::other("file has no name"))?;
-    let mut target = archive_dir.join(name);
+    let target = match move_to_a_free_name(file, archive_dir, name) {
+        Err(error) if error.kind() == std::io::ErrorKind::CrossesDevices => {
+            let copied = copy_beside(file, archive_dir, name)?;
+            let target = move_to_a_free_name(&copied, archive_dir, name).inspect_err(|_| {
+                let _ = std::fs::remove_file(&copied);
+            })?;
+            std::fs::remove_file(file)?;
+            target
+        }
+        moved => moved?,
+    };
+    File::open(archive_dir)?.sync_all()?;
+    Ok(target)
+}
+
+/// Renames `source` into `dir` as `name`, or the first free `STEM.N.csv`, never replacing.
+fn move_to_a_free_name(
+    source: &Path,
+    dir: &Path,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<PathBuf> {
     let stem = Path::new(name)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut copy = 0;
-    while target.symlink_metadata().is_ok() {
-        copy += 1;
-        target = archive_dir.join(format!("{stem}.{copy}.csv"));
-    }
-    match std::fs::rename(file, &target) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::CrossesDevices => {
-            let partial = archive_dir.join(format!(".{}.partial", name.to_string_lossy()));
-            let copied = std::fs::copy(file, &partial)
-                .and_then(|_| File::open(&partial)?.sync_all())
-                .and_then(|()| std::fs::rename(&partial, &target));
-            if let Err(error) = copied {
-                let _ = std::fs::remove_file(&partial);
-                return Err(error);
-            }
-            std::fs::remove_file(file)?;
+    for copy in 0u64.. {
+        let target = match copy {
+            0 => dir.join(name),
+            n => dir.join(format!("{stem}.{n}.csv")),
+        };
+        match rename_without_replacing(source, &target) {
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            moved => return moved.map(|()| target),
         }
-        Err(error) => return Err(error),
     }
-    File::open(archive_dir)?.sync_all()?;
-    Ok(target)
+    unreachable!("names run out after u64::MAX copies")
+}
+
+/// Copies `file` into `dir` under a hidden name no other process uses, synced.
+fn copy_beside(file: &Path, dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let partial = dir.join(format!(
+        ".{}.{}-{nanos}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let copied = std::fs::copy(file, &partial).and_then(|_| File::open(&partial)?.sync_all());
+    if let Err(error) = copied {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
+    Ok(partial)
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then), atomically: Linux's
+/// `renameat2(RENAME_NOREPLACE)`, or where a file system lacks it, a hard link (which never
+/// replaces) and the removal of the old name.
+fn rename_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 /// Sends a wake-up whenever a file in `dir` appears, changes or goes, and keeps `writers` up to
@@ -567,5 +738,79 @@ mod tests {
             "a"
         );
         assert!(b.adopt_orphans().unwrap().is_empty());
+    }
+
+    #[test]
+    fn two_archivers_of_one_name_at_once_never_replace_each_others_files() {
+        let archive_dir = tempfile::tempdir().unwrap();
+        let inputs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        const ROUNDS: usize = 300;
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            for (who, input) in inputs.iter().enumerate() {
+                let (barrier, archive_dir) = (&barrier, archive_dir.path());
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let file = input.path().join("same.csv");
+                        std::fs::write(&file, format!("{who}-{round}")).unwrap();
+                        barrier.wait();
+                        archive(&file, archive_dir).unwrap();
+                    }
+                });
+            }
+        });
+        let mut contents: Vec<String> = std::fs::read_dir(archive_dir.path())
+            .unwrap()
+            .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+            .collect();
+        contents.sort();
+        contents.dedup();
+        assert_eq!(contents.len(), 2 * ROUNDS, "an archived file was replaced");
+    }
+
+    #[test]
+    fn taking_a_claim_folder_waits_out_a_bridge_adopting_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(CLAIM_DIR);
+        std::fs::create_dir_all(&root).unwrap();
+        // Another bridge adopting this owner's files holds the lock for a moment.
+        let adopter = try_lock(&root, "a").unwrap().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(adopter);
+        });
+        let taken = ClaimFolder::take(dir.path(), "a");
+        release.join().unwrap();
+        assert!(taken.is_ok(), "{:?}", taken.err());
+    }
+
+    #[test]
+    fn a_file_held_open_for_writing_is_not_ready_however_long_it_was_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open.csv");
+        // Another process holds it (our own descriptors are not looked at).
+        let mut writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 3>>'{}'; printf 'h\\nrow\\n' >&3; exec sleep 30",
+                path.display()
+            ))
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let writers = Writers::default();
+        writers.lock().insert("open.csv".into(), Writer::Done);
+        let (ready, unsettled) =
+            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        assert!(ready.is_empty() && unsettled, "taken while held open");
+        writer.kill().unwrap();
+        writer.wait().unwrap();
+        let (ready, _) =
+            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        assert_eq!(ready, vec![path], "its writer is gone: complete");
     }
 }

@@ -24,20 +24,37 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// A file being published: which completion is its, and what it was when claimed.
 struct InFlight {
-    path: PathBuf,
+    seq: usize,
     started: Instant,
+    /// Size and modification time when publishing began: a file that differs by the time its
+    /// rows are acknowledged was written after it was claimed.
+    claimed_as: Option<(u64, std::time::SystemTime)>,
 }
 
-/// Files between pick-up and archive, and what to do with those that failed.
+/// The size and modification time of `path`, if it is there.
+fn size_and_time(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = path.symlink_metadata().ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Where a claimed file stands between pick-up and archive.
+enum FileState {
+    /// Its rows are being sent; the completion of its `seq` tells how it went.
+    Publishing(InFlight),
+    /// Its publication failed (or it changed after its claim): published again after this.
+    RetryAfter(Instant),
+    /// Published in full, its archiving failed: retried alone (never published again), with
+    /// backoff, until the archive takes it.
+    Archiving(PendingArchive),
+}
+
+/// Files between pick-up and archive, each in one state, and what to do with those that failed.
 struct Files<'a> {
     config: &'a Config,
     metrics: BridgeMetrics,
-    in_flight: HashMap<usize, InFlight>,
-    retry_after: HashMap<PathBuf, Instant>,
-    /// Published files whose archiving failed: retried alone (never published again), with
-    /// backoff, until the archive takes them.
-    archive_pending: HashMap<PathBuf, PendingArchive>,
+    states: HashMap<PathBuf, FileState>,
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
@@ -164,9 +181,7 @@ impl<'a> Bridge<'a> {
             files: Files {
                 config,
                 metrics,
-                in_flight: HashMap::new(),
-                retry_after: HashMap::new(),
-                archive_pending: HashMap::new(),
+                states: HashMap::new(),
                 failed: Vec::new(),
                 archived: 0,
                 producer_suspect: false,
@@ -186,7 +201,7 @@ impl<'a> Bridge<'a> {
                 false
             };
             let done_once = self.config.once && self.scanned_once;
-            if self.files.in_flight.is_empty() && (done_once || self.shutdown.is_cancelled()) {
+            if self.files.publishing() == 0 && (done_once || self.shutdown.is_cancelled()) {
                 break;
             }
             if self.shutdown.is_cancelled() {
@@ -246,7 +261,7 @@ impl<'a> Bridge<'a> {
 
     /// After a failed delivery, a fresh producer once nothing is in flight.
     fn replace_suspect_producer(&mut self) -> anyhow::Result<()> {
-        if !self.files.producer_suspect || !self.files.in_flight.is_empty() {
+        if !self.files.producer_suspect || self.files.publishing() > 0 {
             return Ok(());
         }
         self.files.producer_suspect = false;
@@ -269,9 +284,7 @@ impl<'a> Bridge<'a> {
         // --once waits for files still being written: they are in the folder now.
         self.scanned_once = !unsettled;
         for path in candidates {
-            let busy = self.files.in_flight.values().any(|file| file.path == path)
-                || self.files.archive_pending.contains_key(&path)
-                || self.files.retry_after.contains_key(&path);
+            let busy = self.files.states.contains_key(&path);
             if busy || self.shutdown.is_cancelled() || path.symlink_metadata().is_err() {
                 continue;
             }
@@ -302,9 +315,7 @@ impl<'a> Bridge<'a> {
                 return Err(error).with_context(|| format!("failed to list {}", input.display()))
             }
         };
-        self.files
-            .retry_after
-            .retain(|_, until| *until > Instant::now());
+        self.files.retries_due();
         let claimed = self.claims.dir();
         if let Err(error) = self.claims.adopt_orphans() {
             tracing::warn!(%error, "failed to adopt the files of a bridge that is gone");
@@ -342,14 +353,15 @@ impl<'a> Bridge<'a> {
     async fn publish(&mut self, path: PathBuf) -> anyhow::Result<()> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.files.in_flight.insert(
+        let in_flight = InFlight {
             seq,
-            InFlight {
-                path: path.clone(),
-                started: Instant::now(),
-            },
-        );
-        self.files.metrics.file_seen(self.files.in_flight.len());
+            claimed_as: size_and_time(&path),
+            started: Instant::now(),
+        };
+        self.files
+            .states
+            .insert(path.clone(), FileState::Publishing(in_flight));
+        self.files.metrics.file_seen(self.files.publishing());
         self.publisher
             .publish_file_in_background(path, seq, &self.shutdown)
             .await
@@ -365,7 +377,7 @@ impl<'a> Bridge<'a> {
             self.last_progress = Instant::now();
             tracing::info!(
                 archived = self.files.archived,
-                in_flight = self.files.in_flight.len(),
+                in_flight = self.files.publishing(),
                 rows_published = self.files.metrics.rows_published(),
                 "progress"
             );
@@ -397,10 +409,10 @@ impl<'a> Bridge<'a> {
         while let Ok(done) = self.completions.try_recv() {
             self.files.finish(done);
         }
-        if !flushed || !self.files.in_flight.is_empty() {
+        if !flushed || self.files.publishing() > 0 {
             tracing::warn!(
                 unconfirmed_messages = self.publisher.in_flight(),
-                files_left = self.files.in_flight.len(),
+                files_left = self.files.publishing(),
                 "shutdown before every delivery was confirmed; those files are published again on restart"
             );
         }
@@ -411,9 +423,10 @@ impl<'a> Bridge<'a> {
         // Published but not archived: left claimed, published again (harmlessly) by the next run.
         let pending: Vec<String> = self
             .files
-            .archive_pending
-            .keys()
-            .map(|p| file_name(p))
+            .states
+            .iter()
+            .filter(|(_, state)| matches!(state, FileState::Archiving(_)))
+            .map(|(path, _)| file_name(path))
             .collect();
         self.files.failed.extend(pending);
         if !self.files.failed.is_empty() {
@@ -463,30 +476,78 @@ fn report_message_budget(config: &Config, kafka: &ClientConfig) {
     }
 }
 
+/// Whether a claimed file changed while it was published, or is held open for writing now.
+fn written_since_claimed(path: &Path, file: &InFlight) -> bool {
+    size_and_time(path) != file.claimed_as || folder::OpenForWriting::now().holds(path)
+}
+
 impl Files<'_> {
+    /// How many files are being published.
+    fn publishing(&self) -> usize {
+        self.states
+            .values()
+            .filter(|state| matches!(state, FileState::Publishing(_)))
+            .count()
+    }
+
+    /// Forgets the retry delays that ended: those files may be published again.
+    fn retries_due(&mut self) {
+        let now = Instant::now();
+        self.states
+            .retain(|_, state| !matches!(state, FileState::RetryAfter(until) if *until <= now));
+    }
+
+    /// Publishes `path` again once the retry interval is over.
+    fn retry_later(&mut self, path: PathBuf) {
+        let until = Instant::now() + self.config.retry_interval;
+        self.states.insert(path, FileState::RetryAfter(until));
+    }
+
+    /// The file whose publication is `seq`, taken out of its state.
+    fn take_published(&mut self, seq: usize) -> Option<(PathBuf, InFlight)> {
+        let path = self.states.iter().find_map(|(path, state)| match state {
+            FileState::Publishing(file) if file.seq == seq => Some(path.clone()),
+            _ => None,
+        })?;
+        match self.states.remove(&path) {
+            Some(FileState::Publishing(file)) => Some((path, file)),
+            _ => None,
+        }
+    }
+
     /// Archives a file whose rows were all acknowledged; otherwise leaves it for a later retry.
     fn finish(&mut self, done: Completion) {
-        let Some(file) = self.in_flight.remove(&done.seq) else {
+        let Some((path, file)) = self.take_published(done.seq) else {
             return;
         };
-        self.metrics.in_flight(self.in_flight.len());
-        let name = file_name(&file.path);
+        self.metrics.in_flight(self.publishing());
+        let name = file_name(&path);
         if let Some(failure) = done.failure {
             self.metrics
                 .failed(&name, &failure, self.config.retry_interval);
             self.producer_suspect = true;
             // A file deleted from the folder meanwhile is not left to anyone to publish again.
-            if self.config.once && file.path.symlink_metadata().is_ok() {
+            if self.config.once && path.symlink_metadata().is_ok() {
                 self.failed.push(name);
             }
-            self.retry_after
-                .insert(file.path, Instant::now() + self.config.retry_interval);
+            self.retry_later(path);
             return;
         }
         // Every row acknowledged: the broker is demonstrably there.
         self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
+        if written_since_claimed(&path, &file) {
+            // A writer the claim did not see (another host, another container) went on writing:
+            // what it wrote is published as a new version of the file once it settles, never
+            // archived unread. The rows already sent are duplicates to the consumer.
+            tracing::warn!(file = %name, "the file was written to after it was claimed; publishing it again");
+            if self.config.once {
+                self.failed.push(name);
+            }
+            self.retry_later(path);
+            return;
+        }
         process::failpoint::hit(process::failpoint::Failpoint::BridgeBeforeArchive);
-        match folder::archive(&file.path, &self.config.archive_dir) {
+        match folder::archive(&path, &self.config.archive_dir) {
             Ok(target) => {
                 self.archived += 1;
                 let elapsed_ms = file.started.elapsed().as_millis() as u64;
@@ -503,7 +564,7 @@ impl Files<'_> {
                     rows: done.rows,
                     started: file.started,
                 };
-                self.archive_pending.insert(file.path, pending);
+                self.states.insert(path, FileState::Archiving(pending));
             }
         }
     }
@@ -513,14 +574,16 @@ impl Files<'_> {
     fn retry_archives(&mut self) {
         let now = Instant::now();
         let due: Vec<PathBuf> = self
-            .archive_pending
+            .states
             .iter()
-            .filter(|(_, pending)| pending.at <= now)
+            .filter(
+                |(_, state)| matches!(state, FileState::Archiving(pending) if pending.at <= now),
+            )
             .map(|(path, _)| path.clone())
             .collect();
         for path in due {
             let name = file_name(&path);
-            let Some(mut pending) = self.archive_pending.remove(&path) else {
+            let Some(FileState::Archiving(mut pending)) = self.states.remove(&path) else {
                 continue;
             };
             match folder::archive(&path, &self.config.archive_dir) {
@@ -542,7 +605,7 @@ impl Files<'_> {
                     let delay = pending.backoff.next_delay();
                     tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
                     pending.at = now + delay;
-                    self.archive_pending.insert(path, pending);
+                    self.states.insert(path, FileState::Archiving(pending));
                 }
             }
         }

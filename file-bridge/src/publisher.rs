@@ -344,7 +344,9 @@ impl Publisher {
             });
         }
         let missing = reader.missing_columns();
-        if !missing.is_empty() && rows > 0 {
+        if reader.is_headerless() {
+            tracing::warn!(file = %name, "the file has no header; every line will be rejected as missing_header");
+        } else if !missing.is_empty() && rows > 0 {
             tracing::warn!(file = %name, ?missing, "header lacks columns; every row will be rejected");
         }
         // Re-open by path: a file replaced or rewritten while we read it must be read again.

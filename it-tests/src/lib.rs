@@ -75,6 +75,9 @@ pub struct World {
 pub const RECONCILED_FILES: &str =
     "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL";
 
+/// A message as another producer might send it: key and value, either possibly absent.
+pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The contract's header, as the fixtures write it.
 pub const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 
@@ -160,6 +163,30 @@ impl World {
 
     pub fn archive_dir(&self) -> PathBuf {
         self.dir.path().join("archive")
+    }
+
+    /// Sends `messages` to this world's topic as another producer would (the topic made first).
+    pub async fn produce(&self, messages: Vec<RawMessage>) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let config = pipeline_kafka::client_config(&self.brokers, &[], &[]);
+        pipeline_kafka::ensure_topic(&config, &self.topic, 3, 1)
+            .await
+            .expect("create the topic");
+        let producer: FutureProducer = config.create().expect("a producer");
+        for (key, value) in messages {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic);
+            if let Some(key) = &key {
+                record = record.key(key);
+            }
+            if let Some(value) = &value {
+                record = record.payload(value);
+            }
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(error, _)| error)
+                .expect("a delivered message");
+        }
     }
 
     /// Writes a file into the input folder atomically (as any well-behaved producer should).

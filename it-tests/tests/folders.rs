@@ -100,13 +100,18 @@ async fn input_and_archive_folders_that_vanish_or_are_replaced_lose_and_double_n
         4,
         "every file reconciled once"
     );
-    let metrics_text =
-        telemetry::http_get(&format!("http://{metrics}/metrics"), Duration::from_secs(5))
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-    assert!(
-        metrics_text.contains("pipeline_bridge_files_archived_total 4"),
-        "{metrics_text}"
-    );
+    // The archive's rename comes a moment before the count moves.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let metrics_text =
+            telemetry::http_get(&format!("http://{metrics}/metrics"), Duration::from_secs(5))
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+        if metrics_text.contains("pipeline_bridge_files_archived_total 4") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics_text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

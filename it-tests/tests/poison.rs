@@ -6,7 +6,6 @@ use event_model::wire::{RawRow, WIRE_VERSION};
 use event_model::WireFormat;
 use it_tests::services::free_port;
 use it_tests::{World, HEADER};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -43,30 +42,7 @@ fn long_identity_row(line: u64, values: [&str; 6]) -> Vec<u8> {
     .encode(WireFormat::Binary)
 }
 
-/// A message as another producer might send it: key and value, either possibly absent.
-type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
-
-async fn produce(world: &World, messages: Vec<Message>) {
-    let config = pipeline_kafka::client_config(&world.brokers, &[], &[]);
-    pipeline_kafka::ensure_topic(&config, &world.topic, 3, 1)
-        .await
-        .unwrap();
-    let producer: FutureProducer = config.create().unwrap();
-    for (key, value) in messages {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&world.topic);
-        if let Some(key) = &key {
-            record = record.key(key);
-        }
-        if let Some(value) = &value {
-            record = record.payload(value);
-        }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(error, _)| error)
-            .unwrap();
-    }
-}
+type Message = it_tests::RawMessage;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall() {
@@ -168,7 +144,7 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
             ),
         ),
     ];
-    produce(&world, foreign).await;
+    world.produce(foreign).await;
 
     let mut consumer = world.consumer(&["--late-policy", "quarantine"]);
     world.bridge_once(&[]);

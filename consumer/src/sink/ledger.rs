@@ -276,7 +276,7 @@ impl Stored {
 /// The end of a batch's accounting, once its events and rejects are written: the duplicates
 /// among the valid rows that were not stored, the files' ends, and the ledger updated. The
 /// candidates are the in-memory dedup's drops always; the events, if not all of them went in;
-/// the late rows, if not all were kept.
+/// the late rows, if not all were kept (as events or late rows).
 pub async fn account(
     tx: &mut PgConnection,
     batch: &WriteBatch,
@@ -288,9 +288,16 @@ pub async fn account(
         unstored.extend(batch.events.iter().map(|e| e.sourced_id()));
     }
     if !stored.all_late_rejects {
-        unstored.extend(batch.late_rejects.iter().filter_map(|r| r.sourced_id()));
+        unstored.extend(
+            batch
+                .late_rejects
+                .iter()
+                .map(|late| late.event.sourced_id()),
+        );
     }
-    let candidates: Vec<&SourcedId> = batch.duplicates.iter().chain(&unstored).collect();
+    // A window duplicate stored after all is the source of its event: filtered out below.
+    unstored.extend(batch.duplicates.iter().map(|d| d.event.sourced_id()));
+    let candidates: Vec<&SourcedId> = unstored.iter().collect();
     record_duplicates(tx, &candidates, &mut delta).await?;
     delta.file_ends(&batch.file_ends);
     apply(tx, delta).await

@@ -316,17 +316,18 @@ impl Sink {
         let try_direct = self.copy_direct;
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
+        let held = HeldBack::decide(&mut tx, batch).await?;
+        let events = held.events_with(&batch.events);
         let mut next_direct = try_direct;
-        let direct = if try_direct && !batch.events.is_empty() {
-            copy_direct(&mut tx, &batch.events).await?
+        let direct = if try_direct && !events.is_empty() {
+            copy_direct(&mut tx, &events).await?
         } else {
             None
         };
         let mut delta = LedgerDelta::default();
         let (inserted, path) = match direct {
             Some(skipped) => {
-                let rows: Vec<&EventRow> = batch
-                    .events
+                let rows: Vec<&EventRow> = events
                     .iter()
                     .filter(|row| !skipped.contains(&row.event.event_id))
                     .collect();
@@ -347,13 +348,13 @@ impl Sink {
                 ledger::resolve_rejects(&mut tx, &ids).await?;
                 (rows.len() as u64, WritePath::Copy)
             }
-            None if batch.events.is_empty() => (0, WritePath::Copy),
+            None if events.is_empty() => (0, WritePath::Copy),
             None => {
-                let rows = insert_through_staging(&mut tx, &batch.events).await?;
+                let rows = insert_through_staging(&mut tx, &events).await?;
                 count_inserted(&mut tx, &rows, &mut delta).await?;
                 let count = rows.len() as u64;
                 // Back to the fast path once a batch had nothing already written.
-                next_direct = count == batch.events.len() as u64;
+                next_direct = count == events.len() as u64;
                 (count, WritePath::Staging)
             }
         };
@@ -364,10 +365,10 @@ impl Sink {
         };
         let taken = rejects::insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
         outcome.count_rejects(&taken, false, &mut delta);
-        let taken = rejects::insert_rejects(&mut tx, &topic, &batch.late_rejects, true).await?;
+        let taken = rejects::insert_rejects(&mut tx, &topic, &held.late_rejects, true).await?;
         let stored = ledger::Stored {
-            all_events: inserted == batch.events.len() as u64,
-            all_late_rejects: taken.len() == batch.late_rejects.len(),
+            all_events: inserted == events.len() as u64,
+            all_late_rejects: taken.len() == held.late_rejects.len(),
         };
         outcome.count_rejects(&taken, true, &mut delta);
         ledger::account(&mut tx, batch, stored, delta).await?;
@@ -388,7 +389,9 @@ impl Sink {
         // Refusals outside the data classes may not be the rows' doing: kept to decide below.
         let mut refusals_beyond_data: Option<sqlx::Error> = None;
         let mut data_refused = false;
-        for row in &batch.events {
+        let held = HeldBack::decide(&mut tx, batch).await?;
+        let events = held.events_with(&batch.events);
+        for row in events.iter() {
             savepoint(&mut tx).await?;
             let result = insert_through_staging(&mut tx, std::slice::from_ref(row)).await;
             match settle_savepoint(&mut tx, result).await? {
@@ -419,7 +422,7 @@ impl Sink {
             }
         }
         if let Some(error) = refusals_beyond_data {
-            let every_row_refused = inserted == 0 && refused.len() == batch.events.len();
+            let every_row_refused = inserted == 0 && refused.len() == events.len();
             if every_row_refused && !data_refused && !accepts_a_harmless_row(&mut tx).await? {
                 // Nothing goes in at all: the database, not these rows, is what is wrong.
                 return Err(SinkError::Database(error));
@@ -433,7 +436,7 @@ impl Sink {
         for (rows, only_if_not_an_event) in [
             (&batch.rejects[..], false),
             (&refused[..], false),
-            (&batch.late_rejects[..], true),
+            (&held.late_rejects[..], true),
         ] {
             for row in rows {
                 let taken = rejects::insert_reject_or_its_stand_in(
@@ -452,6 +455,101 @@ impl Sink {
         }
         ledger::account(&mut tx, batch, ledger::Stored::UNKNOWN, delta).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
+    }
+}
+
+/// What the in-memory rules held back, decided by the database in the batch's transaction:
+/// memory only suggests. A window duplicate whose id is not stored (nor in this batch, nor kept
+/// as late) is stored after all, or quarantined as late under that policy; a late row whose id
+/// has an open reject is that reject's fix, and stored (marked late).
+struct HeldBack {
+    /// Events to store besides the batch's own.
+    events: Vec<EventRow>,
+    /// The late rows to quarantine.
+    late_rejects: Vec<RejectRow>,
+}
+
+const STORED_OR_KEPT_LATE: &str =
+    "SELECT event_id::text FROM ecommerce_events WHERE event_id = ANY($1::text[])
+    UNION SELECT event_id FROM ecommerce_events_rejected
+          WHERE reason_code = 'late' AND event_id = ANY($1::text[])";
+
+const OPEN_REJECTS: &str = "SELECT DISTINCT event_id FROM ecommerce_events_rejected
+    WHERE event_id = ANY($1::text[]) AND resolved_at IS NULL AND reason_code <> 'late'";
+
+impl HeldBack {
+    async fn decide(tx: &mut PgConnection, batch: &WriteBatch) -> Result<HeldBack, sqlx::Error> {
+        let mut held = HeldBack {
+            events: Vec::new(),
+            late_rejects: Vec::with_capacity(batch.late_rejects.len()),
+        };
+        if !batch.late_rejects.is_empty() {
+            let ids: Vec<&str> = batch
+                .late_rejects
+                .iter()
+                .map(|late| late.event.event.event_id.as_str())
+                .collect();
+            let fixes: HashSet<String> = sqlx::query_scalar(OPEN_REJECTS)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            for late in &batch.late_rejects {
+                if fixes.contains(&late.event.event.event_id) {
+                    held.events.push(late.event.clone());
+                } else {
+                    held.late_rejects.push(late.reject.clone());
+                }
+            }
+        }
+        if batch.duplicates.is_empty() {
+            return Ok(held);
+        }
+        let ids: Vec<&str> = batch
+            .duplicates
+            .iter()
+            .map(|d| d.event.event.event_id.as_str())
+            .collect();
+        let mut known: HashSet<String> = sqlx::query_scalar(STORED_OR_KEPT_LATE)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let in_batch = batch.events.iter().map(|row| &row.event.event_id).chain(
+            batch
+                .late_rejects
+                .iter()
+                .map(|late| &late.event.event.event_id),
+        );
+        known.extend(in_batch.cloned());
+        let mut not_stored = 0;
+        for duplicate in &batch.duplicates {
+            // The first of several rows with an id not stored is the one stored.
+            if !known.insert(duplicate.event.event.event_id.clone()) {
+                continue;
+            }
+            not_stored += 1;
+            match &duplicate.late_reject {
+                Some(reject) => held.late_rejects.push(reject.clone()),
+                None => held.events.push(duplicate.event.clone()),
+            }
+        }
+        if not_stored > 0 {
+            tracing::warn!(rows = not_stored, "the dedup window remembered ids the database does not hold (its tables emptied, events deleted): stored as new");
+        }
+        Ok(held)
+    }
+
+    /// The batch's events and those decided here, borrowed when there are none of the latter.
+    fn events_with<'a>(&self, events: &'a [EventRow]) -> std::borrow::Cow<'a, [EventRow]> {
+        if self.events.is_empty() {
+            return std::borrow::Cow::Borrowed(events);
+        }
+        let mut all = events.to_vec();
+        all.extend(self.events.iter().cloned());
+        std::borrow::Cow::Owned(all)
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Quarantined {
 }
 
 /// Quarantines one row; should the database refuse even that (a constraint an operator put on
-/// the rejected table, say), a stand-in naming the message by its Kafka identity, with the raw
+/// the rejected table, say), a stand-in naming the row by a hash of its identity, with the raw
 /// bytes and the refusal, is recorded instead. Only if that is refused too does the batch fail.
 pub async fn insert_reject_or_its_stand_in(
     tx: &mut PgConnection,
@@ -43,10 +43,23 @@ pub async fn insert_reject_or_its_stand_in(
         Err(error) => error,
     };
     tracing::error!(file = %row.file, line = row.line, partition = row.partition, offset = row.offset, %error, "the database refused a quarantine row; recording a stand-in");
+    // Keyed by what the row is, not where it was read: a row of a file by a hash of its file
+    // version and its line (every redelivery is the same stand-in, counted once), a foreign
+    // message by its Kafka identity, which already holds a hash of its content.
+    let (file_id, line) = match row.ledger_file_id() {
+        Some(file_id) => (
+            format!(
+                "unstorable:{}",
+                storable::short_hash(file_id.as_bytes(), 16)
+            ),
+            row.line,
+        ),
+        None => (format!("{}:unstorable", row.file_id), row.line),
+    };
     let stand_in = RejectRow {
         file: format!("kafka:{topic}"),
-        file_id: format!("partition-{}:unstorable", row.partition),
-        line: row.offset,
+        file_id,
+        line,
         code: RejectCode::Database,
         field: None,
         // Nothing the row carried goes into the text again: it may be what was refused.

@@ -38,7 +38,7 @@ async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
     let owner_log = std::fs::read_to_string(log).unwrap();
     assert!(owner_log.contains("migrations applied"), "{owner_log}");
 
-    // The grants README.md gives the writer, made by the owner.
+    // The grants `docs/connecting.md` gives the writer, made by the owner.
     let as_owner = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&owner_url)

@@ -42,7 +42,7 @@ fn create_topic(broker: &PrivateBroker, topic: &str) {
     );
 }
 
-/// The least privilege the README shows: the bridge describes and writes the topic; the consumer
+/// The least privilege `docs/connecting.md` shows: the bridge describes and writes the topic; the consumer
 /// reads it and uses its group.
 fn grant_least_privilege(broker: &PrivateBroker, topic: &str, group: &str) {
     broker.allow("User:bridge", &["Describe", "Write"], &["--topic", topic]);

@@ -299,6 +299,34 @@ impl SourceNames {
     }
 }
 
+/// What a message is when it is not a row to judge.
+enum Decoded {
+    FileEnd(FileEnd),
+    /// Not a row a bridge wrote, and why.
+    Foreign(String),
+}
+
+/// The row a message carries. A row may carry only the defects a reader finds in a file: one
+/// that claims a consumer's finding (`late`, say) is foreign, kept under its Kafka identity (its
+/// claimed file and line are not trusted either), and decides no row's fate.
+fn decode_row(message: &Incoming) -> Result<event_model::DecodedRow<'_>, Decoded> {
+    let payload = message
+        .payload
+        .as_deref()
+        .ok_or_else(|| Decoded::Foreign("message has no payload".to_owned()))?;
+    let row = match decode_pipeline_message(payload).map_err(Decoded::Foreign)? {
+        PipelineMessage::Row(row) => row,
+        PipelineMessage::FileEnd(end) => return Err(Decoded::FileEnd(end)),
+    };
+    match row.view().defect.as_ref().map(|defect| defect.code) {
+        Some(code) if !code.is_found_by_reader() => Err(Decoded::Foreign(format!(
+            "the row claims the defect `{}`, which no reader finds in a file (a consumer's finding, not a bridge's)",
+            code.as_str()
+        ))),
+        _ => Ok(row),
+    }
+}
+
 /// One new message: a foreign message, an invalid or future row, a duplicate, a late event, or
 /// an event; counted and put where it belongs in `batch`.
 fn classify_message(
@@ -309,17 +337,13 @@ fn classify_message(
     batch: &mut WriteBatch,
 ) {
     let (rules, now) = (context.rules, context.now);
-    let decoded = match message.payload.as_deref() {
-        Some(payload) => decode_pipeline_message(payload),
-        None => Err("message has no payload".to_owned()),
-    };
-    let decoded_row = match decoded {
-        Ok(PipelineMessage::Row(row)) => row,
-        Ok(PipelineMessage::FileEnd(end)) => {
+    let decoded_row = match decode_row(message) {
+        Ok(row) => row,
+        Err(Decoded::FileEnd(end)) => {
             batch.file_ends.push(end);
             return;
         }
-        Err(reason) => {
+        Err(Decoded::Foreign(reason)) => {
             batch.stats.rejected += 1;
             batch
                 .rejects
@@ -328,20 +352,6 @@ fn classify_message(
         }
     };
     let row = decoded_row.view();
-    if let Some(code) = row.defect.as_ref().map(|defect| defect.code) {
-        if !code.is_found_by_reader() {
-            // Kept under its Kafka identity: its claimed file and line are not trusted either.
-            let reason = format!(
-                "the row claims the defect `{}`, which no reader finds in a file (a consumer's finding, not a bridge's)",
-                code.as_str()
-            );
-            batch.stats.rejected += 1;
-            batch
-                .rejects
-                .push(undecodable(message, context.topic, reason));
-            return;
-        }
-    }
     let reference = FutureReference::of(row.landed_ms, now);
     let event = match validate(&row).and_then(|event| not_in_the_future(event, rules, reference)) {
         Ok(event) => event,

@@ -47,12 +47,13 @@ pub struct Config {
     /// How long a batch may wait to fill before it is written anyway.
     #[arg(long, env = "BATCH_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub batch_timeout: Duration,
-    /// Recent event_ids remembered per partition to keep duplicates out of the fast `COPY` (older
-    /// duplicates are caught by the primary key, at the cost of a slower batch). Memory only
-    /// suggests: a remembered id counts as a duplicate once the database confirms it holds it,
-    /// else the row is stored (tables emptied for a backfill, events deleted). About 100 bytes
-    /// each: the default keeps five default batches per partition and the consumer under 64 MiB.
-    #[arg(long, env = "DEDUP_CAPACITY", default_value_t = 50_000)]
+    /// Recent event_ids remembered to keep duplicates out of the fast `COPY` (older duplicates
+    /// are caught by the primary key, at the cost of a slower batch): one budget shared by the
+    /// partitions this consumer holds, divided again on every rebalance, so memory does not grow
+    /// with the partitions it takes over. Memory only suggests: a remembered id counts as a
+    /// duplicate once the database confirms it holds it, else the row is stored (tables emptied
+    /// for a backfill, events deleted). About 100 bytes each.
+    #[arg(long, env = "DEDUP_CAPACITY", default_value_t = 150_000)]
     pub dedup_capacity: usize,
     /// Skip applying the migrations (when a separate owner role runs them).
     #[arg(long, env = "SKIP_MIGRATIONS", conflicts_with = "migrate_only")]
@@ -73,6 +74,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// What this process does, by its flags.
+    pub fn mode(&self) -> crate::Mode {
+        if self.migrate_only {
+            crate::Mode::MigrateOnly
+        } else if self.dashboard_only {
+            crate::Mode::DashboardOnly
+        } else {
+            crate::Mode::Consume
+        }
+    }
+
     /// How this consumer names itself to Kafka (`client.id`) and PostgreSQL (`application_name`).
     pub fn component_name(&self) -> String {
         match &self.instance_id {

@@ -42,60 +42,178 @@ const RETRY: process::Backoff =
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!(
-        database = %redact_url(&config.database_url),
-        brokers = %config.kafka.brokers,
-        topic = %config.kafka.topic,
-        group = %config.group,
-        late_policy = ?config.late_policy,
-        "consumer starting"
-    );
-    let application_name = format!(
-        "{}@{}",
-        config.component_name(),
-        pipeline_kafka::host_name()
-    );
-    let mut sink = Sink::new(&config.database_url, &config.group, &config.kafka.topic)
-        .named(&application_name);
-    let metrics = ConsumerMetrics::new();
-    // Health and readiness answer from the start, while the database or the broker is awaited.
-    if !config.migrate_only {
-        serve_http(&config, &metrics, &shutdown).await?;
-        watch_database(&config, &application_name, &metrics, &shutdown)?;
+    if let Some(mut consumer) = GroupConsumer::start(&config, shutdown).await? {
+        consumer.run().await;
+        consumer.leave().await;
     }
-    if config.dashboard_only {
-        // The dashboard reads PostgreSQL only: no broker, no group.
-        metrics.readiness.set(telemetry::Check::Broker, Ok(()));
-        shutdown.cancelled().await;
-        return Ok(());
-    }
-    if !config.skip_migrations && !prepare_database(&config, &mut sink, &shutdown).await? {
-        return Ok(());
-    }
-    if config.migrate_only {
-        tracing::info!("migrations applied");
-        return Ok(());
-    }
-    let (consumer, kafka) = join_group(&config, &metrics).await?;
-    let probe = LogProbe::new(&kafka, &config.kafka.topic)
-        .context("failed to create the Kafka log probe")?;
-    let mut writer = Writer {
-        config: &config,
-        metrics: &metrics,
-        sink,
-        probe: Arc::new(probe),
-        rules: Rules {
-            lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
-            late_policy: config.late_policy,
-            max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
-        },
-        states: HashMap::new(),
-        shutdown: &shutdown,
-    };
-    let committed = consume(&consumer, &mut writer).await;
-    leave(consumer, &config.kafka.topic, committed).await;
-    tracing::info!("consumer stopped");
     Ok(())
+}
+
+/// What a consumer process does, by its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Join the group and write its partitions into PostgreSQL (the default).
+    Consume,
+    /// Serve the dashboard, which reads PostgreSQL only: no broker, no group.
+    DashboardOnly,
+    /// Apply the migrations and exit.
+    MigrateOnly,
+}
+
+/// The running consumer: its group membership, the writer of its batches, and the offsets it
+/// committed to PostgreSQL. The same shape as the bridge: `start`, `run`, `leave`.
+struct GroupConsumer<'a> {
+    consumer: StreamConsumer<RebalanceWatch>,
+    writer: Writer<'a>,
+    /// Per partition still held, the offset PostgreSQL has: what is committed to Kafka on leaving.
+    committed: BTreeMap<i32, i64>,
+}
+
+impl<'a> GroupConsumer<'a> {
+    /// Health, the database and its migrations, then the group: set-up in the order it must
+    /// happen. `None` when the mode ends here (the dashboard, the migrations) or shutdown came.
+    async fn start(
+        config: &'a Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Option<GroupConsumer<'a>>> {
+        tracing::info!(
+            database = %redact_url(&config.database_url),
+            brokers = %config.kafka.brokers,
+            topic = %config.kafka.topic,
+            group = %config.group,
+            late_policy = ?config.late_policy,
+            mode = ?config.mode(),
+            "consumer starting"
+        );
+        let application_name = format!(
+            "{}@{}",
+            config.component_name(),
+            pipeline_kafka::host_name()
+        );
+        let mut sink = Sink::new(&config.database_url, &config.group, &config.kafka.topic)
+            .named(&application_name);
+        let metrics = ConsumerMetrics::new();
+        // Health and readiness answer from the start, while the database or the broker is awaited.
+        if config.mode() != Mode::MigrateOnly {
+            serve_http(config, &metrics, &shutdown).await?;
+            watch_database(config, &application_name, &metrics, &shutdown)?;
+        }
+        if config.mode() == Mode::DashboardOnly {
+            metrics.readiness.set(telemetry::Check::Broker, Ok(()));
+            shutdown.cancelled().await;
+            return Ok(None);
+        }
+        if !config.skip_migrations && !prepare_database(config, &mut sink, &shutdown).await? {
+            return Ok(None);
+        }
+        if config.mode() == Mode::MigrateOnly {
+            tracing::info!("migrations applied");
+            return Ok(None);
+        }
+        let (consumer, kafka) = join_group(config, &metrics).await?;
+        let probe = LogProbe::new(&kafka, &config.kafka.topic)
+            .context("failed to create the Kafka log probe")?;
+        let writer = Writer {
+            config,
+            metrics,
+            sink,
+            probe: Arc::new(probe),
+            rules: Rules {
+                lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
+                late_policy: config.late_policy,
+                max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
+            },
+            states: HashMap::new(),
+            partitions_held: 1,
+            shutdown,
+        };
+        Ok(Some(GroupConsumer {
+            consumer,
+            writer,
+            committed: BTreeMap::new(),
+        }))
+    }
+
+    /// Receives, writes and commits batches until shutdown.
+    async fn run(&mut self) {
+        let (consumer, writer) = (&self.consumer, &mut self.writer);
+        let committed = &mut self.committed;
+        let (config, shutdown) = (writer.config, writer.shutdown.clone());
+        let mut messages = next_batch(consumer, config, &shutdown).await;
+        while !shutdown.is_cancelled() {
+            if consumer.context().take_moved() {
+                // Partitions may have changed hands: trust only Postgres for where each one
+                // stands, and start reading each exactly there.
+                writer.states.clear();
+                if !writer.position_assigned(consumer, &mut messages).await {
+                    break;
+                }
+            }
+            if messages.is_empty() {
+                messages = next_batch(consumer, config, &shutdown).await;
+                continue;
+            }
+            // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
+            writer
+                .metrics
+                .readiness
+                .set(telemetry::Check::Broker, Ok(()));
+            // This batch is written while the next one is received: the broker and the
+            // database work at the same time. Batches are still classified and committed
+            // strictly in order.
+            let write = async {
+                let batch = writer.write_until_done(&messages).await?;
+                process::failpoint::hit(process::failpoint::Failpoint::ConsumerAfterDbCommit);
+                let topic = &config.kafka.topic;
+                commit_offsets(consumer, topic, &batch.commit_offsets, CommitMode::Async);
+                Some(batch)
+            };
+            let (written, next) = tokio::join!(write, next_batch(consumer, config, &shutdown));
+            let Some(batch) = written else {
+                break;
+            };
+            committed.extend(&batch.commit_offsets);
+            forget_revoked(consumer, committed);
+            messages = next;
+        }
+    }
+
+    /// Leaves cleanly: makes Kafka's committed offsets match Postgres for the partitions still
+    /// held, then leaves the group. Each step is bounded, since a broker that is down would hold
+    /// us forever; Postgres has the checkpoint regardless.
+    async fn leave(mut self) {
+        forget_revoked(&self.consumer, &mut self.committed);
+        let consumer = Arc::new(self.consumer);
+        let committer = consumer.clone();
+        let topic = self.writer.config.kafka.topic.clone();
+        let committed = self.committed;
+        let commit = tokio::task::spawn_blocking(move || {
+            commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
+        });
+        if tokio::time::timeout(LEAVE_TIMEOUT, commit).await.is_err() {
+            tracing::warn!("the broker did not confirm the final offset commit; exiting anyway");
+        }
+        consumer.unsubscribe();
+        // The revoke that unsubscribing triggers is served through the consumer's queue: keep
+        // polling until it has run, so closing does not wait on it.
+        let _ = consumer.context().take_moved();
+        let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+        while !consumer.context().take_moved() && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
+        let close = tokio::task::spawn_blocking(move || drop(consumer));
+        if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
+            tracing::warn!("the broker did not answer while leaving the group; exiting anyway");
+        }
+        tracing::info!("consumer stopped");
+    }
+}
+
+/// Revoked partitions are not committed on leaving: another member may own them now.
+fn forget_revoked(consumer: &StreamConsumer<RebalanceWatch>, committed: &mut BTreeMap<i32, i64>) {
+    for partition in consumer.context().take_revoked() {
+        committed.remove(&partition);
+    }
 }
 
 /// Applies the migrations, waiting for a database that is not up yet (or full); a broken
@@ -151,89 +269,6 @@ async fn join_group(
         .subscribe(&[&config.kafka.topic])
         .context("failed to subscribe")?;
     Ok((consumer, kafka))
-}
-
-/// Receives, writes and commits batches until shutdown; the offsets committed to Postgres.
-async fn consume(
-    consumer: &StreamConsumer<RebalanceWatch>,
-    writer: &mut Writer<'_>,
-) -> BTreeMap<i32, i64> {
-    let (config, shutdown) = (writer.config, writer.shutdown);
-    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut messages = next_batch(consumer, config, shutdown).await;
-    while !shutdown.is_cancelled() {
-        if consumer.context().take_moved() {
-            // Partitions may have changed hands: trust only Postgres for where each one stands,
-            // and start reading each exactly there.
-            writer.states.clear();
-            if !writer.position_assigned(consumer, &mut messages).await {
-                break;
-            }
-        }
-        if messages.is_empty() {
-            messages = next_batch(consumer, config, shutdown).await;
-            continue;
-        }
-        // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
-        writer
-            .metrics
-            .readiness
-            .set(telemetry::Check::Broker, Ok(()));
-        // This batch is written while the next one is received: the broker and the database
-        // work at the same time. Batches are still classified and committed strictly in order.
-        let write = async {
-            let batch = writer.write_until_done(&messages).await?;
-            process::failpoint::hit(process::failpoint::Failpoint::ConsumerAfterDbCommit);
-            let topic = &config.kafka.topic;
-            commit_offsets(consumer, topic, &batch.commit_offsets, CommitMode::Async);
-            Some(batch)
-        };
-        let (written, next) = tokio::join!(write, next_batch(consumer, config, shutdown));
-        let Some(batch) = written else {
-            break;
-        };
-        committed.extend(&batch.commit_offsets);
-        // Revoked partitions are not committed on leaving: another member may own them now.
-        for partition in consumer.context().take_revoked() {
-            committed.remove(&partition);
-        }
-        messages = next;
-    }
-    committed
-}
-
-/// Leaves cleanly: makes Kafka's committed offsets match Postgres, then leaves the group. Each
-/// step is bounded, since a broker that is down would hold us forever; Postgres has the
-/// checkpoint regardless.
-async fn leave(
-    consumer: StreamConsumer<RebalanceWatch>,
-    topic: &str,
-    mut committed: BTreeMap<i32, i64>,
-) {
-    for partition in consumer.context().take_revoked() {
-        committed.remove(&partition);
-    }
-    let consumer = Arc::new(consumer);
-    let committer = consumer.clone();
-    let topic = topic.to_owned();
-    let commit = tokio::task::spawn_blocking(move || {
-        commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
-    });
-    if tokio::time::timeout(LEAVE_TIMEOUT, commit).await.is_err() {
-        tracing::warn!("the broker did not confirm the final offset commit; exiting anyway");
-    }
-    consumer.unsubscribe();
-    // The revoke that unsubscribing triggers is served through the consumer's queue: keep
-    // polling until it has run, so closing does not wait on it.
-    let _ = consumer.context().take_moved();
-    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
-    while !consumer.context().take_moved() && tokio::time::Instant::now() < deadline {
-        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
-    }
-    let close = tokio::task::spawn_blocking(move || drop(consumer));
-    if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
-        tracing::warn!("the broker did not answer while leaving the group; exiting anyway");
-    }
 }
 
 /// Starts the metrics endpoint and the dashboard, where asked for.
@@ -361,12 +396,14 @@ const MAX_PREALLOCATED_BATCH: usize = 16_384;
 /// each partition.
 struct Writer<'a> {
     config: &'a Config,
-    metrics: &'a ConsumerMetrics,
+    metrics: ConsumerMetrics,
     sink: Sink,
     probe: Arc<LogProbe>,
     rules: Rules,
     states: HashMap<i32, PartitionState>,
-    shutdown: &'a CancellationToken,
+    /// How many partitions the last assignment gave this consumer: they share the dedup budget.
+    partitions_held: usize,
+    shutdown: CancellationToken,
 }
 
 impl Writer<'_> {
@@ -375,7 +412,7 @@ impl Writer<'_> {
     /// A batch that takes longer than `--stuck-after` (failing, or blocked on a lock) marks its
     /// partitions stuck until it is written: nothing waits silently.
     async fn write_until_done(&mut self, messages: &[Incoming]) -> Option<WriteBatch> {
-        let (metrics, stuck_after) = (self.metrics, self.config.stuck_after);
+        let (metrics, stuck_after) = (self.metrics.clone(), self.config.stuck_after);
         let partitions = partitions_of(messages);
         let write = self.write_with_retry(messages, &partitions);
         tokio::pin!(write);
@@ -438,7 +475,7 @@ impl Writer<'_> {
                 Err(error) => {
                     tracing::error!(%error, fault = ?error.fault(), "batch not written; will retry");
                     self.sink.reset();
-                    if !backoff.wait(self.shutdown).await {
+                    if !backoff.wait(&self.shutdown).await {
                         return None;
                     }
                 }
@@ -474,11 +511,12 @@ impl Writer<'_> {
         if partitions.is_empty() {
             return true;
         }
+        self.partitions_held = partitions.len();
         let mut backoff = RETRY;
         while let Err(error) = self.load_states(&partitions).await {
             tracing::error!(%error, "checkpoints not readable; will retry before reading");
             self.sink.reset();
-            if !backoff.wait(self.shutdown).await {
+            if !backoff.wait(&self.shutdown).await {
                 return false;
             }
         }
@@ -513,7 +551,7 @@ impl Writer<'_> {
                 consumer.seek(&topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
             {
                 tracing::warn!(partition, start, %error, "could not move to the checkpoint yet; will retry");
-                if !seek_backoff.wait(self.shutdown).await {
+                if !seek_backoff.wait(&self.shutdown).await {
                     return false;
                 }
             }
@@ -536,6 +574,12 @@ impl Writer<'_> {
         }
     }
 
+    /// Each held partition's share of the one dedup budget: memory stays bounded however many
+    /// partitions this consumer takes over (the states are made again on every rebalance).
+    fn dedup_capacity_per_partition(&self) -> usize {
+        (self.config.dedup_capacity / self.partitions_held.max(1)).max(1)
+    }
+
     /// Loads the checkpoint of each partition not known yet, and checks that the partition's log
     /// is still the one it describes.
     async fn load_states(&mut self, partitions: &[i32]) -> Result<(), SinkError> {
@@ -556,9 +600,10 @@ impl Writer<'_> {
                 ),
                 None => (None, None),
             };
+            let capacity = self.dedup_capacity_per_partition();
             self.states.insert(
                 partition,
-                PartitionState::new(next_offset, max_event_time, self.config.dedup_capacity),
+                PartitionState::new(next_offset, max_event_time, capacity),
             );
         }
         Ok(())

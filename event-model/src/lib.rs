@@ -13,7 +13,7 @@ pub mod validate;
 pub mod wire;
 
 pub use event::{Column, Event, EventType, COLUMNS};
-pub use reader::{Limits, ReadError, RowReader};
+pub use reader::{Limits, ReadError, RowReader, RowView};
 pub use validate::{validate, RejectCode, Rejection};
 pub use wire::{
     decode_pipeline_message, DecodedRow, Defect, FileEnd, PipelineMessage, RawRow, RowRef,

@@ -470,6 +470,15 @@ impl<R: Read> RowReader<R> {
                 format!("field `{}`: invalid UTF-8", self.header[bad]),
             )
         };
+        Some(Defect {
+            code,
+            reason,
+            raw_hex: to_hex(&self.record_as_csv()),
+        })
+    }
+
+    /// The current record written back as one CSV line (no line end): a rejected row's `raw`.
+    fn record_as_csv(&self) -> Vec<u8> {
         let mut writer = csv::WriterBuilder::new()
             .terminator(csv::Terminator::Any(b'\n'))
             .from_writer(Vec::new());
@@ -477,11 +486,7 @@ impl<R: Read> RowReader<R> {
         let _ = writer.write_record(self.records.iter());
         let mut raw = writer.into_inner().unwrap_or_default();
         raw.pop();
-        Some(Defect {
-            code,
-            reason,
-            raw_hex: to_hex(&raw),
-        })
+        raw
     }
 }
 

@@ -112,10 +112,7 @@ impl<'a> Bridge<'a> {
     /// Folders, metrics and health, the topic, the producer and the folder watcher: set-up in
     /// the order it must happen, read top to bottom.
     async fn start(config: &'a Config, shutdown: CancellationToken) -> anyhow::Result<Bridge<'a>> {
-        for dir in [&config.input_dir, &config.archive_dir] {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("failed to create folder {}", dir.display()))?;
-        }
+        make_folders(config)?;
         // Health and readiness answer from the start, while the broker is awaited.
         let metrics = BridgeMetrics::new();
         telemetry::serve_metrics(
@@ -139,16 +136,7 @@ impl<'a> Bridge<'a> {
             metrics.readiness.clone(),
         )?;
         report_message_budget(config, &kafka);
-        let owner = config
-            .instance_id
-            .clone()
-            .unwrap_or_else(pipeline_kafka::host_name);
-        let claims = folder::ClaimFolder::take(&config.input_dir, &owner).with_context(|| {
-            format!(
-                "failed to take the claim folder in {}",
-                config.input_dir.display()
-            )
-        })?;
+        let claims = take_claim_folder(config)?;
         let writers = folder::Writers::default();
         let (wake_tx, wake) = mpsc::channel(1);
         // Events make us quick and tell us when a writer is done; the periodic rescan makes us
@@ -440,6 +428,30 @@ impl<'a> Bridge<'a> {
         tracing::info!(archived = self.files.archived, "bridge stopped");
         Ok(())
     }
+}
+
+/// The input and archive folders, made where missing.
+fn make_folders(config: &Config) -> anyhow::Result<()> {
+    for dir in [&config.input_dir, &config.archive_dir] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create folder {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// This bridge's claim folder in the input folder, under its instance id (the host name when
+/// none is given).
+fn take_claim_folder(config: &Config) -> anyhow::Result<folder::ClaimFolder> {
+    let owner = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(pipeline_kafka::host_name);
+    folder::ClaimFolder::take(&config.input_dir, &owner).with_context(|| {
+        format!(
+            "failed to take the claim folder in {}",
+            config.input_dir.display()
+        )
+    })
 }
 
 /// The folder's device and inode, following symlinks; `None` when it is not a folder now.

@@ -5,7 +5,7 @@
 //! shutdown mid-file) completes with a failure and the file stays where it is, to be published
 //! again in full; the consumer deduplicates the rows that did arrive.
 
-use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, WireFormat};
+use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, RowView, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -305,50 +305,18 @@ impl Publisher {
         let content_id = content_id(&content_sha256);
         let mut reader =
             RowReader::with_limits(file, &name, &content_id, before.landed_ms, self.limits);
-        let tracker = self.producer.context();
         let mut rows: u64 = 0;
         while let Some(view) = reader.next_view()? {
             if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
                 return Err(PublishError::Abandoned { file: name });
             }
-            let line = view.row.line;
-            let mut key = view.key;
-            let mut payload = view.row.encode(self.wire_format);
-            if payload.len() + key.len() > self.max_message_bytes {
-                let reference = too_large_reference(
-                    path,
-                    &view.row,
-                    &view.bytes,
-                    payload.len(),
-                    self.max_message_bytes,
-                );
-                tracing::warn!(file = %name, line, encoded_bytes = payload.len(), "row too large for one message; sent by reference");
-                key = format!("{}:{line}", view.row.file).into();
-                payload = reference.encode(self.wire_format);
-            }
-            if let Some(meter) = &self.meter {
-                meter.row_sent(view.bytes.end - view.bytes.start);
-            }
-            tracker.update(seq, |progress| progress.pending += 1);
-            self.send(&key, &payload, seq).map_err(|source| {
-                tracker.update(seq, |progress| progress.pending -= 1);
-                PublishError::Send {
-                    file: name.clone(),
-                    line,
-                    source,
-                }
-            })?;
+            self.send_row(path, view, seq)?;
             rows += 1;
             process::failpoint::hit_then(process::failpoint::Failpoint::BridgeMidFile, || {
                 self.flush(Duration::from_secs(10));
             });
         }
-        let missing = reader.missing_columns();
-        if reader.is_headerless() {
-            tracing::warn!(file = %name, "the file has no header; every line will be rejected as missing_header");
-        } else if !missing.is_empty() && rows > 0 {
-            tracing::warn!(file = %name, ?missing, "header lacks columns; every row will be rejected");
-        }
+        warn_of_a_bad_header(&reader, &name, rows);
         // Re-open by path: a file replaced or rewritten while we read it must be read again.
         let after = crate::folder::open_regular(path).and_then(|file| Fingerprint::of(&file));
         let changed = after.ok().as_ref() != Some(&before);
@@ -365,20 +333,54 @@ impl Publisher {
             backfill: self.backfill,
             changed_while_read: changed,
         };
-        tracker.update(seq, |progress| progress.pending += 1);
-        self.send(&content_id, &end.encode(), seq)
-            .map_err(|source| {
-                tracker.update(seq, |progress| progress.pending -= 1);
-                PublishError::Send {
-                    file: name.clone(),
-                    line: 0,
-                    source,
-                }
+        self.send_tracked(&content_id, &end.encode(), seq)
+            .map_err(|source| PublishError::Send {
+                file: name.clone(),
+                line: 0,
+                source,
             })?;
         if changed {
             return Err(PublishError::Changed { file: name });
         }
         Ok(rows)
+    }
+
+    /// Sends one row of the file `seq`: as it is, or, when its message would be larger than the
+    /// broker takes, as a `too_large` reference to its bytes.
+    fn send_row(&self, path: &Path, view: RowView<'_>, seq: usize) -> Result<(), PublishError> {
+        let line = view.row.line;
+        let mut key = view.key;
+        let mut payload = view.row.encode(self.wire_format);
+        if payload.len() + key.len() > self.max_message_bytes {
+            let reference = too_large_reference(
+                path,
+                &view.row,
+                &view.bytes,
+                payload.len(),
+                self.max_message_bytes,
+            );
+            tracing::warn!(file = %view.row.file, line, encoded_bytes = payload.len(), "row too large for one message; sent by reference");
+            key = format!("{}:{line}", view.row.file).into();
+            payload = reference.encode(self.wire_format);
+        }
+        if let Some(meter) = &self.meter {
+            meter.row_sent(view.bytes.end - view.bytes.start);
+        }
+        self.send_tracked(&key, &payload, seq)
+            .map_err(|source| PublishError::Send {
+                file: view.row.file.to_owned(),
+                line,
+                source,
+            })
+    }
+
+    /// Sends a message of the file `seq`, counted as pending until its delivery report.
+    fn send_tracked(&self, key: &str, payload: &[u8], seq: usize) -> Result<(), KafkaError> {
+        let tracker = self.producer.context();
+        tracker.update(seq, |progress| progress.pending += 1);
+        self.send(key, payload, seq).inspect_err(|_| {
+            tracker.update(seq, |progress| progress.pending -= 1);
+        })
     }
 
     fn send(&self, key: &str, payload: &[u8], seq: usize) -> Result<(), KafkaError> {
@@ -405,6 +407,16 @@ impl Publisher {
 
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+}
+
+/// One warning for a file whose every row will be rejected for its header.
+fn warn_of_a_bad_header<R: std::io::Read>(reader: &RowReader<R>, name: &str, rows: u64) {
+    let missing = reader.missing_columns();
+    if reader.is_headerless() {
+        tracing::warn!(file = %name, "the file has no header; every line will be rejected as missing_header");
+    } else if !missing.is_empty() && rows > 0 {
+        tracing::warn!(file = %name, ?missing, "header lacks columns; every row will be rejected");
     }
 }
 

@@ -5,15 +5,21 @@ use crate::batch::Checkpoint;
 use crate::log_check::LogEventKind;
 use sqlx::PgConnection;
 
+/// One finding about a partition's log: what, between which offsets, in words.
+pub struct LogEvent<'a> {
+    pub partition: i32,
+    pub kind: LogEventKind,
+    pub offsets: (i64, i64),
+    pub detail: &'a str,
+}
+
 pub async fn record_log_event(
     connection: &mut PgConnection,
     group: &str,
     topic: &str,
-    partition: i32,
-    kind: LogEventKind,
-    (from, to): (i64, i64),
-    detail: &str,
+    event: &LogEvent<'_>,
 ) -> Result<(), sqlx::Error> {
+    let (from, to) = event.offsets;
     sqlx::query(
         "INSERT INTO ingest_log_events
              (consumer_group, topic, kafka_partition, kind, from_offset, to_offset, detail)
@@ -21,11 +27,11 @@ pub async fn record_log_event(
     )
     .bind(group)
     .bind(topic)
-    .bind(partition)
-    .bind(kind.as_str())
+    .bind(event.partition)
+    .bind(event.kind.as_str())
     .bind(from)
     .bind(to)
-    .bind(detail)
+    .bind(event.detail)
     .execute(connection)
     .await
     .map(drop)

@@ -231,16 +231,13 @@ impl Sink {
         if moved != 1 {
             return Err(SinkError::Fenced { partition });
         }
-        checkpoints::record_log_event(
-            &mut tx,
-            &group,
-            &topic,
+        let event = checkpoints::LogEvent {
             partition,
-            LogEventKind::Restarted,
-            (expected, start),
-            reason,
-        )
-        .await?;
+            kind: LogEventKind::Restarted,
+            offsets: (expected, start),
+            detail: reason,
+        };
+        checkpoints::record_log_event(&mut tx, &group, &topic, &event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -290,8 +287,13 @@ impl Sink {
     ) -> Result<(), SinkError> {
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let connection = self.connection().await?;
-        checkpoints::record_log_event(connection, &group, &topic, partition, kind, offsets, detail)
-            .await?;
+        let event = checkpoints::LogEvent {
+            partition,
+            kind,
+            offsets,
+            detail,
+        };
+        checkpoints::record_log_event(connection, &group, &topic, &event).await?;
         Ok(())
     }
 
@@ -327,26 +329,8 @@ impl Sink {
         let mut delta = LedgerDelta::default();
         let (inserted, path) = match direct {
             Some(skipped) => {
-                let rows: Vec<&EventRow> = events
-                    .iter()
-                    .filter(|row| !skipped.contains(&row.event.event_id))
-                    .collect();
-                // Rows of one file follow each other and share its name: counted per run.
-                let same_file = |a: &&EventRow, b: &&EventRow| {
-                    Arc::ptr_eq(&a.file_id, &b.file_id) && Arc::ptr_eq(&a.file, &b.file)
-                };
-                for run in rows.chunk_by(same_file) {
-                    let late = run.iter().filter(|row| row.late).count();
-                    delta.inserted_rows(
-                        &run[0].file_id,
-                        &run[0].file,
-                        run.len() as i64,
-                        late as i64,
-                    );
-                }
-                let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
-                ledger::resolve_rejects(&mut tx, &ids).await?;
-                (rows.len() as u64, WritePath::Copy)
+                let count = count_copied(&mut tx, &events, &skipped, &mut delta).await?;
+                (count, WritePath::Copy)
             }
             None if events.is_empty() => (0, WritePath::Copy),
             None => {
@@ -385,49 +369,10 @@ impl Sink {
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
         let mut delta = LedgerDelta::default();
-        let (mut inserted, mut refused) = (0, Vec::new());
-        // Refusals outside the data classes may not be the rows' doing: kept to decide below.
-        let mut refusals_beyond_data: Option<sqlx::Error> = None;
-        let mut data_refused = false;
         let held = HeldBack::decide(&mut tx, batch).await?;
         let events = held.events_with(&batch.events);
-        for row in events.iter() {
-            savepoint(&mut tx).await?;
-            let result = insert_through_staging(&mut tx, std::slice::from_ref(row)).await;
-            match settle_savepoint(&mut tx, result).await? {
-                Ok(rows) => {
-                    count_inserted(&mut tx, &rows, &mut delta).await?;
-                    inserted += rows.len() as u64;
-                }
-                Err(error) => {
-                    tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
-                    if fault_of(&error) == Fault::Data {
-                        data_refused = true;
-                    }
-                    refused.push(RejectRow {
-                        file: row.file.to_string(),
-                        file_id: row.file_id.to_string(),
-                        line: row.line,
-                        code: RejectCode::Database,
-                        field: None,
-                        reason: format!("the database refused the row: {error}"),
-                        event_id: Some(row.event.event_id.clone()),
-                        raw: row.canonical_csv(),
-                        kafka_key: None,
-                        partition: row.partition,
-                        offset: row.offset,
-                    });
-                    refusals_beyond_data.get_or_insert(error);
-                }
-            }
-        }
-        if let Some(error) = refusals_beyond_data {
-            let every_row_refused = inserted == 0 && refused.len() == events.len();
-            if every_row_refused && !data_refused && !accepts_a_harmless_row(&mut tx).await? {
-                // Nothing goes in at all: the database, not these rows, is what is wrong.
-                return Err(SinkError::Database(error));
-            }
-        }
+        let OneByOne { inserted, refused } =
+            insert_one_by_one(&mut tx, &events, &mut delta).await?;
         let mut outcome = WriteOutcome {
             path: WritePath::RowByRow,
             inserted,
@@ -458,6 +403,66 @@ impl Sink {
     }
 }
 
+/// What [`insert_one_by_one`] did: how many rows went in, and the refused ones as rejects.
+struct OneByOne {
+    inserted: u64,
+    refused: Vec<RejectRow>,
+}
+
+/// Inserts `events` one by one, each in a savepoint: a row the database refuses becomes a
+/// `database` reject and the rest go in. Fails only when the database refuses every row, none
+/// for its data, and a harmless row of ours too: then the database, not these rows, is wrong.
+async fn insert_one_by_one(
+    tx: &mut PgConnection,
+    events: &[EventRow],
+    delta: &mut LedgerDelta,
+) -> Result<OneByOne, SinkError> {
+    let (mut inserted, mut refused) = (0, Vec::new());
+    // Refusals outside the data classes may not be the rows' doing: kept to decide below.
+    let mut refusals_beyond_data: Option<sqlx::Error> = None;
+    let mut data_refused = false;
+    for row in events {
+        savepoint(tx).await?;
+        let result = insert_through_staging(tx, std::slice::from_ref(row)).await;
+        match settle_savepoint(tx, result).await? {
+            Ok(rows) => {
+                count_inserted(tx, &rows, delta).await?;
+                inserted += rows.len() as u64;
+            }
+            Err(error) => {
+                tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
+                data_refused |= fault_of(&error) == Fault::Data;
+                refused.push(refused_row(row, &error));
+                refusals_beyond_data.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = refusals_beyond_data {
+        let every_row_refused = inserted == 0 && refused.len() == events.len();
+        if every_row_refused && !data_refused && !accepts_a_harmless_row(tx).await? {
+            return Err(SinkError::Database(error));
+        }
+    }
+    Ok(OneByOne { inserted, refused })
+}
+
+/// The event the database refused, as a `database` reject with the database's words.
+fn refused_row(row: &EventRow, error: &sqlx::Error) -> RejectRow {
+    RejectRow {
+        file: row.file.to_string(),
+        file_id: row.file_id.to_string(),
+        line: row.line,
+        code: RejectCode::Database,
+        field: None,
+        reason: format!("the database refused the row: {error}"),
+        event_id: Some(row.event.event_id.clone()),
+        raw: row.canonical_csv(),
+        kafka_key: None,
+        partition: row.partition,
+        offset: row.offset,
+    }
+}
+
 /// What the in-memory rules held back, decided by the database in the batch's transaction:
 /// memory only suggests. A window duplicate whose id is not stored (nor in this batch, nor kept
 /// as late) is stored after all, or quarantined as late under that policy; a late row whose id
@@ -483,28 +488,50 @@ impl HeldBack {
             events: Vec::new(),
             late_rejects: Vec::with_capacity(batch.late_rejects.len()),
         };
-        if !batch.late_rejects.is_empty() {
-            let ids: Vec<&str> = batch
-                .late_rejects
-                .iter()
-                .map(|late| late.event.event.event_id.as_str())
-                .collect();
-            let fixes: HashSet<String> = sqlx::query_scalar(OPEN_REJECTS)
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-            for late in &batch.late_rejects {
-                if fixes.contains(&late.event.event.event_id) {
-                    held.events.push(late.event.clone());
-                } else {
-                    held.late_rejects.push(late.reject.clone());
-                }
+        held.sort_late_rows(tx, batch).await?;
+        held.store_unconfirmed_duplicates(tx, batch).await?;
+        Ok(held)
+    }
+
+    /// Late rows whose id has an open reject are its fix, stored; the others are quarantined.
+    async fn sort_late_rows(
+        &mut self,
+        tx: &mut PgConnection,
+        batch: &WriteBatch,
+    ) -> Result<(), sqlx::Error> {
+        if batch.late_rejects.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = batch
+            .late_rejects
+            .iter()
+            .map(|late| late.event.event.event_id.as_str())
+            .collect();
+        let fixes: HashSet<String> = sqlx::query_scalar(OPEN_REJECTS)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        for late in &batch.late_rejects {
+            if fixes.contains(&late.event.event.event_id) {
+                self.events.push(late.event.clone());
+            } else {
+                self.late_rejects.push(late.reject.clone());
             }
         }
+        Ok(())
+    }
+
+    /// Window duplicates whose id is neither stored, kept as late, nor in this batch: stored (or
+    /// quarantined as late), the first of several rows with one id.
+    async fn store_unconfirmed_duplicates(
+        &mut self,
+        tx: &mut PgConnection,
+        batch: &WriteBatch,
+    ) -> Result<(), sqlx::Error> {
         if batch.duplicates.is_empty() {
-            return Ok(held);
+            return Ok(());
         }
         let ids: Vec<&str> = batch
             .duplicates
@@ -526,20 +553,19 @@ impl HeldBack {
         known.extend(in_batch.cloned());
         let mut not_stored = 0;
         for duplicate in &batch.duplicates {
-            // The first of several rows with an id not stored is the one stored.
             if !known.insert(duplicate.event.event.event_id.clone()) {
                 continue;
             }
             not_stored += 1;
             match &duplicate.late_reject {
-                Some(reject) => held.late_rejects.push(reject.clone()),
-                None => held.events.push(duplicate.event.clone()),
+                Some(reject) => self.late_rejects.push(reject.clone()),
+                None => self.events.push(duplicate.event.clone()),
             }
         }
         if not_stored > 0 {
             tracing::warn!(rows = not_stored, "the dedup window remembered ids the database does not hold (its tables emptied, events deleted): stored as new");
         }
-        Ok(held)
+        Ok(())
     }
 
     /// The batch's events and those decided here, borrowed when there are none of the latter.
@@ -583,6 +609,31 @@ async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Err
         .execute(&mut *tx)
         .await?;
     Ok(accepted)
+}
+
+/// Counts the rows a direct `COPY` took (all of `events` but the `skipped` ids) in the ledger,
+/// and resolves the rejects they fix; how many there were.
+async fn count_copied(
+    tx: &mut PgConnection,
+    events: &[EventRow],
+    skipped: &HashSet<String>,
+    delta: &mut LedgerDelta,
+) -> Result<u64, sqlx::Error> {
+    let rows: Vec<&EventRow> = events
+        .iter()
+        .filter(|row| !skipped.contains(&row.event.event_id))
+        .collect();
+    // Rows of one file follow each other and share its name: counted per run.
+    let same_file = |a: &&EventRow, b: &&EventRow| {
+        Arc::ptr_eq(&a.file_id, &b.file_id) && Arc::ptr_eq(&a.file, &b.file)
+    };
+    for run in rows.chunk_by(same_file) {
+        let late = run.iter().filter(|row| row.late).count();
+        delta.inserted_rows(&run[0].file_id, &run[0].file, run.len() as i64, late as i64);
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
+    ledger::resolve_rejects(tx, &ids).await?;
+    Ok(rows.len() as u64)
 }
 
 /// Counts rows that went in through staging in the ledger, and resolves the rejects they fix.

@@ -78,6 +78,15 @@ pub const RECONCILED_FILES: &str =
 /// A message as another producer might send it: key and value, either possibly absent.
 pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// How long a test waits for what must happen; only a failing test waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The same, for tests that kill, restart or fail brokers over (elections, session timeouts).
+pub const BROKER_FAULT_PATIENCE: Duration = Duration::from_secs(180);
+
+/// How many events are stored.
+pub const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+
 /// The contract's header, as the fixtures write it.
 pub const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time\n";
 
@@ -187,6 +196,11 @@ impl World {
                 .map_err(|(error, _)| error)
                 .expect("a delivered message");
         }
+    }
+
+    /// Writes a CSV file of `rows` under the contract's header into the input folder, atomically.
+    pub fn drop_csv(&self, name: &str, rows: &str) {
+        self.drop_file(name, format!("{HEADER}{rows}").as_bytes());
     }
 
     /// Writes a file into the input folder atomically (as any well-behaved producer should).

@@ -12,8 +12,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-const LONG: Duration = Duration::from_secs(180);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::BROKER_FAULT_PATIENCE as LONG;
+use it_tests::EVENTS;
 
 fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();

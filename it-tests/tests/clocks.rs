@@ -3,11 +3,11 @@
 //! store and quarantine exactly what a consumer with the right clock does, from the same topic,
 //! each in its own database.
 
-use it_tests::{World, HEADER};
+use it_tests::World;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 
 /// What a database ended up with: the stored ids, and each quarantined row with its reason.
 async fn outcome(world: &World) -> (BTreeSet<String>, BTreeSet<(String, String)>) {
@@ -44,14 +44,13 @@ async fn consumers_with_skewed_clocks_classify_every_message_alike() {
         (now + chrono::TimeDelta::minutes(minutes))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
-    right.drop_file(
+    right.drop_csv(
         "ahead.csv",
-        format!(
-            "{HEADER}soon,1,view,10,1.00,{}\nfar,1,view,10,1.00,{}\n",
+        &format!(
+            "soon,1,view,10,1.00,{}\nfar,1,view,10,1.00,{}\n",
             at(10),
             at(120)
-        )
-        .as_bytes(),
+        ),
     );
     right.bridge_once(&[]);
 

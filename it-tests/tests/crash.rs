@@ -4,7 +4,7 @@
 use it_tests::{event_ids_in, World};
 use std::time::Duration;
 
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
 const MINUTES: Duration = Duration::from_secs(180);
 

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-const LONG: Duration = Duration::from_secs(90);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
+use it_tests::PATIENCE as LONG;
 
 /// An hour before now, so no row is ahead of its file's landing time.
 fn hours_ago(hours: i64) -> String {
@@ -69,14 +69,8 @@ async fn a_backfill_after_a_truncate_restores_every_file_while_the_consumer_runs
     let mut bridge = world.bridge(&[]);
     let _consumer = world.consumer(&[]);
     let time = hours_ago(1);
-    world.drop_file(
-        "lower.csv",
-        format!("{HEADER}{}", rows("l", 10, &time)).as_bytes(),
-    );
-    world.drop_file(
-        "UPPER.CSV",
-        format!("{HEADER}{}", rows("u", 10, &time)).as_bytes(),
-    );
+    world.drop_csv("lower.csv", &rows("l", 10, &time));
+    world.drop_csv("UPPER.CSV", &rows("u", 10, &time));
     world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
     let deadline = Instant::now() + LONG;
     while world.files_waiting() > 0 {
@@ -168,19 +162,12 @@ async fn a_fixed_reject_now_behind_the_watermark_is_stored_under_the_quarantine_
     let _consumer = world.consumer(&["--late-policy", "quarantine"]);
     let (old, new) = (hours_ago(3), hours_ago(1));
     // The bad row, and rows two hours newer on every partition: the fix will be late.
-    world.drop_file(
+    world.drop_csv(
         "first.csv",
-        format!(
-            "{HEADER}fixme,1,view,10,x,{old}\n{}",
-            rows("newer", 30, &new)
-        )
-        .as_bytes(),
+        &format!("fixme,1,view,10,x,{old}\n{}", rows("newer", 30, &new)),
     );
     world.wait_for_count(RECONCILED_FILES, 1, LONG).await;
-    world.drop_file(
-        "fix.csv",
-        format!("{HEADER}fixme,1,view,10,1.00,{old}\n").as_bytes(),
-    );
+    world.drop_csv("fix.csv", &format!("fixme,1,view,10,1.00,{old}\n"));
     world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
     assert_eq!(
         world
@@ -297,9 +284,9 @@ async fn a_forged_defect_code_is_foreign_and_keeps_no_event_out() {
             LONG,
         )
         .await;
-    world.drop_file(
+    world.drop_csv(
         "victim.csv",
-        format!("{HEADER}victim,1,view,10,1.00,{}\n", hours_ago(1)).as_bytes(),
+        &format!("victim,1,view,10,1.00,{}\n", hours_ago(1)),
     );
     world.bridge_once(&[]);
     world
@@ -356,10 +343,7 @@ async fn a_consumer_leaving_commits_only_the_partitions_it_still_holds() {
     let world = World::new("leave_commits").await;
     let time = hours_ago(1);
     let first = world.consumer(&[]);
-    world.drop_file(
-        "a.csv",
-        format!("{HEADER}{}", rows("a", 60, &time)).as_bytes(),
-    );
+    world.drop_csv("a.csv", &rows("a", 60, &time));
     world.bridge_once(&[]);
     world.wait_for_count(EVENTS, 60, LONG).await;
     // A second member takes partitions over and moves them on.
@@ -373,10 +357,7 @@ async fn a_consumer_leaving_commits_only_the_partitions_it_still_holds() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    world.drop_file(
-        "b.csv",
-        format!("{HEADER}{}", rows("b", 60, &time)).as_bytes(),
-    );
+    world.drop_csv("b.csv", &rows("b", 60, &time));
     world.bridge_once(&[]);
     world.wait_for_count(EVENTS, 120, LONG).await;
     let deadline = Instant::now() + LONG;
@@ -403,10 +384,7 @@ async fn under_cooperative_rebalancing_a_consumer_keeping_partitions_stays_ready
     let mut args = cooperative.to_vec();
     args.extend(["--metrics-addr", &metrics]);
     let first = world.consumer(&args);
-    world.drop_file(
-        "a.csv",
-        format!("{HEADER}{}", rows("a", 30, &hours_ago(1))).as_bytes(),
-    );
+    world.drop_csv("a.csv", &rows("a", 30, &hours_ago(1)));
     world.bridge_once(&[]);
     world.wait_for_count(EVENTS, 30, LONG).await;
     let _second = world.consumer(&cooperative);

@@ -9,9 +9,9 @@ use sqlx::Connection;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
-const LONG: Duration = Duration::from_secs(180);
+use it_tests::BROKER_FAULT_PATIENCE as LONG;
 
 fn generate(world: &World, files: &str, per_file: &str, seed: &str) -> (BTreeSet<String>, usize) {
     let status = world.generator(&[
@@ -187,9 +187,15 @@ async fn files_arriving_late_slowly_twice_and_by_the_thousand() {
         }
     }
     // The same name twice with new content: both versions count.
-    world.drop_file("twice.csv", format!("{HEADER}t1,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n").as_bytes());
+    world.drop_csv(
+        "twice.csv",
+        "t1,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n",
+    );
     world.wait_for_count(REJECTED, 1, LONG).await;
-    world.drop_file("twice.csv", format!("{HEADER}t2,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n").as_bytes());
+    world.drop_csv(
+        "twice.csv",
+        "t2,1,view,10,1.00,2026-11-25T12:00:00Z\nbad,1,view,10,-1,2026-11-25T12:00:00Z\n",
+    );
     world.wait_for_count(REJECTED, 2, LONG).await;
 
     let mut expected: BTreeSet<String> = (0..20).map(|i| format!("slow-{i}")).collect();
@@ -261,15 +267,12 @@ async fn late_classification_survives_a_crash() {
     let world = World::new("late_crash").await;
     // One partition, one row per transaction: the crash lands right after A is committed, so the
     // restarted consumer's first new row is B, late only if the watermark A set was kept.
-    world.drop_file(
+    world.drop_csv(
         "late.csv",
-        format!(
-            "{HEADER}A,1,view,10,1.00,2026-11-25T12:30:00Z\n\
+        "A,1,view,10,1.00,2026-11-25T12:30:00Z\n\
              B,1,view,10,1.00,2026-11-25T12:00:00Z\n\
              C,1,view,10,1.00,2026-11-25T12:40:00Z\n\
-             D,1,view,10,1.00,2026-11-25T12:05:00Z\n"
-        )
-        .as_bytes(),
+             D,1,view,10,1.00,2026-11-25T12:05:00Z\n",
     );
     world.bridge_once(&["--partitions", "1"]);
     let args = [
@@ -318,14 +321,11 @@ async fn late_classification_survives_a_crash() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_the_database_refuses_is_quarantined_alone() {
     let world = World::new("db_refuses").await;
-    world.drop_file(
+    world.drop_csv(
         "a.csv",
-        format!(
-            "{HEADER}r1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+        "r1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
              r2,1,view,666,1.00,2026-11-25T12:00:00Z\n\
-             r3,1,view,11,1.00,2026-11-25T12:00:00Z\n"
-        )
-        .as_bytes(),
+             r3,1,view,11,1.00,2026-11-25T12:00:00Z\n",
     );
     // An operator's rule the contract knows nothing about.
     let migrate = world.spawn(
@@ -444,10 +444,7 @@ async fn files_renamed_or_deleted_while_read_double_nothing() {
         .await;
     // Claimed already: the delete finds nothing, and the file is published in full.
     let _ = std::fs::remove_file(world.input_dir().join("doomed.csv"));
-    world.drop_file(
-        "after.csv",
-        format!("{HEADER}after,1,view,10,1.00,2026-11-25T12:00:00Z\n").as_bytes(),
-    );
+    world.drop_csv("after.csv", "after,1,view,10,1.00,2026-11-25T12:00:00Z\n");
     world
         .wait_for_count(
             "SELECT count(*) FROM ecommerce_events WHERE event_id = 'after'",

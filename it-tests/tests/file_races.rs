@@ -7,8 +7,8 @@ use it_tests::{World, HEADER};
 use std::io::Write;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
+use it_tests::PATIENCE as LONG;
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
 
 fn rows(prefix: &str, count: usize) -> String {
@@ -54,10 +54,7 @@ async fn a_writer_pausing_mid_line_loses_nothing_and_truncates_nothing() {
 async fn a_file_renamed_over_one_still_delivering_is_published_too() {
     let world = World::new("rename_over").await;
     // A large first file, so its deliveries are pending when the second lands under its name.
-    world.drop_file(
-        "same.csv",
-        format!("{HEADER}{}", rows("first", 50_000)).as_bytes(),
-    );
+    world.drop_csv("same.csv", &rows("first", 50_000));
     let _bridge = world.bridge(&[]);
     let deadline = std::time::Instant::now() + LONG;
     while !world
@@ -68,13 +65,12 @@ async fn a_file_renamed_over_one_still_delivering_is_published_too() {
         assert!(std::time::Instant::now() < deadline, "never claimed");
         std::thread::sleep(Duration::from_millis(5));
     }
-    world.drop_file(
+    world.drop_csv(
         "same.csv",
-        format!(
-            "{HEADER}{}bad,1,view,10,-1,2026-11-25T12:00:00Z\n",
+        &format!(
+            "{}bad,1,view,10,-1,2026-11-25T12:00:00Z\n",
             rows("second", 10)
-        )
-        .as_bytes(),
+        ),
     );
     let _consumer = world.consumer(&[]);
     world.wait_for_count(EVENTS, 50_010, LONG).await;
@@ -145,7 +141,7 @@ async fn a_failing_archive_is_retried_alone_and_leaves_no_partial_copy() {
     }
     std::fs::remove_dir(&archive).unwrap();
     std::fs::write(&archive, "not a folder").unwrap();
-    world.drop_file("a.csv", format!("{HEADER}{}", rows("a", 100)).as_bytes());
+    world.drop_csv("a.csv", &rows("a", 100));
     world.wait_for_count(EVENTS, 100, LONG).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let metric = |name: &'static str| {

@@ -6,8 +6,8 @@ use it_tests::services::free_port;
 use it_tests::{World, HEADER};
 use std::time::{Duration, Instant};
 
-const LONG: Duration = Duration::from_secs(60);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
+use it_tests::PATIENCE as LONG;
 
 fn rows(prefix: &str) -> Vec<u8> {
     let mut body = HEADER.to_owned();

@@ -7,7 +7,7 @@ use it_tests::World;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LONG: Duration = Duration::from_secs(60);
+use it_tests::PATIENCE as LONG;
 
 async fn get(addr: &str, path: &str) -> (u16, String) {
     telemetry::http_get(&format!("http://{addr}{path}"), Duration::from_secs(5))

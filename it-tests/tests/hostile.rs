@@ -2,9 +2,8 @@
 //! disturbed, memory stays bounded, and odd things in the folder are ignored with a warning.
 
 use it_tests::{World, HEADER};
-use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 const TIME: &str = "2026-11-25T12:00:00Z";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -28,9 +27,11 @@ async fn hostile_rows_are_quarantined_precisely_and_memory_stays_bounded() {
     );
     world.drop_file("hostile.csv", &body);
     // An unbalanced quote swallows the rest of the file into one field.
-    world.drop_file(
+    world.drop_csv(
         "unbalanced.csv",
-        format!("{HEADER}fine,1,view,10,1.00,{TIME}\nu1,1,view,10,\"1.00,{TIME}\nu2,1,view,10,1.00,{TIME}\n").as_bytes(),
+        &format!(
+            "fine,1,view,10,1.00,{TIME}\nu1,1,view,10,\"1.00,{TIME}\nu2,1,view,10,1.00,{TIME}\n"
+        ),
     );
     // 50 MB in one unterminated field: rejected, and the bridge never holds it in memory.
     let mut huge = format!("{HEADER}h1,1,view,10,1.00,\"").into_bytes();

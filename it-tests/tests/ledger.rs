@@ -3,9 +3,8 @@
 
 use it_tests::Failpoint;
 use it_tests::{World, HEADER, RECONCILED_FILES};
-use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 
 #[derive(Debug, PartialEq, Eq, sqlx::FromRow)]
 struct Ledger {
@@ -47,10 +46,7 @@ fn expected(file_name: &str, read: i64, counts: [i64; 4]) -> Ledger {
 async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and_a_consumer_crash()
 {
     let world = World::new("ledger").await;
-    world.drop_file(
-        "earlier.csv",
-        format!("{HEADER}b1,1,view,10,1.00,2026-11-25T12:29:00Z\n").as_bytes(),
-    );
+    world.drop_csv("earlier.csv", "b1,1,view,10,1.00,2026-11-25T12:29:00Z\n");
     world.bridge_once(&["--partitions", "1"]);
     let rows = [
         "a1,1,view,10,1.00,2026-11-25T12:30:00Z",        // inserted
@@ -63,10 +59,7 @@ async fn a_file_reconciles_exactly_after_a_bridge_crash_mid_file_a_republish_and
         "a4,1,purchase,10,2.50,2026-11-25T12:32:00Z",    // inserted
         "a5,1,view,10,1.00,2026-11-25T12:33:00Z",        // inserted
     ];
-    world.drop_file(
-        "mixed.csv",
-        format!("{HEADER}{}\n", rows.join("\n")).as_bytes(),
-    );
+    world.drop_csv("mixed.csv", &format!("{}\n", rows.join("\n")));
 
     // The bridge dies once five rows are surely on the broker; the file stays claimed and the
     // next bridge publishes it in full again.

@@ -2,9 +2,8 @@
 //! Kafka message it came from; `explain` prints it.
 
 use it_tests::{World, HEADER};
-use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_names_the_file_line_and_message_of_an_event_even_after_a_republish() {

@@ -7,8 +7,8 @@ use it_tests::services::PrivateBroker;
 use it_tests::World;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(180);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::BROKER_FAULT_PATIENCE as LONG;
+use it_tests::EVENTS;
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
 #[tokio::test(flavor = "multi_thread")]

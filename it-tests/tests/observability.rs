@@ -2,26 +2,23 @@
 //! dashboard rendered by a real browser showing the database's numbers, and the status screen.
 
 use it_tests::services::free_port;
-use it_tests::{World, HEADER};
+use it_tests::World;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 
 /// Two valid rows, one late (quarantined), three invalid.
 fn drop_sample(world: &World) {
-    world.drop_file(
+    world.drop_csv(
         "sample.csv",
-        format!(
-            "{HEADER}m1,1,view,10,1.00,2026-11-25T12:30:00Z\n\
+        "m1,1,view,10,1.00,2026-11-25T12:30:00Z\n\
              m2,1,purchase,10,9.50,2026-11-25T12:31:00Z\n\
              m3,1,view,10,1.00,2026-11-25T11:00:00Z\n\
              bad1,1,click,10,1.00,2026-11-25T12:30:00Z\n\
              bad2,1,view,10,-1,2026-11-25T12:30:00Z\n\
-             bad3,1,view,10\n"
-        )
-        .as_bytes(),
+             bad3,1,view,10\n",
     );
 }
 

@@ -4,7 +4,7 @@ use it_tests::{event_ids_in, World, HEADER};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -73,24 +73,18 @@ fn rows_as_written(dir: &std::path::Path) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_within_and_across_files_are_written_once_first_wins() {
     let world = World::new("dups").await;
-    world.drop_file(
+    world.drop_csv(
         "a.csv",
-        format!(
-            "{HEADER}e1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+        "e1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
              e2,1,view,11,2.00,2026-11-25T12:00:01Z\n\
              e3,1,add_to_cart,11,2.00,2026-11-25T12:00:02Z\n\
-             e2,1,view,11,2.00,2026-11-25T12:00:01Z\n"
-        )
-        .as_bytes(),
+             e2,1,view,11,2.00,2026-11-25T12:00:01Z\n",
     );
-    world.drop_file(
+    world.drop_csv(
         "b.csv",
-        format!(
-            "{HEADER}e3,1,add_to_cart,11,99.00,2026-11-25T12:00:02Z\n\
+        "e3,1,add_to_cart,11,99.00,2026-11-25T12:00:02Z\n\
              e4,2,purchase,11,2.00,2026-11-25T12:00:03Z\n\
-             e1,1,view,10,1.00,2026-11-25T12:00:00Z\n"
-        )
-        .as_bytes(),
+             e1,1,view,10,1.00,2026-11-25T12:00:00Z\n",
     );
     let _consumer = world.consumer(&[]);
     world.bridge_once(&[]);
@@ -245,17 +239,14 @@ async fn every_kind_of_malformed_row_is_quarantined_with_its_reason() {
 async fn late_world(policy: &str) -> (World, it_tests::Proc) {
     let world = World::new(&format!("late_{policy}")).await;
     // One partition, so every row meets the same watermark.
-    world.drop_file(
+    world.drop_csv(
         "late.csv",
-        format!(
-            "{HEADER}on1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+        "on1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
              on2,1,view,10,1.00,2026-11-25T12:30:00Z\n\
              late1,1,view,10,1.00,2026-11-25T12:05:00Z\n\
              on3,1,view,10,1.00,2026-11-25T12:20:00Z\n\
              late2,1,view,10,1.00,2026-11-24T12:00:00Z\n\
-             late1,1,view,10,1.00,2026-11-25T12:05:00Z\n"
-        )
-        .as_bytes(),
+             late1,1,view,10,1.00,2026-11-25T12:05:00Z\n",
     );
     let consumer = world.consumer(&["--partitions", "1", "--late-policy", policy]);
     world.bridge_once(&["--partitions", "1"]);

@@ -5,10 +5,10 @@
 use event_model::wire::{RawRow, WIRE_VERSION};
 use event_model::WireFormat;
 use it_tests::services::free_port;
-use it_tests::{World, HEADER};
+use it_tests::World;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -53,16 +53,10 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         "nul-header.csv",
         format!("event_id,user_id,event_type,product_id,pri\0ce,event_time\nh1,1,view,10,1.00,{time}\nh2,1,view,10,1.00,{time}\n").as_bytes(),
     );
-    world.drop_file(
-        "nul-values.csv",
-        format!("{HEADER}a\0b,1,view,10,1.00,{time}\nok-1,1,view,10,1.00,{time}\nok-2,1,view\0,10,1.00,{time}\n").as_bytes(),
-    );
-    world.drop_file(
+    world.drop_csv("nul-values.csv", &format!("a\0b,1,view,10,1.00,{time}\nok-1,1,view,10,1.00,{time}\nok-2,1,view\0,10,1.00,{time}\n"));
+    world.drop_csv(
         "future.csv",
-        format!(
-            "{HEADER}far,1,view,10,1.00,9999-12-31T23:59:59Z\nafter-far,1,view,10,1.00,{time}\n"
-        )
-        .as_bytes(),
+        &format!("far,1,view,10,1.00,9999-12-31T23:59:59Z\nafter-far,1,view,10,1.00,{time}\n"),
     );
     let long_name = "F".repeat(10_000);
     let foreign: Vec<Message> = vec![
@@ -148,10 +142,9 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
 
     let mut consumer = world.consumer(&["--late-policy", "quarantine"]);
     world.bridge_once(&[]);
-    world.drop_file(
+    world.drop_csv(
         "after.csv",
-        format!("{HEADER}after-1,1,view,10,1.00,{time}\nafter-2,1,purchase,10,2.00,{time}\n")
-            .as_bytes(),
+        &format!("after-1,1,view,10,1.00,{time}\nafter-2,1,purchase,10,2.00,{time}\n"),
     );
     world.bridge_once(&[]);
 
@@ -302,9 +295,9 @@ async fn a_refused_quarantine_row_and_a_blocked_batch_are_reported_not_stalled()
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let _consumer = world.consumer(&["--stuck-after", "1s", "--metrics-addr", &metrics_addr]);
     let time = now();
-    world.drop_file(
+    world.drop_csv(
         "secret.csv",
-        format!("{HEADER}s1,1,view,10,secret,{time}\nfine-1,1,view,10,1.00,{time}\n").as_bytes(),
+        &format!("s1,1,view,10,secret,{time}\nfine-1,1,view,10,1.00,{time}\n"),
     );
     world.bridge_once(&["--partitions", "1"]);
     world
@@ -324,10 +317,7 @@ async fn a_refused_quarantine_row_and_a_blocked_batch_are_reported_not_stalled()
         .execute(&mut *lock)
         .await
         .unwrap();
-    world.drop_file(
-        "blocked.csv",
-        format!("{HEADER}blocked-1,1,view,10,1.00,{time}\n").as_bytes(),
-    );
+    world.drop_csv("blocked.csv", &format!("blocked-1,1,view,10,1.00,{time}\n"));
     world.bridge_once(&[]);
     let url = format!("http://{metrics_addr}/metrics");
     let stuck_value = || async {

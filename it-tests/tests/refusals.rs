@@ -8,8 +8,8 @@ use it_tests::{World, HEADER};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
+use it_tests::PATIENCE as LONG;
 const REJECTED: &str = "SELECT count(*) FROM ecommerce_events_rejected";
 
 async fn migrate_then(world: &World, sql: &[&str]) {

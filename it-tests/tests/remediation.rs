@@ -1,11 +1,10 @@
 //! Repair and reload: quarantined rows exported, fixed and dropped in again resolve their rejects
 //! once; an archive backfilled into an empty database yields exactly the distinct valid events.
 
-use it_tests::{binary_path, World, HEADER, RECONCILED_FILES};
+use it_tests::{binary_path, World, RECONCILED_FILES};
 use std::process::Command;
-use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 const RESOLVED: &str =
     "SELECT count(*) FROM ecommerce_events_rejected WHERE resolved_at IS NOT NULL";
 
@@ -59,15 +58,12 @@ fn fixed(records: &[csv::StringRecord]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn exported_rejects_fixed_and_dropped_in_again_are_resolved_once() {
     let world = World::new("remedy").await;
-    world.drop_file(
+    world.drop_csv(
         "broken.csv",
-        format!(
-            "{HEADER}r1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+        "r1,1,view,10,1.00,2026-11-25T12:00:00Z\n\
              r2,1,purchase,10,abc,2026-11-25T12:01:00Z\n\
              r3,1,click,10,1.00,2026-11-25T12:02:00Z\n\
-             r4,1,view\n"
-        )
-        .as_bytes(),
+             r4,1,view\n",
     );
     world.bridge_once(&[]);
     let _consumer = world.consumer(&[]);

@@ -7,8 +7,8 @@ use it_tests::{event_ids_in, World};
 use std::process::Command;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::EVENTS;
+use it_tests::PATIENCE as LONG;
 const REWOUND: &str = "SELECT count(*) FROM ingest_log_events WHERE kind = 'rewound'";
 
 /// Generates `files` files of 100 events, publishes them and lets a consumer store them all,

@@ -6,8 +6,8 @@ use it_tests::{event_ids_in, World, HEADER};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(180);
-const EVENTS: &str = "SELECT count(*) FROM ecommerce_events";
+use it_tests::BROKER_FAULT_PATIENCE as LONG;
+use it_tests::EVENTS;
 const MESSAGES: &str = "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints";
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,7 @@ use it_tests::tls::{sasl_ssl_broker, sasl_ssl_options, TestCa};
 use it_tests::World;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+use it_tests::PATIENCE as LONG;
 
 /// One user per component, and an administrator who creates the topic.
 const USERS: &[(&str, &str)] = &[

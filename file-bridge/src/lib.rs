@@ -55,6 +55,8 @@ struct Files<'a> {
     config: &'a Config,
     metrics: BridgeMetrics,
     states: HashMap<PathBuf, FileState>,
+    /// The last look at which files being published some process holds open for writing.
+    writers_seen: Option<(Instant, folder::OpenForWriting)>,
     /// Files that could not be published (reported at the end of --once).
     failed: Vec<String>,
     archived: u64,
@@ -170,6 +172,7 @@ impl<'a> Bridge<'a> {
                 config,
                 metrics,
                 states: HashMap::new(),
+                writers_seen: None,
                 failed: Vec::new(),
                 archived: 0,
                 producer_suspect: false,
@@ -488,12 +491,36 @@ fn report_message_budget(config: &Config, kafka: &ClientConfig) {
     }
 }
 
-/// Whether a claimed file changed while it was published, or is held open for writing now.
-fn written_since_claimed(path: &Path, file: &InFlight) -> bool {
-    size_and_time(path) != file.claimed_as || folder::OpenForWriting::now().holds(path)
-}
+/// How long one look at the host's writers serves the files completing after it: looking costs a
+/// `stat` of every open descriptor on the host, too much to repeat for every file.
+const WRITERS_LOOK_SERVES: Duration = Duration::from_secs(1);
 
 impl Files<'_> {
+    /// Whether a claimed file changed while it was published, or is held open for writing now.
+    fn written_since_claimed(&mut self, path: &Path, file: &InFlight) -> bool {
+        if size_and_time(path) != file.claimed_as {
+            return true;
+        }
+        let fresh = self.writers_seen.as_ref().and_then(|(at, seen)| {
+            (at.elapsed() < WRITERS_LOOK_SERVES)
+                .then(|| seen.knows(path))
+                .flatten()
+        });
+        if let Some(held) = fresh {
+            return held;
+        }
+        // One look for this file and every other being published: they complete soon too.
+        let publishing = self
+            .states
+            .iter()
+            .filter(|(_, state)| matches!(state, FileState::Publishing(_)))
+            .map(|(other, _)| other.as_path());
+        let seen = folder::OpenForWriting::of(publishing.chain([path]));
+        let held = seen.holds(path);
+        self.writers_seen = Some((Instant::now(), seen));
+        held
+    }
+
     /// How many files are being published.
     fn publishing(&self) -> usize {
         self.states
@@ -547,7 +574,7 @@ impl Files<'_> {
         }
         // Every row acknowledged: the broker is demonstrably there.
         self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
-        if written_since_claimed(&path, &file) {
+        if self.written_since_claimed(&path, &file) {
             // A writer the claim did not see (another host, another container) went on writing:
             // what it wrote is published as a new version of the file once it settles, never
             // archived unread. The rows already sent are duplicates to the consumer.

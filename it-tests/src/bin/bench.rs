@@ -32,6 +32,14 @@ struct Args {
     /// Events in the backlog the consumer drains for its memory figure (0 skips that stage).
     #[arg(long, env = "BENCH_BACKLOG_EVENTS", default_value_t = 10_000_000)]
     backlog_events: usize,
+    /// Partition counts of the topic one consumer drains for the memory-budget stage (none skips it).
+    #[arg(
+        long,
+        env = "BENCH_PARTITION_COUNTS",
+        value_delimiter = ',',
+        default_value = "3,24,96"
+    )]
+    partition_counts: Vec<u32>,
     /// Where the figures go as JSON.
     #[arg(long, env = "BENCH_JSON", default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -162,6 +170,15 @@ async fn main() -> anyhow::Result<()> {
         "",
     );
 
+    let bare_pipe_rate = bare_pipe(&world, &input, events).await?;
+    figures.add(
+        "bare_pipe_ceiling_rows_per_s",
+        "ceiling (d): bare producer -> bare consumer -> COPY",
+        bare_pipe_rate,
+        "rows/s",
+        "ON CONFLICT DO NOTHING, offsets after each commit",
+    );
+
     let sink_rate = sink_alone(&input, events).await?;
     figures.add(
         "sink_rows_per_s",
@@ -212,6 +229,19 @@ async fn main() -> anyhow::Result<()> {
         &ratio(consumer_rate, consume_rate.min(copy_rate)),
     );
 
+    // One memory budget whatever the partitions: the same input on topics of 3, 24 and 96
+    // partitions, drained by one consumer.
+    for partitions in &args.partition_counts {
+        let (rate, rss) = partition_stage(&kept, *partitions, events).await?;
+        figures.add(
+            &format!("partitions_{partitions}_consumer_peak_rss_mib"),
+            &format!("peak RSS: one consumer holding {partitions} partitions"),
+            rss as f64 / 1024.0,
+            "MiB",
+            &format!("target 64; {rate:.0} rows/s"),
+        );
+    }
+
     // End to end: files land in a watched folder; rows committed.
     let e2e = World::new("bench_e2e").await;
     std::fs::create_dir_all(e2e.input_dir())?;
@@ -232,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
         "end to end: files -> rows committed",
         e2e_rate,
         "rows/s",
-        &ratio(e2e_rate, pipe_rate.min(copy_rate)),
+        &format!("{}; target 90% of (d)", ratio(e2e_rate, bare_pipe_rate)),
     );
     drop((consumer, bridge));
 
@@ -417,6 +447,32 @@ async fn drain_with(world: &World, consumers: usize, events: usize) -> anyhow::R
     Ok((rate, cpu))
 }
 
+/// The input in `kept`, published to a new topic of `partitions` partitions and drained by one
+/// consumer: its rate and peak RSS.
+async fn partition_stage(
+    kept: &Path,
+    partitions: u32,
+    events: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let world = World::new(&format!("bench_{partitions}_partitions")).await;
+    std::fs::create_dir_all(world.input_dir())?;
+    for file in sorted_files(kept)? {
+        std::fs::copy(
+            &file,
+            world
+                .input_dir()
+                .join(file.file_name().context("file name")?),
+        )?;
+    }
+    let (status, _) = world
+        .bridge(&["--once", "--partitions", &partitions.to_string()])
+        .wait_with_peak_rss(Duration::from_secs(1200));
+    anyhow::ensure!(status.success(), "file-bridge --once failed");
+    let drained = drain(&world, events, LONG).await;
+    world.pool.close().await;
+    Ok((drained.rows_per_second, drained.peak_rss_kib))
+}
+
 /// A backlog of `events` (generated, published by the bridge) drained by one consumer.
 async fn backlog(events: usize, per_file: usize) -> anyhow::Result<(f64, u64)> {
     let files = events.div_ceil(per_file);
@@ -492,17 +548,7 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<Brok
     );
     pipeline_kafka::ensure_topic(&config, &topic, 3, 1).await?;
     pipeline_kafka::ensure_topic(&config, &piped, 3, 1).await?;
-    let mut lines: Vec<Vec<u8>> = Vec::with_capacity(events);
-    for file in input {
-        let bytes = std::fs::read(file)?;
-        lines.extend(
-            bytes
-                .split(|b| *b == b'\n')
-                .skip(1)
-                .filter(|line| !line.is_empty())
-                .map(<[u8]>::to_vec),
-        );
-    }
+    let lines = input_lines(input)?;
     let brokers = it_tests::brokers();
     tokio::task::spawn_blocking(move || -> anyhow::Result<BrokerCeiling> {
         // This process does nothing else meanwhile: its CPU time is the client's.
@@ -567,6 +613,96 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<Brok
         })
     })
     .await?
+}
+
+/// Ceiling (d), the least work any Kafka-to-PostgreSQL pipeline must do here: a bare producer
+/// publishes the input (one message per row, keyed by event_id) while a bare consumer copies what
+/// it reads, 10,000 rows a transaction, into a table identical to `ecommerce_events` with
+/// `ON CONFLICT DO NOTHING`, committing its offsets after each commit. No validation, no ledger.
+async fn bare_pipe(world: &World, input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
+    let mut connection = world.pool.acquire().await?;
+    for statement in [
+        "CREATE TABLE bare_pipe (LIKE ecommerce_events INCLUDING ALL)",
+        "ALTER TABLE bare_pipe ALTER source_file SET DEFAULT 'bench.csv',
+             ALTER source_line SET DEFAULT 0, ALTER landed_at SET DEFAULT now()",
+        "CREATE TEMP TABLE bare_stage (event_id TEXT, user_id INT, event_type TEXT,
+             product_id INT, price NUMERIC(10, 2), event_time TIMESTAMPTZ)",
+    ] {
+        sqlx::query(statement).execute(&mut *connection).await?;
+    }
+    let lines = input_lines(input)?;
+    let topic = it_tests::unique("bench-bare-pipe");
+    let config = pipeline_kafka::client_config(
+        &it_tests::brokers(),
+        file_bridge::publisher::PRODUCER_DEFAULTS,
+        &[],
+    );
+    pipeline_kafka::ensure_topic(&config, &topic, 3, 1).await?;
+    let consumer = bare_consumer(&it_tests::brokers(), &topic)?;
+    while consumer.assignment()?.count() == 0 {
+        tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100))).transpose()?;
+    }
+    let started = Instant::now();
+    let producer_topic = topic.clone();
+    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let producer: ThreadedProducer<_> = config.create()?;
+        produce_all(&producer, &producer_topic, &lines)
+    });
+    let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(900));
+    while seen < events && Instant::now() < deadline {
+        let mut csv = Vec::with_capacity(1 << 20);
+        let mut batch = 0;
+        while batch < 10_000 {
+            let Some(message) =
+                tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)))
+            else {
+                break;
+            };
+            csv.extend_from_slice(rdkafka::Message::payload(&message?).unwrap_or_default());
+            csv.push(b'\n');
+            batch += 1;
+        }
+        if batch == 0 {
+            continue;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        let mut copy = tx
+            .copy_in_raw("COPY bare_stage FROM STDIN (FORMAT csv)")
+            .await?;
+        copy.send(csv).await?;
+        copy.finish().await?;
+        sqlx::query(
+            "INSERT INTO bare_pipe (event_id, user_id, event_type, product_id, price, event_time)
+             SELECT * FROM bare_stage ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("TRUNCATE bare_stage").execute(&mut *tx).await?;
+        tx.commit().await?;
+        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async)?;
+        seen += batch;
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bare pipe's producer panicked"))??;
+    anyhow::ensure!(seen == events, "the bare pipe read {seen} of {events}");
+    Ok(rate(events, started.elapsed()))
+}
+
+/// Every data line of the input files (headers left out).
+fn input_lines(input: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut lines = Vec::new();
+    for file in input {
+        let bytes = std::fs::read(file)?;
+        lines.extend(
+            bytes
+                .split(|b| *b == b'\n')
+                .skip(1)
+                .filter(|line| !line.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+    }
+    Ok(lines)
 }
 
 /// Sends every line keyed by its first field, waiting for room when the queue is full; flushes.

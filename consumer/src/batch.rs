@@ -85,29 +85,6 @@ impl EventRow {
             &time,
         ])
     }
-
-    pub fn sourced_id(&self) -> SourcedId {
-        SourcedId {
-            event_id: self.event.event_id.clone(),
-            file: self.file.clone(),
-            file_id: self.file_id.clone(),
-            line: self.line,
-            partition: self.partition,
-            offset: self.offset,
-        }
-    }
-}
-
-/// An event_id and the row and message that carried it: what the ledger needs to tell a
-/// duplicate (another row with a stored id) from the same row delivered again.
-#[derive(Debug, Clone)]
-pub struct SourcedId {
-    pub event_id: String,
-    pub file: Arc<str>,
-    pub file_id: Arc<str>,
-    pub line: i64,
-    pub partition: i32,
-    pub offset: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -130,18 +107,6 @@ impl RejectRow {
     /// The file version whose ledger counts this row; none for a message that is not a row.
     pub fn ledger_file_id(&self) -> Option<&str> {
         (self.code != RejectCode::Undecodable).then_some(self.file_id.as_str())
-    }
-
-    /// For a late row that turns out not to be stored (its id already is): its event_id and source.
-    pub fn sourced_id(&self) -> Option<SourcedId> {
-        Some(SourcedId {
-            event_id: self.event_id.clone()?,
-            file: self.file.as_str().into(),
-            file_id: self.file_id.as_str().into(),
-            line: self.line,
-            partition: self.partition,
-            offset: self.offset,
-        })
     }
 }
 

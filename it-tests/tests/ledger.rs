@@ -156,3 +156,70 @@ async fn a_late_row_quarantined_counts_as_rejected_and_status_lists_unreconciled
     assert_eq!(files[0]["overdue"], true);
     assert!(text.contains("stray.csv"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_with_other_values_is_recorded_as_conflicting_with_the_fields_that_differ() {
+    let world = World::new("ledger_conflicting").await;
+    let _consumer = world.consumer(&[]);
+    world.drop_csv(
+        "first.csv",
+        "c1,1,view,10,1.00,2026-11-25T12:00:00Z\nc2,1,view,10,1.00,2026-11-25T12:00:00Z\n",
+    );
+    world.bridge_once(&[]);
+    world.wait_for_count(RECONCILED_FILES, 1, LONG).await;
+    // c1 again with another price and product, c2 again as it was, c3 new.
+    world.drop_csv(
+        "second.csv",
+        "c1,1,view,11,2.00,2026-11-25T12:00:00Z\nc2,1,view,10,1.00,2026-11-25T12:00:00Z\n\
+         c3,1,view,10,1.00,2026-11-25T12:00:00Z\n",
+    );
+    world.bridge_once(&[]);
+    world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
+    let duplicates: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT event_id::text, conflicting_fields FROM ingest_duplicates ORDER BY event_id",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        duplicates,
+        [
+            (
+                "c1".to_owned(),
+                Some(vec!["product_id".to_owned(), "price".to_owned()])
+            ),
+            ("c2".to_owned(), None),
+        ]
+    );
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT rows_inserted, rows_duplicate, rows_conflicting FROM ingest_files
+         WHERE file_name = 'second.csv'",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, (1, 2, 1));
+    let explain = std::process::Command::new(it_tests::binary_path("explain"))
+        .args(["c1", "--database-url", &world.database_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.contains("second.csv line 2, other product_id, price"),
+        "{text}"
+    );
+    let status = std::process::Command::new(it_tests::binary_path("status"))
+        .args([
+            "--database-url",
+            &world.database_url,
+            "--brokers",
+            &world.brokers,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("duplicates with other values than the stored event: 1 in 1 file(s)"),
+        "{text}"
+    );
+}

@@ -80,6 +80,8 @@ struct RecentFile {
     rows_read: Option<i64>,
     rows_inserted: i64,
     rows_duplicate: i64,
+    /// Of the duplicates, those with other values than the stored event.
+    rows_conflicting: i64,
     rows_rejected: i64,
     state: String,
     backfilled: bool,
@@ -102,7 +104,7 @@ pub async fn summary(
     .fetch_all(pool)
     .await?;
     let files: Vec<RecentFile> = sqlx::query_as(
-        "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_rejected,
+        "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_conflicting, rows_rejected,
                 CASE WHEN reconciled_at IS NOT NULL THEN 'reconciled'
                      WHEN first_seen_at < now() - interval '15 minutes' THEN 'overdue'
                      ELSE 'in progress' END AS state,

@@ -6,7 +6,7 @@
 //! the three is recorded once per file version and line, and a counter moves only when a record is
 //! new, so a replay, a republished file or a rebalance counts nothing twice.
 
-use crate::batch::{SourcedId, WriteBatch};
+use crate::batch::{EventRow, WriteBatch};
 use crate::storable;
 use event_model::FileEnd;
 use sqlx::PgConnection;
@@ -25,6 +25,8 @@ pub struct InsertedRow {
 struct FileCounts {
     inserted: i64,
     duplicate: i64,
+    /// Of the duplicates, those whose values differ from the stored event's.
+    conflicting: i64,
     rejected: i64,
     late: i64,
 }
@@ -66,8 +68,10 @@ impl LedgerDelta {
         counts.late += i64::from(late);
     }
 
-    fn duplicate(&mut self, file_id: &str, file: &str) {
-        self.counts(file_id, file).duplicate += 1;
+    fn duplicate(&mut self, file_id: &str, file: &str, conflicting: bool) {
+        let counts = self.counts(file_id, file);
+        counts.duplicate += 1;
+        counts.conflicting += i64::from(conflicting);
     }
 
     fn file_ends(&mut self, ends: &[FileEnd]) {
@@ -79,45 +83,69 @@ impl LedgerDelta {
 }
 
 const RECORD_DUPLICATES: &str = "INSERT INTO ingest_duplicates
-    (source_file_id, source_line, source_file, event_id, kafka_partition, kafka_offset)
-SELECT u.fid, u.l, u.f, u.e, u.p, u.o
-FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[])
-     AS u(fid, l, f, e, p, o)
+    (source_file_id, source_line, source_file, event_id, kafka_partition, kafka_offset,
+     conflicting_fields)
+SELECT u.fid, u.l, u.f, u.e, u.p, u.o,
+       (SELECT NULLIF(array_remove(ARRAY[
+                   CASE WHEN ev.user_id <> u.uid THEN 'user_id' END,
+                   CASE WHEN ev.event_type <> u.et THEN 'event_type' END,
+                   CASE WHEN ev.product_id <> u.pid THEN 'product_id' END,
+                   CASE WHEN ev.price <> u.cents::numeric / 100 THEN 'price' END,
+                   CASE WHEN ev.event_time <> u.t THEN 'event_time' END], NULL), '{}')
+        FROM ecommerce_events ev WHERE ev.event_id = u.e)
+FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[],
+            $7::int4[], $8::text[], $9::int4[], $10::int8[], $11::timestamptz[])
+     AS u(fid, l, f, e, p, o, uid, et, pid, cents, t)
 WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events ev
                   WHERE ev.event_id = u.e AND ev.source_file_id = u.fid AND ev.source_line = u.l)
   AND NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
                   WHERE r.source_file_id = u.fid AND r.source_line = u.l)
 ON CONFLICT DO NOTHING
-RETURNING source_file_id, source_file";
+RETURNING source_file_id, source_file, conflicting_fields IS NOT NULL";
 
 /// Records, among `candidates` (valid rows that did not become an event or a quarantined row in
 /// this transaction), those that are duplicates: a row that is the source of a stored event or of
-/// a quarantined row is the same row delivered again, and a row recorded already is not new.
+/// a quarantined row is the same row delivered again, and a row recorded already is not new. A
+/// duplicate whose values differ from the stored event's is recorded with the fields that differ.
 async fn record_duplicates(
     tx: &mut PgConnection,
-    candidates: &[&SourcedId],
+    candidates: &[&EventRow],
     delta: &mut LedgerDelta,
 ) -> Result<(), sqlx::Error> {
     if candidates.is_empty() {
         return Ok(());
     }
-    let text = |f: fn(&SourcedId) -> &str| {
+    let text = |f: fn(&EventRow) -> &str| {
         candidates
             .iter()
             .map(|c| storable::key(f(c)).into_owned())
             .collect::<Vec<_>>()
     };
-    let recorded: Vec<(String, String)> = sqlx::query_as(RECORD_DUPLICATES)
+    let number = |f: fn(&EventRow) -> i64| candidates.iter().map(|c| f(c)).collect::<Vec<_>>();
+    let event = |f: fn(&event_model::Event) -> i32| {
+        candidates.iter().map(|c| f(&c.event)).collect::<Vec<_>>()
+    };
+    let recorded: Vec<(String, String, bool)> = sqlx::query_as(RECORD_DUPLICATES)
         .bind(text(|c| &c.file_id))
-        .bind(candidates.iter().map(|c| c.line).collect::<Vec<_>>())
+        .bind(number(|c| c.line))
         .bind(text(|c| &c.file))
-        .bind(text(|c| &c.event_id))
+        .bind(text(|c| &c.event.event_id))
         .bind(candidates.iter().map(|c| c.partition).collect::<Vec<_>>())
-        .bind(candidates.iter().map(|c| c.offset).collect::<Vec<_>>())
+        .bind(number(|c| c.offset))
+        .bind(event(|e| e.user_id))
+        .bind(text(|c| c.event.event_type.as_str()))
+        .bind(event(|e| e.product_id))
+        .bind(number(|c| c.event.price_cents))
+        .bind(
+            candidates
+                .iter()
+                .map(|c| c.event.event_time)
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(tx)
         .await?;
-    for (file_id, file) in recorded {
-        delta.duplicate(&file_id, &file);
+    for (file_id, file, conflicting) in recorded {
+        delta.duplicate(&file_id, &file, conflicting);
     }
     Ok(())
 }
@@ -143,12 +171,16 @@ pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result
 
 const UPSERT_FILES: &str = "INSERT INTO ingest_files AS f
     (content_id, file_name, content_sha256, size_bytes, landed_at, rows_read,
-     rows_inserted, rows_duplicate, rows_rejected, rows_late, backfilled_at, changed_while_read)
+     rows_inserted, rows_duplicate, rows_rejected, rows_late, backfilled_at, changed_while_read,
+     rows_conflicting)
 SELECT u.id, u.name, u.sha, u.size, to_timestamp(u.landed_ms / 1000.0), u.read,
-       u.ins, u.dup, u.rej, u.late, CASE WHEN u.backfill THEN now() END, coalesce(u.changed, false)
+       u.ins, u.dup, u.rej, u.late, CASE WHEN u.backfill THEN now() END, coalesce(u.changed, false),
+       u.conflicting
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-            $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bool[])
-     AS u(id, name, sha, size, landed_ms, read, ins, dup, rej, late, backfill, changed)
+            $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bool[],
+            $13::int8[])
+     AS u(id, name, sha, size, landed_ms, read, ins, dup, rej, late, backfill, changed,
+          conflicting)
 ORDER BY u.id
 ON CONFLICT (content_id) DO UPDATE SET
     content_sha256 = coalesce(excluded.content_sha256, f.content_sha256),
@@ -162,6 +194,7 @@ ON CONFLICT (content_id) DO UPDATE SET
                               ELSE f.changed_while_read AND excluded.changed_while_read END,
     rows_inserted  = f.rows_inserted + excluded.rows_inserted,
     rows_duplicate = f.rows_duplicate + excluded.rows_duplicate,
+    rows_conflicting = f.rows_conflicting + excluded.rows_conflicting,
     rows_rejected  = f.rows_rejected + excluded.rows_rejected,
     rows_late      = f.rows_late + excluded.rows_late,
     backfilled_at  = coalesce(excluded.backfilled_at, f.backfilled_at),
@@ -204,6 +237,7 @@ async fn apply(tx: &mut PgConnection, delta: LedgerDelta) -> Result<(), sqlx::Er
         .bind(columns.late)
         .bind(columns.backfill)
         .bind(columns.changed)
+        .bind(columns.conflicting)
         .execute(&mut *tx)
         .await?;
     sqlx::query(RECONCILE).bind(&ids).execute(tx).await?;
@@ -233,6 +267,7 @@ struct FileColumns {
     late: Vec<i64>,
     backfill: Vec<bool>,
     changed: Vec<Option<bool>>,
+    conflicting: Vec<i64>,
 }
 
 impl FileColumns {
@@ -252,6 +287,7 @@ impl FileColumns {
         self.late.push(counts.late);
         self.backfill.push(end.is_some_and(|e| e.backfill));
         self.changed.push(end.map(|e| e.changed_while_read));
+        self.conflicting.push(counts.conflicting);
     }
 }
 
@@ -283,21 +319,15 @@ pub async fn account(
     stored: Stored,
     mut delta: LedgerDelta,
 ) -> Result<(), sqlx::Error> {
-    let mut unstored = Vec::new();
+    let mut candidates: Vec<&EventRow> = Vec::new();
     if !stored.all_events {
-        unstored.extend(batch.events.iter().map(|e| e.sourced_id()));
+        candidates.extend(&batch.events);
     }
     if !stored.all_late_rejects {
-        unstored.extend(
-            batch
-                .late_rejects
-                .iter()
-                .map(|late| late.event.sourced_id()),
-        );
+        candidates.extend(batch.late_rejects.iter().map(|late| &late.event));
     }
     // A window duplicate stored after all is the source of its event: filtered out below.
-    unstored.extend(batch.duplicates.iter().map(|d| d.event.sourced_id()));
-    let candidates: Vec<&SourcedId> = unstored.iter().collect();
+    candidates.extend(batch.duplicates.iter().map(|d| &d.event));
     record_duplicates(tx, &candidates, &mut delta).await?;
     delta.file_ends(&batch.file_ends);
     apply(tx, delta).await

@@ -47,8 +47,8 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
     .bind(&args.event_id)
     .fetch_all(&mut db)
     .await?;
-    let duplicates: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT source_file, source_line FROM ingest_duplicates
+    let duplicates: Vec<(String, i64, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT source_file, source_line, conflicting_fields FROM ingest_duplicates
          WHERE event_id = $1 ORDER BY seen_at, source_file, source_line",
     )
     .bind(&args.event_id)
@@ -75,7 +75,10 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
     let sources: Vec<String> = duplicates
         .iter()
         .take(5)
-        .map(|(file, line)| format!("{file} line {line}"))
+        .map(|(file, line, conflicting)| match conflicting {
+            Some(fields) => format!("{file} line {line}, other {}", fields.join(", ")),
+            None => format!("{file} line {line}"),
+        })
         .collect();
     let more = duplicates.len().saturating_sub(sources.len());
     println!(

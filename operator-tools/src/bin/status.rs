@@ -86,6 +86,8 @@ struct Report {
     /// Per reason: quarantined rows not resolved, and resolved by a fixed row.
     resolution: Vec<(String, i64, i64)>,
     unreconciled: Vec<Unreconciled>,
+    /// Duplicates whose values differ from the stored event's: how many, in how many files.
+    conflicting: (i64, i64),
     log_events: Vec<(i32, String, i64, i64, String)>,
     components: Vec<Component>,
 }
@@ -199,9 +201,21 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         rejected,
         resolution,
         unreconciled,
+        conflicting: conflicting_duplicates(&mut db).await,
         log_events,
         components: components(args).await,
     })
+}
+
+/// How many duplicates carried other values than their stored event, and in how many files.
+async fn conflicting_duplicates(db: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(DISTINCT source_file_id) FROM ingest_duplicates
+         WHERE conflicting_fields IS NOT NULL",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap_or((0, 0))
 }
 
 /// Per partition: end offset, Kafka's committed offset, PostgreSQL's checkpoint, and the lag.
@@ -267,6 +281,7 @@ fn as_json(args: &Args, report: &Report) -> serde_json::Value {
             "reason": reason, "unresolved": open, "resolved": resolved,
         })).collect::<Vec<_>>(),
         "unreconciled_files": report.unreconciled,
+        "conflicting_duplicates": { "rows": report.conflicting.0, "files": report.conflicting.1 },
         "log_events": report.log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
             "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
         })).collect::<Vec<_>>(),
@@ -336,6 +351,12 @@ fn print_text(args: &Args, report: &Report) {
     );
     for (reason, open, resolved) in &report.resolution {
         println!("  {reason}: {open} unresolved, {resolved} resolved");
+    }
+    if report.conflicting.0 > 0 {
+        println!(
+            "duplicates with other values than the stored event: {} in {} file(s) (explain EVENT_ID shows the fields)",
+            report.conflicting.0, report.conflicting.1
+        );
     }
     match report.unreconciled.len() {
         0 => println!("files: every file reconciled"),

@@ -323,7 +323,8 @@ pub async fn account(
     if !stored.all_events {
         candidates.extend(&batch.events);
     }
-    if !stored.all_late_rejects {
+    // Some late rows may have gone in as events (the fix of a reject): candidates with them.
+    if !stored.all_events || !stored.all_late_rejects {
         candidates.extend(batch.late_rejects.iter().map(|late| &late.event));
     }
     // A window duplicate stored after all is the source of its event: filtered out below.

@@ -82,9 +82,23 @@ impl RejectCode {
         )
     }
 
+    /// The code stored as `text`, if it is one of ours.
+    pub fn from_stored(text: &str) -> Option<RejectCode> {
+        RejectCode::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+
     /// A row over a size cap travels as its defect alone, so its message stays small.
     pub fn is_size_cap(self) -> bool {
         matches!(self, RejectCode::RowTooLarge | RejectCode::FieldTooLarge)
+    }
+}
+
+/// A code read back from `reason_code`.
+impl TryFrom<String> for RejectCode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<RejectCode, String> {
+        RejectCode::from_stored(&text).ok_or_else(|| format!("unknown reason code {text:?}"))
     }
 }
 
@@ -95,6 +109,7 @@ mod tests {
     #[test]
     fn serialized_names_are_the_stored_codes() {
         for code in RejectCode::ALL {
+            assert_eq!(RejectCode::from_stored(code.as_str()), Some(code));
             assert_eq!(
                 serde_json::to_string(&code).unwrap(),
                 format!("\"{}\"", code.as_str())

@@ -103,7 +103,7 @@ impl WriteOutcome {
         for row in taken {
             *self
                 .rejected_by_reason
-                .entry(row.reason_code.clone())
+                .entry(row.reason_code.as_str().to_owned())
                 .or_default() += 1;
         }
     }
@@ -112,7 +112,7 @@ impl WriteOutcome {
     fn count_rejects(&mut self, taken: &[Quarantined], late: bool, delta: &mut LedgerDelta) {
         self.count_reject_codes(taken, late);
         for row in taken {
-            if row.reason_code != RejectCode::Undecodable.as_str() {
+            if row.reason_code != RejectCode::Undecodable {
                 delta.rejected(&row.source_file_id, &row.source_file, late);
             }
         }

@@ -21,7 +21,8 @@ RETURNING reason_code, source_file_id, source_file";
 /// A quarantined row the database took (not one it already held).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Quarantined {
-    pub reason_code: String,
+    #[sqlx(try_from = "String")]
+    pub reason_code: RejectCode,
     pub source_file_id: String,
     pub source_file: String,
 }

@@ -84,7 +84,9 @@ impl RejectCode {
 
     /// The code stored as `text`, if it is one of ours.
     pub fn from_stored(text: &str) -> Option<RejectCode> {
-        RejectCode::ALL.into_iter().find(|code| code.as_str() == text)
+        RejectCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
     }
 
     /// A row over a size cap travels as its defect alone, so its message stays small.

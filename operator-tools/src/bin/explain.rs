@@ -30,6 +30,34 @@ async fn main() {
     process::exit(explain(&args).await)
 }
 
+/// The rows that carried the id again: how many, the first five (with the fields that differed
+/// from the stored event, if any).
+fn duplicates_line(duplicates: &[(String, i64, Option<Vec<String>>)]) -> String {
+    let sources: Vec<String> = duplicates
+        .iter()
+        .take(5)
+        .map(|(file, line, conflicting)| match conflicting {
+            Some(fields) => format!("{file} line {line}, other {}", fields.join(", ")),
+            None => format!("{file} line {line}"),
+        })
+        .collect();
+    let more = duplicates.len().saturating_sub(sources.len());
+    format!(
+        "duplicates {} seen{}{}",
+        duplicates.len(),
+        if sources.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", sources.join(", "))
+        },
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
 async fn explain(args: &Args) -> anyhow::Result<()> {
     let mut db = args.database.connect().await?;
     let lineage: Option<Lineage> = sqlx::query_as(
@@ -72,29 +100,7 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
         }
         None => println!("event {} is not in ecommerce_events", args.event_id),
     }
-    let sources: Vec<String> = duplicates
-        .iter()
-        .take(5)
-        .map(|(file, line, conflicting)| match conflicting {
-            Some(fields) => format!("{file} line {line}, other {}", fields.join(", ")),
-            None => format!("{file} line {line}"),
-        })
-        .collect();
-    let more = duplicates.len().saturating_sub(sources.len());
-    println!(
-        "  duplicates {} seen{}{}",
-        duplicates.len(),
-        if sources.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", sources.join(", "))
-        },
-        if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        }
-    );
+    println!("  {}", duplicates_line(&duplicates));
     for (reason, file, line, why) in &rejects {
         println!("  quarantined as {reason}: {file} line {line}: {why}");
     }

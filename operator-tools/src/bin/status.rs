@@ -160,20 +160,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     .fetch_one(&mut db)
     .await
     .unwrap_or((0, 0));
-    let rejected = sqlx::query_as(
-        "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 2 DESC",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap_or_default();
-    let resolution = sqlx::query_as(
-        "SELECT reason_code, count(*) FILTER (WHERE resolved_at IS NULL),
-                count(*) FILTER (WHERE resolved_at IS NOT NULL)
-         FROM ecommerce_events_rejected GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap_or_default();
+    let (rejected, resolution) = quarantine(&mut db).await;
     let unreconciled = sqlx::query_as(
         "SELECT file_name, content_id, rows_read, rows_inserted, rows_duplicate, rows_rejected,
                 first_seen_at, first_seen_at < now() - make_interval(secs => $1) AS overdue
@@ -205,6 +192,25 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         log_events,
         components: components(args).await,
     })
+}
+
+/// The quarantine: rows by reason, and per reason how many are unresolved and resolved.
+async fn quarantine(db: &mut sqlx::PgConnection) -> (Vec<(String, i64)>, Vec<(String, i64, i64)>) {
+    let rejected = sqlx::query_as(
+        "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 2 DESC",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .unwrap_or_default();
+    let resolution = sqlx::query_as(
+        "SELECT reason_code, count(*) FILTER (WHERE resolved_at IS NULL),
+                count(*) FILTER (WHERE resolved_at IS NOT NULL)
+         FROM ecommerce_events_rejected GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    (rejected, resolution)
 }
 
 /// How many duplicates carried other values than their stored event, and in how many files.
@@ -304,26 +310,47 @@ fn print_text(args: &Args, report: &Report) {
         "topic {} · group {} · brokers {}",
         args.topic, args.group, args.brokers
     );
-    println!("\n  partition  end offset  committed (kafka)  checkpoint (postgres)  lag");
-    match &report.kafka_error {
-        None => {
-            let show = |value: &serde_json::Value| {
-                value.as_i64().map_or("-".to_owned(), |v| v.to_string())
-            };
-            for p in &report.partitions {
-                println!(
-                    "  {:<9}  {:<10}  {:<17}  {:<21}  {}",
-                    show(&p["partition"]),
-                    show(&p["end_offset"]),
-                    show(&p["committed_offset"]),
-                    show(&p["checkpoint"]),
-                    show(&p["lag"])
-                );
-            }
-            println!("  total lag: {}", report.total_lag());
-        }
-        Some(error) => println!("  kafka unavailable: {error}"),
+    print_partitions(report);
+    print_rows(report);
+    print_files(report);
+    for (partition, kind, from, to, detail) in &report.log_events {
+        println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
     }
+    println!("\ncomponents:");
+    for component in &report.components {
+        let state = match &component.ready {
+            None => "down".to_owned(),
+            Some(Ok(())) => "ready".to_owned(),
+            Some(Err(why)) => format!("not ready: {why}"),
+        };
+        println!("  {:<12} {:<40} {state}", component.name, component.url);
+    }
+}
+
+/// Each partition's offsets (the log's end, Kafka's commit, PostgreSQL's checkpoint) and lag.
+fn print_partitions(report: &Report) {
+    println!("\n  partition  end offset  committed (kafka)  checkpoint (postgres)  lag");
+    let Some(error) = &report.kafka_error else {
+        let show =
+            |value: &serde_json::Value| value.as_i64().map_or("-".to_owned(), |v| v.to_string());
+        for p in &report.partitions {
+            println!(
+                "  {:<9}  {:<10}  {:<17}  {:<21}  {}",
+                show(&p["partition"]),
+                show(&p["end_offset"]),
+                show(&p["committed_offset"]),
+                show(&p["checkpoint"]),
+                show(&p["lag"])
+            );
+        }
+        println!("  total lag: {}", report.total_lag());
+        return;
+    };
+    println!("  kafka unavailable: {error}");
+}
+
+/// The last batch, the rows stored, the quarantine by reason and the conflicting duplicates.
+fn print_rows(report: &Report) {
     match report.last_batch {
         Some(at) => println!(
             "\nlast batch: {} ({} s ago)",
@@ -358,6 +385,10 @@ fn print_text(args: &Args, report: &Report) {
             report.conflicting.0, report.conflicting.1
         );
     }
+}
+
+/// The files of the ledger not reconciled yet.
+fn print_files(report: &Report) {
     match report.unreconciled.len() {
         0 => println!("files: every file reconciled"),
         n => println!("files not reconciled yet: {n}"),
@@ -376,18 +407,6 @@ fn print_text(args: &Args, report: &Report) {
             file.rows_rejected,
             file.first_seen_at.format("%Y-%m-%d %H:%M:%S UTC"),
         );
-    }
-    for (partition, kind, from, to, detail) in &report.log_events {
-        println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
-    }
-    println!("\ncomponents:");
-    for component in &report.components {
-        let state = match &component.ready {
-            None => "down".to_owned(),
-            Some(Ok(())) => "ready".to_owned(),
-            Some(Err(why)) => format!("not ready: {why}"),
-        };
-        println!("  {:<12} {:<40} {state}", component.name, component.url);
     }
 }
 

@@ -507,12 +507,7 @@ impl HeldBack {
             .iter()
             .map(|late| late.event.event.event_id.as_str())
             .collect();
-        let fixes: HashSet<String> = sqlx::query_scalar(OPEN_REJECTS)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+        let fixes = ids_matching(tx, OPEN_REJECTS, &ids).await?;
         for late in &batch.late_rejects {
             if fixes.contains(&late.event.event.event_id) {
                 self.events.push(late.event.clone());
@@ -538,12 +533,7 @@ impl HeldBack {
             .iter()
             .map(|d| d.event.event.event_id.as_str())
             .collect();
-        let mut known: HashSet<String> = sqlx::query_scalar(STORED_OR_KEPT_LATE)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+        let mut known = ids_matching(tx, STORED_OR_KEPT_LATE, &ids).await?;
         let in_batch = batch.events.iter().map(|row| &row.event.event_id).chain(
             batch
                 .late_rejects
@@ -609,6 +599,16 @@ async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Err
         .execute(&mut *tx)
         .await?;
     Ok(accepted)
+}
+
+/// The event_ids among `ids` that `query` (taking them as `$1`) returns.
+async fn ids_matching(
+    tx: &mut PgConnection,
+    query: &'static str,
+    ids: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(query).bind(ids).fetch_all(tx).await?;
+    Ok(found.into_iter().collect())
 }
 
 /// Counts the rows a direct `COPY` took (all of `events` but the `skipped` ids) in the ledger,
@@ -690,12 +690,7 @@ async fn copy_direct(
         .await?;
     if any_late {
         let ids: Vec<&str> = events.iter().map(|r| r.event.event_id.as_str()).collect();
-        late = sqlx::query_scalar(events::LATE_QUARANTINED)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+        late = ids_matching(tx, events::LATE_QUARANTINED, &ids).await?;
     }
     let copy = events::encode_events(events, &late);
     sqlx::query("SAVEPOINT copy_direct")

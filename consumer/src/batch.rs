@@ -54,17 +54,37 @@ impl MessageBuffer {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    pub event: Event,
-    pub late: bool,
+/// Where a row came from: its file version and line, and its place in the log. Travels with
+/// every stored or quarantined row, so each lands with its lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
     /// Shared by the rows of one file in a batch: two allocations a row fewer.
     pub file: Arc<str>,
     pub file_id: Arc<str>,
     pub line: i64,
-    pub landed_ms: i64,
     pub partition: i32,
     pub offset: i64,
+}
+
+impl Source {
+    fn of(row: &RowRef, message: &Incoming, sources: &mut SourceNames) -> Source {
+        let (file, file_id) = sources.of(row);
+        Source {
+            file,
+            file_id,
+            line: row.line as i64,
+            partition: message.partition,
+            offset: message.offset,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub event: Event,
+    pub late: bool,
+    pub source: Source,
+    pub landed_ms: i64,
 }
 
 impl EventRow {
@@ -89,9 +109,7 @@ impl EventRow {
 
 #[derive(Debug, Clone)]
 pub struct RejectRow {
-    pub file: String,
-    pub file_id: String,
-    pub line: i64,
+    pub source: Source,
     pub code: RejectCode,
     pub field: Option<&'static str>,
     pub reason: String,
@@ -99,14 +117,12 @@ pub struct RejectRow {
     pub raw: Vec<u8>,
     /// The message's key, kept for messages that are not pipeline rows.
     pub kafka_key: Option<Vec<u8>>,
-    pub partition: i32,
-    pub offset: i64,
 }
 
 impl RejectRow {
     /// The file version whose ledger counts this row; none for a message that is not a row.
     pub fn ledger_file_id(&self) -> Option<&str> {
-        (self.code != RejectCode::Undecodable).then_some(self.file_id.as_str())
+        (self.code != RejectCode::Undecodable).then_some(&*self.source.file_id)
     }
 }
 
@@ -362,16 +378,11 @@ fn event_row(
     message: &Incoming,
     sources: &mut SourceNames,
 ) -> EventRow {
-    let (file, file_id) = sources.of(row);
     EventRow {
         event,
         late,
-        file,
-        file_id,
-        line: row.line as i64,
+        source: Source::of(row, message, sources),
         landed_ms: row.landed_ms,
-        partition: message.partition,
-        offset: message.offset,
     }
 }
 
@@ -462,17 +473,19 @@ fn reject_row(row: &RowRef, message: &Incoming, rejection: Rejection) -> RejectR
         .value(Column::EventId)
         .and_then(|id| parse_event_id(id.trim()).ok());
     RejectRow {
-        file: row.file.to_owned(),
-        file_id: row.file_id.to_owned(),
-        line: row.line as i64,
+        source: Source {
+            file: row.file.into(),
+            file_id: row.file_id.into(),
+            line: row.line as i64,
+            partition: message.partition,
+            offset: message.offset,
+        },
         code: rejection.code,
         field: rejection.field.map(Column::name),
         reason: rejection.reason,
         event_id,
         raw,
         kafka_key: None,
-        partition: message.partition,
-        offset: message.offset,
     }
 }
 
@@ -484,21 +497,24 @@ fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
     let payload = message.payload.as_deref().unwrap_or_default();
     let content = [&(key.len() as u64).to_be_bytes()[..], key, payload].concat();
     RejectRow {
-        file: format!("kafka:{topic}"),
-        file_id: format!(
-            "partition-{}:{}",
-            message.partition,
-            crate::storable::short_hash(&content, 16)
-        ),
-        line: message.offset,
+        source: Source {
+            file: format!("kafka:{topic}").into(),
+            file_id: format!(
+                "partition-{}:{}",
+                message.partition,
+                crate::storable::short_hash(&content, 16)
+            )
+            .into(),
+            line: message.offset,
+            partition: message.partition,
+            offset: message.offset,
+        },
         code: RejectCode::Undecodable,
         field: None,
         reason,
         event_id: None,
         raw: payload.to_vec(),
         kafka_key: message.key.as_deref().map(<[u8]>::to_vec),
-        partition: message.partition,
-        offset: message.offset,
     }
 }
 
@@ -611,7 +627,7 @@ mod tests {
         assert_eq!(
             (
                 batch.duplicates[0].event.event.event_id.as_str(),
-                batch.duplicates[0].event.offset
+                batch.duplicates[0].event.source.offset
             ),
             ("a", 1)
         );
@@ -788,9 +804,9 @@ mod tests {
         assert_eq!(batch.rejects.len(), messages.len());
         for (reject, message) in batch.rejects.iter().zip(&messages) {
             assert_eq!(reject.code, RejectCode::Undecodable);
-            assert_eq!(reject.file, "kafka:t");
-            assert_eq!(reject.line, message.offset);
-            assert!(reject.file_id.starts_with("partition-2:"));
+            assert_eq!(&*reject.source.file, "kafka:t");
+            assert_eq!(reject.source.line, message.offset);
+            assert!(reject.source.file_id.starts_with("partition-2:"));
         }
         assert!(
             batch.rejects[3].reason.contains("version 7"),
@@ -829,7 +845,7 @@ mod tests {
         let reject = &batch.rejects[0];
         assert_eq!(reject.code, RejectCode::Undecodable);
         assert_eq!(
-            (reject.file.as_str(), reject.event_id.as_deref()),
+            (&*reject.source.file, reject.event_id.as_deref()),
             ("kafka:t", None)
         );
         assert!(reject.reason.contains("`late`"), "{}", reject.reason);

@@ -1,7 +1,7 @@
 //! The Postgres writer alone, against the real PostgreSQL: which path a batch takes, and that every
 //! path writes each event once and nothing else.
 
-use consumer::batch::{Checkpoint, EventRow, WriteBatch};
+use consumer::batch::{Checkpoint, EventRow, Source, WriteBatch};
 use consumer::sink::{Sink, WritePath};
 use event_model::{Event, EventType};
 use it_tests::World;
@@ -17,12 +17,14 @@ fn row(id: &str, product_id: i32, line: i64) -> EventRow {
             event_time: "2026-11-25T12:00:00.123456Z".parse().unwrap(),
         },
         late: false,
-        file: "a\tfile\\with\nodd name.csv".into(),
-        file_id: "id".into(),
-        line,
+        source: Source {
+            file: "a\tfile\\with\nodd name.csv".into(),
+            file_id: "id".into(),
+            line,
+            partition: 0,
+            offset: line,
+        },
         landed_ms: 1_764_072_000_000,
-        partition: 0,
-        offset: line,
     }
 }
 

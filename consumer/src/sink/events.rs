@@ -117,12 +117,12 @@ fn encode_event(out: &mut Vec<u8>, row: &EventRow) {
     push_numeric_cents(out, event.price_cents);
     push_field(out, &postgres_micros(event.event_time.timestamp_micros()));
     push_field(out, &[u8::from(row.late)]);
-    push_field(out, storable::text(&row.file).as_bytes());
-    push_field(out, &row.line.to_be_bytes());
+    push_field(out, storable::text(&row.source.file).as_bytes());
+    push_field(out, &row.source.line.to_be_bytes());
     push_field(out, &postgres_micros(row.landed_ms.saturating_mul(1000)));
-    push_field(out, storable::key(&row.file_id).as_bytes());
-    push_field(out, &row.partition.to_be_bytes());
-    push_field(out, &row.offset.to_be_bytes());
+    push_field(out, storable::key(&row.source.file_id).as_bytes());
+    push_field(out, &row.source.partition.to_be_bytes());
+    push_field(out, &row.source.offset.to_be_bytes());
 }
 
 fn postgres_micros(unix_micros: i64) -> [u8; 8] {
@@ -205,12 +205,14 @@ mod tests {
                 event_time: chrono::Utc::now(),
             },
             late: false,
-            file: "f.csv".into(),
-            file_id: "id".into(),
-            line: 2,
+            source: crate::batch::Source {
+                file: "f.csv".into(),
+                file_id: "id".into(),
+                line: 2,
+                partition: 0,
+                offset: 0,
+            },
             landed_ms: 0,
-            partition: 0,
-            offset: 0,
         };
         let mut out = Vec::new();
         encode_event(&mut out, &row);

@@ -126,12 +126,17 @@ async fn record_duplicates(
         candidates.iter().map(|c| f(&c.event)).collect::<Vec<_>>()
     };
     let recorded: Vec<(String, String, bool)> = sqlx::query_as(RECORD_DUPLICATES)
-        .bind(text(|c| &c.file_id))
-        .bind(number(|c| c.line))
-        .bind(text(|c| &c.file))
+        .bind(text(|c| &c.source.file_id))
+        .bind(number(|c| c.source.line))
+        .bind(text(|c| &c.source.file))
         .bind(text(|c| &c.event.event_id))
-        .bind(candidates.iter().map(|c| c.partition).collect::<Vec<_>>())
-        .bind(number(|c| c.offset))
+        .bind(
+            candidates
+                .iter()
+                .map(|c| c.source.partition)
+                .collect::<Vec<_>>(),
+        )
+        .bind(number(|c| c.source.offset))
         .bind(event(|e| e.user_id))
         .bind(text(|c| c.event.event_type.as_str()))
         .bind(event(|e| e.product_id))

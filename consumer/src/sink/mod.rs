@@ -18,7 +18,7 @@ mod rejects;
 
 pub use fault::{fault_of, refused_by_database, Fault};
 
-use crate::batch::{Checkpoint, EventRow, RejectRow, WriteBatch};
+use crate::batch::{Checkpoint, EventRow, RejectRow, Source, WriteBatch};
 use crate::log_check::LogEventKind;
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
@@ -393,7 +393,7 @@ impl Sink {
                 .await?;
                 // Counted as the row it stands for, whatever went in for it.
                 if let (Some(file_id), false) = (row.ledger_file_id(), taken.is_empty()) {
-                    delta.rejected(file_id, &row.file, only_if_not_an_event);
+                    delta.rejected(file_id, &row.source.file, only_if_not_an_event);
                 }
                 outcome.count_reject_codes(&taken, only_if_not_an_event);
             }
@@ -430,7 +430,7 @@ async fn insert_one_by_one(
                 inserted += rows.len() as u64;
             }
             Err(error) => {
-                tracing::warn!(event_id = %row.event.event_id, file = %row.file, line = row.line, %error, "row quarantined: the database refused it");
+                tracing::warn!(event_id = %row.event.event_id, file = %row.source.file, line = row.source.line, %error, "row quarantined: the database refused it");
                 data_refused |= fault_of(&error) == Fault::Data;
                 refused.push(refused_row(row, &error));
                 refusals_beyond_data.get_or_insert(error);
@@ -449,17 +449,13 @@ async fn insert_one_by_one(
 /// The event the database refused, as a `database` reject with the database's words.
 fn refused_row(row: &EventRow, error: &sqlx::Error) -> RejectRow {
     RejectRow {
-        file: row.file.to_string(),
-        file_id: row.file_id.to_string(),
-        line: row.line,
+        source: row.source.clone(),
         code: RejectCode::Database,
         field: None,
         reason: format!("the database refused the row: {error}"),
         event_id: Some(row.event.event_id.clone()),
         raw: row.canonical_csv(),
         kafka_key: None,
-        partition: row.partition,
-        offset: row.offset,
     }
 }
 
@@ -584,12 +580,14 @@ async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Err
             event_time: Utc::now(),
         },
         late: false,
-        file: Arc::from("pipeline-canary"),
-        file_id: Arc::from("pipeline-canary"),
-        line: 1,
+        source: Source {
+            file: Arc::from("pipeline-canary"),
+            file_id: Arc::from("pipeline-canary"),
+            line: 1,
+            partition: 0,
+            offset: 0,
+        },
         landed_ms: Utc::now().timestamp_millis(),
-        partition: 0,
-        offset: 0,
     };
     sqlx::query("SAVEPOINT canary").execute(&mut *tx).await?;
     let accepted = insert_through_staging(tx, std::slice::from_ref(&canary))
@@ -625,11 +623,17 @@ async fn count_copied(
         .collect();
     // Rows of one file follow each other and share its name: counted per run.
     let same_file = |a: &&EventRow, b: &&EventRow| {
-        Arc::ptr_eq(&a.file_id, &b.file_id) && Arc::ptr_eq(&a.file, &b.file)
+        Arc::ptr_eq(&a.source.file_id, &b.source.file_id)
+            && Arc::ptr_eq(&a.source.file, &b.source.file)
     };
     for run in rows.chunk_by(same_file) {
         let late = run.iter().filter(|row| row.late).count();
-        delta.inserted_rows(&run[0].file_id, &run[0].file, run.len() as i64, late as i64);
+        delta.inserted_rows(
+            &run[0].source.file_id,
+            &run[0].source.file,
+            run.len() as i64,
+            late as i64,
+        );
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
     ledger::resolve_rejects(tx, &ids).await?;

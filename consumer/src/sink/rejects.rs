@@ -2,7 +2,7 @@
 //! database refuses even there. Every text is made storable at this one door to the table.
 
 use super::{savepoint, settle_savepoint};
-use crate::batch::RejectRow;
+use crate::batch::{RejectRow, Source};
 use crate::storable;
 use event_model::RejectCode;
 use sqlx::PgConnection;
@@ -43,7 +43,7 @@ pub async fn insert_reject_or_its_stand_in(
         Ok(codes) => return Ok(codes),
         Err(error) => error,
     };
-    tracing::error!(file = %row.file, line = row.line, partition = row.partition, offset = row.offset, %error, "the database refused a quarantine row; recording a stand-in");
+    tracing::error!(file = %row.source.file, line = row.source.line, partition = row.source.partition, offset = row.source.offset, %error, "the database refused a quarantine row; recording a stand-in");
     // Keyed by what the row is, not where it was read: a row of a file by a hash of its file
     // version and its line (every redelivery is the same stand-in, counted once), a foreign
     // message by its Kafka identity, which already holds a hash of its content.
@@ -53,14 +53,20 @@ pub async fn insert_reject_or_its_stand_in(
                 "unstorable:{}",
                 storable::short_hash(file_id.as_bytes(), 16)
             ),
-            row.line,
+            row.source.line,
         ),
-        None => (format!("{}:unstorable", row.file_id), row.line),
+        None => (
+            format!("{}:unstorable", row.source.file_id),
+            row.source.line,
+        ),
     };
     let stand_in = RejectRow {
-        file: format!("kafka:{topic}"),
-        file_id,
-        line,
+        source: Source {
+            file: format!("kafka:{topic}").into(),
+            file_id: file_id.into(),
+            line,
+            ..row.source.clone()
+        },
         code: RejectCode::Database,
         field: None,
         // Nothing the row carried goes into the text again: it may be what was refused.
@@ -71,8 +77,6 @@ pub async fn insert_reject_or_its_stand_in(
         event_id: None,
         raw: row.raw.clone(),
         kafka_key: row.kafka_key.clone(),
-        partition: row.partition,
-        offset: row.offset,
     };
     insert_rejects(tx, topic, std::slice::from_ref(&stand_in), false).await
 }
@@ -90,9 +94,11 @@ pub async fn insert_rejects(
     // bounded. The bytes as they were stay in `raw` and `kafka_key`.
     let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     sqlx::query_as(INSERT_REJECTS)
-        .bind(column(|r| Some(storable::key(&r.file).into_owned())))
-        .bind(column(|r| Some(storable::key(&r.file_id).into_owned())))
-        .bind(rows.iter().map(|r| r.line).collect::<Vec<_>>())
+        .bind(column(|r| Some(storable::key(&r.source.file).into_owned())))
+        .bind(column(|r| {
+            Some(storable::key(&r.source.file_id).into_owned())
+        }))
+        .bind(rows.iter().map(|r| r.source.line).collect::<Vec<_>>())
         .bind(column(|r| Some(r.code.as_str().to_owned())))
         .bind(column(|r| r.field.map(str::to_owned)))
         .bind(column(|r| Some(storable::text(&r.reason).into_owned())))
@@ -103,8 +109,8 @@ pub async fn insert_rejects(
         }))
         .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
         .bind(storable::text(topic))
-        .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.source.partition).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.source.offset).collect::<Vec<_>>())
         .bind(only_if_not_an_event)
         .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
         .fetch_all(tx)

@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use consumer::batch::{Checkpoint, EventRow, WriteBatch};
+use consumer::batch::{Checkpoint, EventRow, Source, WriteBatch};
 use consumer::sink::Sink;
 use event_model::{validate, RowReader};
 use it_tests::World;
@@ -749,12 +749,14 @@ async fn sink_alone(input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
             rows.push(EventRow {
                 event,
                 late: false,
-                file: keyed.row.file.into(),
-                file_id: keyed.row.file_id.into(),
-                line: keyed.row.line as i64,
+                source: Source {
+                    file: keyed.row.file.into(),
+                    file_id: keyed.row.file_id.into(),
+                    line: keyed.row.line as i64,
+                    partition: 0,
+                    offset: 0,
+                },
                 landed_ms: 0,
-                partition: 0,
-                offset: 0,
             });
         }
     }

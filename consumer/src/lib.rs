@@ -69,6 +69,26 @@ struct GroupConsumer<'a> {
     committed: BTreeMap<i32, i64>,
 }
 
+fn log_start(config: &Config) {
+    tracing::info!(
+        database = %redact_url(&config.database_url),
+        brokers = %config.kafka.brokers,
+        topic = %config.kafka.topic,
+        group = %config.group,
+        late_policy = ?config.late_policy,
+        mode = ?config.mode(),
+        "consumer starting"
+    );
+}
+
+fn rules_of(config: &Config) -> Rules {
+    Rules {
+        lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
+        late_policy: config.late_policy,
+        max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
+    }
+}
+
 impl<'a> GroupConsumer<'a> {
     /// Health, the database and its migrations, then the group: set-up in the order it must
     /// happen. `None` when the mode ends here (the dashboard, the migrations) or shutdown came.
@@ -76,15 +96,7 @@ impl<'a> GroupConsumer<'a> {
         config: &'a Config,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Option<GroupConsumer<'a>>> {
-        tracing::info!(
-            database = %redact_url(&config.database_url),
-            brokers = %config.kafka.brokers,
-            topic = %config.kafka.topic,
-            group = %config.group,
-            late_policy = ?config.late_policy,
-            mode = ?config.mode(),
-            "consumer starting"
-        );
+        log_start(config);
         let application_name = format!(
             "{}@{}",
             config.component_name(),
@@ -118,11 +130,7 @@ impl<'a> GroupConsumer<'a> {
             metrics,
             sink,
             probe: Arc::new(probe),
-            rules: Rules {
-                lateness: TimeDelta::from_std(config.allowed_lateness).unwrap_or(TimeDelta::MAX),
-                late_policy: config.late_policy,
-                max_future: TimeDelta::from_std(config.max_future).unwrap_or(TimeDelta::MAX),
-            },
+            rules: rules_of(config),
             states: HashMap::new(),
             partitions_held: 1,
             shutdown,
@@ -536,28 +544,49 @@ impl Writer<'_> {
                 .find(|m| m.partition == partition)
                 .map(|m| m.offset);
             if let Some(&ahead) = committed.get(&partition).filter(|&&c| c > start) {
-                tracing::error!(partition, committed = ahead, checkpoint = start, "Kafka's committed offset is ahead of PostgreSQL's checkpoint (a restored database?); reading again from the checkpoint");
-                self.metrics.log_event(partition, LogEventKind::Rewound);
-                if let Err(error) = self.sink.record_rewind(partition, ahead, start).await {
-                    tracing::warn!(partition, %error, "rewind not recorded");
-                }
+                self.record_rewind(partition, ahead, start).await;
             }
             if first_in_hand == Some(start) {
                 continue;
             }
-            // Without the seek, reading would go on from Kafka's position: never trust it.
-            let mut seek_backoff = SEEK_RETRY;
-            while let Err(error) =
-                consumer.seek(&topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
-            {
-                tracing::warn!(partition, start, %error, "could not move to the checkpoint yet; will retry");
-                if !seek_backoff.wait(&self.shutdown).await {
-                    return false;
-                }
+            if !self.seek(consumer, partition, start).await {
+                return false;
             }
             moved.push(partition);
         }
         in_hand.retain(|m| !moved.contains(&m.partition));
+        true
+    }
+
+    async fn record_rewind(&mut self, partition: i32, committed: i64, checkpoint: i64) {
+        tracing::error!(partition, committed, checkpoint, "Kafka's committed offset is ahead of PostgreSQL's checkpoint (a restored database?); reading again from the checkpoint");
+        self.metrics.log_event(partition, LogEventKind::Rewound);
+        if let Err(error) = self
+            .sink
+            .record_rewind(partition, committed, checkpoint)
+            .await
+        {
+            tracing::warn!(partition, %error, "rewind not recorded");
+        }
+    }
+
+    /// Without the seek, reading would go on from Kafka's position: never trust it. False when
+    /// shutdown came first.
+    async fn seek(
+        &self,
+        consumer: &StreamConsumer<RebalanceWatch>,
+        partition: i32,
+        start: i64,
+    ) -> bool {
+        let topic = &self.config.kafka.topic;
+        let mut backoff = SEEK_RETRY;
+        while let Err(error) = consumer.seek(topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
+        {
+            tracing::warn!(partition, start, %error, "could not move to the checkpoint yet; will retry");
+            if !backoff.wait(&self.shutdown).await {
+                return false;
+            }
+        }
         true
     }
 

@@ -233,11 +233,19 @@ impl ConsumerMetrics {
                 .inc_by(*rows);
         }
         self.batch_duration.observe(latency.as_secs_f64());
+        self.observe_freshness(batch);
+        self.set_watermarks(batch, lateness);
+    }
+
+    fn observe_freshness(&self, batch: &WriteBatch) {
         let now_ms = Utc::now().timestamp_millis();
         for row in &batch.events {
             self.freshness
                 .observe((now_ms - row.landed_ms).max(0) as f64 / 1000.0);
         }
+    }
+
+    fn set_watermarks(&self, batch: &WriteBatch, lateness: TimeDelta) {
         for checkpoint in &batch.checkpoints {
             if let Some(max) = checkpoint.max_event_time {
                 let watermark = max.checked_sub_signed(lateness).unwrap_or(max);

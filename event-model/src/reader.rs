@@ -417,18 +417,33 @@ impl<R: Read> RowReader<R> {
 
     fn defect(&self) -> Option<Defect> {
         if self.records.oversized {
-            return Some(Defect {
-                code: RejectCode::RowTooLarge,
-                reason: format!(
-                    "row has {} bytes of fields, the limit is {}; raw keeps the first {} bytes of field data",
-                    self.records.record_bytes,
-                    self.limits.max_row_bytes,
-                    self.records.kept_prefix().len()
-                ),
-                raw_hex: to_hex(self.records.kept_prefix()),
-            });
+            return Some(self.oversized_defect());
         }
-        let (code, reason) = if self.headerless {
+        let (code, reason) = self.shape_problem()?;
+        Some(Defect {
+            code,
+            reason,
+            raw_hex: to_hex(&self.record_as_csv()),
+        })
+    }
+
+    /// Only a prefix of an oversized record was kept: that prefix is its raw.
+    fn oversized_defect(&self) -> Defect {
+        Defect {
+            code: RejectCode::RowTooLarge,
+            reason: format!(
+                "row has {} bytes of fields, the limit is {}; raw keeps the first {} bytes of field data",
+                self.records.record_bytes,
+                self.limits.max_row_bytes,
+                self.records.kept_prefix().len()
+            ),
+            raw_hex: to_hex(self.records.kept_prefix()),
+        }
+    }
+
+    /// The first thing wrong with the record's shape or bytes, in the order the contract checks.
+    fn shape_problem(&self) -> Option<(RejectCode, String)> {
+        let problem = if self.headerless {
             (
                 RejectCode::MissingHeader,
                 format!(
@@ -470,11 +485,7 @@ impl<R: Read> RowReader<R> {
                 format!("field `{}`: invalid UTF-8", self.header[bad]),
             )
         };
-        Some(Defect {
-            code,
-            reason,
-            raw_hex: to_hex(&self.record_as_csv()),
-        })
+        Some(problem)
     }
 
     /// The current record written back as one CSV line (no line end): a rejected row's `raw`.

@@ -110,26 +110,53 @@ struct Bridge<'a> {
     files: Files<'a>,
 }
 
+/// Health and readiness answer from the start, while the broker is awaited.
+async fn serve_health(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<BridgeMetrics> {
+    let metrics = BridgeMetrics::new();
+    telemetry::serve_metrics(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        metrics.readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    Ok(metrics)
+}
+
+/// The producer's settings, once the topic exists; its metadata coming back is a working broker
+/// connection, so readiness says so at once.
+async fn connect_to_topic(
+    config: &Config,
+    metrics: &BridgeMetrics,
+) -> anyhow::Result<rdkafka::ClientConfig> {
+    let kafka = config
+        .kafka
+        .client_config("file-bridge", PRODUCER_DEFAULTS)?;
+    config.kafka.ensure_topic(&kafka).await?;
+    metrics.readiness.set(telemetry::Check::Broker, Ok(()));
+    Ok(kafka)
+}
+
+fn log_start(config: &Config) {
+    tracing::info!(
+        input = %config.input_dir.display(),
+        archive = %config.archive_dir.display(),
+        topic = %config.kafka.topic,
+        brokers = %config.kafka.brokers,
+        "bridge started"
+    );
+}
+
 impl<'a> Bridge<'a> {
     /// Folders, metrics and health, the topic, the producer and the folder watcher: set-up in
     /// the order it must happen, read top to bottom.
     async fn start(config: &'a Config, shutdown: CancellationToken) -> anyhow::Result<Bridge<'a>> {
         make_folders(config)?;
-        // Health and readiness answer from the start, while the broker is awaited.
-        let metrics = BridgeMetrics::new();
-        telemetry::serve_metrics(
-            config.metrics_addr,
-            metrics.registry.clone(),
-            metrics.readiness.clone(),
-            shutdown.clone(),
-        )
-        .await?;
-        let kafka = config
-            .kafka
-            .client_config("file-bridge", PRODUCER_DEFAULTS)?;
-        config.kafka.ensure_topic(&kafka).await?;
-        // The topic's metadata came back: a working broker connection, at once.
-        metrics.readiness.set(telemetry::Check::Broker, Ok(()));
+        let metrics = serve_health(config, &shutdown).await?;
+        let kafka = connect_to_topic(config, &metrics).await?;
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
             &kafka,
@@ -144,13 +171,7 @@ impl<'a> Bridge<'a> {
         // Events make us quick and tell us when a writer is done; the periodic rescan makes us
         // right even where events are not delivered.
         let watcher = watch_input(config, &wake_tx, &writers);
-        tracing::info!(
-            input = %config.input_dir.display(),
-            archive = %config.archive_dir.display(),
-            topic = %config.kafka.topic,
-            brokers = %config.kafka.brokers,
-            "bridge started"
-        );
+        log_start(config);
         Ok(Bridge {
             config,
             shutdown,

@@ -34,16 +34,18 @@ pub struct ChaosReport {
     /// Files of the ledger whose rows are not all accounted for (inserted, duplicate, rejected).
     pub unreconciled_files: u64,
     pub ledger_files: u64,
+    /// Live aggregates that differ from a full scan after the kills (`aggregates check`).
+    pub aggregate_differences: Vec<operator_tools::aggregates::Difference>,
 }
 
 impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: kills {} {:?}, hostile files {}, events in {} ({} distinct valid, {} invalid), rows out {}, rejected {}, lost {}, duplicated {}, ledger files {} ({} unreconciled)",
+            "seed {}: kills {} {:?}, hostile files {}, events in {} ({} distinct valid, {} invalid), rows out {}, rejected {}, lost {}, duplicated {}, ledger files {} ({} unreconciled), aggregates differing from a scan {:?}",
             self.seed, self.kills, self.victims, self.hostile_files, self.rows_in, self.valid_distinct, self.invalid_rows,
             self.rows_out, self.rejected_out, self.lost, self.duplicated, self.ledger_files,
-            self.unreconciled_files
+            self.unreconciled_files, self.aggregate_differences
         )
     }
 }
@@ -328,6 +330,8 @@ pub async fn run_chaos(
         valid.difference(&stored).count() as u64 + invalid.saturating_sub(report.rejected_out);
     report.duplicated =
         stored.difference(&valid).count() as u64 + report.rejected_out.saturating_sub(invalid);
+    let mut db = pool.acquire().await?;
+    report.aggregate_differences = operator_tools::aggregates::check(&mut db).await?.1;
     drop(running);
     Ok(report)
 }

@@ -379,6 +379,20 @@ impl World {
             .unwrap_or_else(|error| panic!("`{sql}` failed: {error}"))
     }
 
+    /// The live aggregates count every stored event and equal a full scan of the tables.
+    pub async fn assert_aggregates_exact(&self) {
+        let mut db = self.pool.acquire().await.expect("a connection");
+        let (coverage, differences) = operator_tools::aggregates::check(&mut db)
+            .await
+            .expect("aggregates check");
+        assert_eq!(
+            coverage,
+            operator_tools::aggregates::Coverage::Complete,
+            "a rebuild is under way"
+        );
+        assert!(differences.is_empty(), "{differences:#?}");
+    }
+
     pub async fn event_ids(&self) -> BTreeSet<String> {
         sqlx::query_scalar::<_, String>("SELECT event_id FROM ecommerce_events")
             .fetch_all(&self.pool)

@@ -25,6 +25,7 @@ async fn random_kills_of_every_component_lose_and_duplicate_nothing() {
     );
     assert!(report.rows_in > 1_000, "{report}");
     assert_eq!((report.lost, report.duplicated), (0, 0), "{report}");
+    assert!(report.aggregate_differences.is_empty(), "{report}");
     assert!(report.ledger_files > 0, "{report}");
     assert_eq!(
         report.unreconciled_files, 0,

@@ -1,6 +1,6 @@
 //! The live dashboard: one page that polls `/api/summary` every two seconds and draws the ingest
 //! rate, lag, rejected and late counts, revenue per minute and the funnel. Figures come from the
-//! analytics views (`migrations/0004_analytics.sql`) and this consumer's metrics.
+//! live aggregates (`migrations/0013_aggregates.sql`) and this consumer's metrics.
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -87,23 +87,51 @@ struct RecentFile {
     backfilled: bool,
 }
 
-/// Everything the page shows, in one JSON document: one query per tile, in page order.
+/// Everything the page shows, in one JSON document. Every figure but the recent files comes
+/// from the live aggregates, so a poll costs the same at any table size.
 pub async fn summary(
     pool: &PgPool,
     metrics: &Arc<dyn LiveFigures>,
     window: &RateWindow,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let (events, late_written): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE is_late) FROM ecommerce_events")
-            .fetch_one(pool)
-            .await?;
+    let (events, late_written): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(events), 0)::bigint, coalesce(sum(late), 0)::bigint FROM agg_totals",
+    )
+    .fetch_one(pool)
+    .await?;
     let rejected: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT reason_code, count(*), count(*) FILTER (WHERE resolved_at IS NOT NULL)
-         FROM ecommerce_events_rejected GROUP BY 1 ORDER BY 1",
+        "SELECT reason_code, sum(rows)::bigint, sum(resolved)::bigint
+         FROM agg_rejects GROUP BY 1 HAVING sum(rows) <> 0 ORDER BY 1",
     )
     .fetch_all(pool)
     .await?;
-    let files: Vec<RecentFile> = sqlx::query_as(
+    let late_quarantined = rejected
+        .iter()
+        .find(|(reason, ..)| reason == "late")
+        .map_or(0, |(_, rows, _)| *rows);
+    let (counted_up_to,): (Option<String>,) = sqlx::query_as("SELECT counted_up_to FROM agg_state")
+        .fetch_one(pool)
+        .await?;
+    Ok(json!({
+        "events_total": events,
+        "ingest_rate": window.observe(Instant::now(), events),
+        "late_total": late_written + late_quarantined,
+        "rejected_total": rejected.iter().map(|(_, rows, _)| rows).sum::<i64>(),
+        "rejected_by_reason": rejected.iter().map(|(r, n, resolved)| json!({"reason": r, "rows": n, "resolved": resolved})).collect::<Vec<_>>(),
+        "recent_files": recent_files(pool).await?,
+        "events_per_minute": last_half_hour::<i64>(pool, PER_MINUTE_EVENTS).await?,
+        "revenue_per_minute": last_half_hour::<f64>(pool, PER_MINUTE_REVENUE).await?,
+        "funnel": funnel(pool).await?,
+        // Figures are partial while `aggregates rebuild` counts events stored before them.
+        "aggregates_rebuilding": counted_up_to.is_some(),
+        // Known only where this process consumes (not with --dashboard-only).
+        "lag_total": metrics.lag_total(),
+        "inserted_by_this_consumer": metrics.rows_inserted(),
+    }))
+}
+
+async fn recent_files(pool: &PgPool) -> Result<Vec<RecentFile>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_conflicting, rows_rejected,
                 CASE WHEN reconciled_at IS NOT NULL THEN 'reconciled'
                      WHEN first_seen_at < now() - interval '15 minutes' THEN 'overdue'
@@ -112,20 +140,34 @@ pub async fn summary(
          FROM ingest_files ORDER BY first_seen_at DESC LIMIT 10",
     )
     .fetch_all(pool)
-    .await?;
-    let per_minute: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT to_char(minute AT TIME ZONE 'UTC', 'HH24:MI'), sum(events)::bigint
-         FROM events_per_minute WHERE minute > now() - interval '30 minutes'
-         GROUP BY minute ORDER BY minute",
-    )
-    .fetch_all(pool)
-    .await?;
-    let revenue: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT to_char(minute AT TIME ZONE 'UTC', 'HH24:MI'), revenue::float8
-         FROM revenue_per_minute WHERE minute > now() - interval '30 minutes' ORDER BY minute",
-    )
-    .fetch_all(pool)
-    .await?;
+    .await
+}
+
+const PER_MINUTE_EVENTS: &str =
+    "SELECT to_char(minute AT TIME ZONE 'UTC', 'HH24:MI'), sum(events)::bigint
+     FROM agg_events_per_minute WHERE minute > now() - interval '30 minutes'
+     GROUP BY minute HAVING sum(events) <> 0 ORDER BY minute";
+
+const PER_MINUTE_REVENUE: &str =
+    "SELECT to_char(minute AT TIME ZONE 'UTC', 'HH24:MI'), sum(price_sum)::float8
+     FROM agg_events_per_minute
+     WHERE minute > now() - interval '30 minutes' AND event_type = 'purchase'
+     GROUP BY minute HAVING sum(events) <> 0 ORDER BY minute";
+
+/// A per-minute series of the last 30 minutes, as the page draws it.
+async fn last_half_hour<T>(pool: &PgPool, sql: &str) -> Result<Vec<serde_json::Value>, sqlx::Error>
+where
+    T: serde::Serialize + Send + Unpin,
+    (String, T): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let points: Vec<(String, T)> = sqlx::query_as(sql).fetch_all(pool).await?;
+    Ok(points
+        .into_iter()
+        .map(|(minute, value)| json!({"minute": minute, "value": value}))
+        .collect())
+}
+
+async fn funnel(pool: &PgPool) -> Result<serde_json::Value, sqlx::Error> {
     let (viewers, carters, buyers, view_to_cart, cart_to_purchase): (
         i64,
         i64,
@@ -138,30 +180,12 @@ pub async fn summary(
     )
     .fetch_one(pool)
     .await?;
-    let late_quarantined = rejected
-        .iter()
-        .find(|(reason, ..)| reason == "late")
-        .map_or(0, |(_, rows, _)| *rows);
-    let ingest_rate = window.observe(Instant::now(), events);
     Ok(json!({
-        "events_total": events,
-        "ingest_rate": ingest_rate,
-        "late_total": late_written + late_quarantined,
-        "rejected_total": rejected.iter().map(|(_, rows, _)| rows).sum::<i64>(),
-        "rejected_by_reason": rejected.iter().map(|(r, n, resolved)| json!({"reason": r, "rows": n, "resolved": resolved})).collect::<Vec<_>>(),
-        "recent_files": files,
-        "events_per_minute": per_minute.iter().map(|(m, n)| json!({"minute": m, "value": n})).collect::<Vec<_>>(),
-        "revenue_per_minute": revenue.iter().map(|(m, v)| json!({"minute": m, "value": v})).collect::<Vec<_>>(),
-        "funnel": {
-            "viewers": viewers,
-            "carters": carters,
-            "buyers": buyers,
-            "view_to_cart_rate": view_to_cart,
-            "cart_to_purchase_rate": cart_to_purchase,
-        },
-        // Known only where this process consumes (not with --dashboard-only).
-        "lag_total": metrics.lag_total(),
-        "inserted_by_this_consumer": metrics.rows_inserted(),
+        "viewers": viewers,
+        "carters": carters,
+        "buyers": buyers,
+        "view_to_cart_rate": view_to_cart,
+        "cart_to_purchase_rate": cart_to_purchase,
     }))
 }
 

@@ -3,6 +3,7 @@
 //! commands. They read what the consumer writes to PostgreSQL; the dashboard also shows the
 //! figures of the consumer serving it.
 
+pub mod aggregates;
 pub mod dashboard;
 
 /// The pipeline's database, as every operator command is told it.

@@ -38,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("{report}");
     anyhow::ensure!(
-        report.lost == 0 && report.duplicated == 0 && report.unreconciled_files == 0,
+        report.lost == 0
+            && report.duplicated == 0
+            && report.unreconciled_files == 0
+            && report.aggregate_differences.is_empty(),
         "the invariant does not hold"
     );
     Ok(())

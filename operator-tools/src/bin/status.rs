@@ -154,8 +154,11 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     let offsets =
         tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &topic, &group, &options))
             .await?;
+    // From the live aggregates: the same cost at any table size.
     let (today, total): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE ingested_at >= date_trunc('day', now())), count(*) FROM ecommerce_events",
+        "SELECT coalesce(sum(events) FILTER (WHERE ingested_day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint,
+                coalesce(sum(events), 0)::bigint
+         FROM agg_totals",
     )
     .fetch_one(&mut db)
     .await
@@ -197,15 +200,15 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
 /// The quarantine: rows by reason, and per reason how many are unresolved and resolved.
 async fn quarantine(db: &mut sqlx::PgConnection) -> (Vec<(String, i64)>, Vec<(String, i64, i64)>) {
     let rejected = sqlx::query_as(
-        "SELECT reason_code, sum(rows)::bigint FROM rejected_by_reason GROUP BY 1 ORDER BY 2 DESC",
+        "SELECT reason_code, sum(rows)::bigint FROM agg_rejects
+         GROUP BY 1 HAVING sum(rows) <> 0 ORDER BY 2 DESC",
     )
     .fetch_all(&mut *db)
     .await
     .unwrap_or_default();
     let resolution = sqlx::query_as(
-        "SELECT reason_code, count(*) FILTER (WHERE resolved_at IS NULL),
-                count(*) FILTER (WHERE resolved_at IS NOT NULL)
-         FROM ecommerce_events_rejected GROUP BY 1 ORDER BY 1",
+        "SELECT reason_code, sum(rows - resolved)::bigint, sum(resolved)::bigint
+         FROM agg_rejects GROUP BY 1 HAVING sum(rows) <> 0 ORDER BY 1",
     )
     .fetch_all(db)
     .await

@@ -13,7 +13,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins \
     && mkdir -p /out \
     && cp target/release/generator target/release/file-bridge target/release/consumer \
-          target/release/status target/release/explain target/release/quarantine /out/
+          target/release/status target/release/explain target/release/quarantine \
+          target/release/aggregates /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -10,8 +10,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
-BINARIES = ["generator", "file-bridge", "consumer", "status", "explain", "quarantine", "chaos", "bench"]
-SUBCOMMANDS = {"quarantine": ["export"]}
+BINARIES = ["generator", "file-bridge", "consumer", "status", "explain", "quarantine", "aggregates", "chaos", "bench"]
+SUBCOMMANDS = {"quarantine": ["export"], "aggregates": ["check", "rebuild"]}
 # Cargo's and the scripts' own, cited beside ours.
 FOREIGN_FLAGS = {"--features", "--locked", "--release", "--bins", "--all-targets", "--build", "--scale", "--profile"}
 SOURCE_DIRS = ["consumer", "file-bridge", "generator", "event-model", "it-tests", "operator-tools",
@@ -27,6 +27,10 @@ def test_names():
     names = set()
     for path in rust_sources():
         names.update(re.findall(r"\bfn ([a-z0-9_]+)\s*\(", path.read_text(errors="replace")))
+    # Tables, views, functions and triggers the migrations create are cited by name too.
+    for path in (ROOT / "migrations").glob("*.sql"):
+        names.update(re.findall(r"CREATE (?:OR REPLACE )?(?:TABLE|VIEW|FUNCTION|INDEX|TRIGGER) (?:IF NOT EXISTS )?([a-z0-9_]+)",
+                                path.read_text(errors="replace")))
     return names
 
 
@@ -67,7 +71,7 @@ def main():
                     word = word.strip(",;:()")
                     if re.fullmatch(r"[a-z0-9_]+(_[a-z0-9]+){4,}", word) and not word.startswith("pipeline_"):
                         if word not in tests:
-                            stale.append(f"{where}: test or function `{word}` not found")
+                            stale.append(f"{where}: test, function or table `{word}` not found")
                     elif re.fullmatch(r"pipeline_[a-z_]+", word):
                         if word not in metrics:
                             stale.append(f"{where}: metric `{word}` not registered")

@@ -40,6 +40,10 @@ struct Args {
         default_value = "3,24,96"
     )]
     partition_counts: Vec<u32>,
+    /// Events stored before the live-aggregates stage measures the dashboard and the cost of
+    /// the aggregates on ingestion (0 skips that stage).
+    #[arg(long, env = "BENCH_STORED_EVENTS", default_value_t = 10_000_000)]
+    stored_events: usize,
     /// Where the figures go as JSON.
     #[arg(long, env = "BENCH_JSON", default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -365,6 +369,59 @@ async fn main() -> anyhow::Result<()> {
         "target < 256",
     );
 
+    if args.stored_events > 0 {
+        let measured = aggregates_stage(&world, args.stored_events, events + files).await?;
+        figures.add(
+            "aggregates_rebuild_rows_per_s",
+            &format!(
+                "aggregates rebuild over {} stored events",
+                args.stored_events
+            ),
+            measured.rebuild_rate,
+            "rows/s",
+            "",
+        );
+        figures.add(
+            "dashboard_summary_p50_ms",
+            "/api/summary over them: p50",
+            measured.summary_p50_ms,
+            "ms",
+            "",
+        );
+        figures.add(
+            "dashboard_summary_max_ms",
+            "/api/summary over them: max of 50",
+            measured.summary_max_ms,
+            "ms",
+            "target 50",
+        );
+        figures.add(
+            "aggregates_check_seconds",
+            "aggregates check (a full scan, for comparison)",
+            measured.check_seconds,
+            "s",
+            "",
+        );
+        figures.add(
+            "ingest_without_aggregates_rows_per_s",
+            "consumer onto them, aggregate triggers disabled",
+            measured.rate_without,
+            "rows/s",
+            "",
+        );
+        figures.add(
+            "ingest_with_aggregates_rows_per_s",
+            "consumer onto them, aggregates moved",
+            measured.rate_with,
+            "rows/s",
+            &format!(
+                "{}; target 95%; {:+.2} CPU-µs per row in PostgreSQL",
+                ratio(measured.rate_with, measured.rate_without),
+                measured.database_cpu_us_per_row_added
+            ),
+        );
+    }
+
     if args.backlog_events > 0 {
         let (rate, rss) = backlog(args.backlog_events, args.events_per_file).await?;
         figures.add(
@@ -471,6 +528,181 @@ async fn partition_stage(
     let drained = drain(&world, events, LONG).await;
     world.pool.close().await;
     Ok((drained.rows_per_second, drained.peak_rss_kib))
+}
+
+struct AggregatesFigures {
+    rebuild_rate: f64,
+    summary_p50_ms: f64,
+    summary_max_ms: f64,
+    check_seconds: f64,
+    rate_without: f64,
+    rate_with: f64,
+    database_cpu_us_per_row_added: f64,
+}
+
+/// The live aggregates at scale: `stored` events already in the table (counted by a timed
+/// rebuild), the dashboard's summary polled over them, then `world`'s pre-filled topic drained on
+/// top by a new group twice, first with the aggregate triggers disabled, then with them.
+async fn aggregates_stage(
+    world: &World,
+    stored: usize,
+    messages: usize,
+) -> anyhow::Result<AggregatesFigures> {
+    println!("storing {stored} events for the aggregates stage...");
+    let mut stage = World::new("bench_aggregates").await;
+    stage.topic = world.topic.clone();
+    let mut sink = Sink::new(&stage.database_url, "bench", "bench");
+    sink.migrate().await?;
+    seed_events(&stage, stored).await?;
+    let started = Instant::now();
+    let (status, log) = stage
+        .spawn(
+            "aggregates",
+            &["--database-url", &stage.database_url, "rebuild", "--resume"],
+        )
+        .wait_with_log(Duration::from_secs(3600));
+    anyhow::ensure!(status.success(), "aggregates rebuild failed: {log}");
+    let rebuild_rate = rate(stored, started.elapsed());
+    let (summary_p50_ms, summary_max_ms) = poll_summary(&stage).await?;
+    let started = Instant::now();
+    let (status, log) = stage
+        .spawn(
+            "aggregates",
+            &["--database-url", &stage.database_url, "check"],
+        )
+        .wait_with_log(Duration::from_secs(3600));
+    anyhow::ensure!(
+        status.success(),
+        "aggregates check found differences: {log}"
+    );
+    let check_seconds = started.elapsed().as_secs_f64();
+
+    let mut drain_on_top = async |triggers: &str| -> anyhow::Result<(f64, f64)> {
+        for table in ["ecommerce_events", "ecommerce_events_rejected"] {
+            let prefix = if table == "ecommerce_events" {
+                "agg_events"
+            } else {
+                "agg_rejects"
+            };
+            sqlx::query(&format!(
+                "ALTER TABLE {table} {triggers} TRIGGER {prefix}_inserted"
+            ))
+            .execute(&stage.pool)
+            .await?;
+        }
+        stage.group = it_tests::unique("bench_aggregates");
+        let database_cpu = postgres_cpu_seconds();
+        let consumer = stage.consumer(&[]);
+        let done = format!(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints
+             WHERE consumer_group = '{}'",
+            stage.group
+        );
+        stage.wait_for_at_least(&done, 1, LONG).await;
+        let (started, first) = (Instant::now(), stage.count(&done).await);
+        stage.wait_for_count(&done, messages as i64, LONG).await;
+        let rate = rate(messages - first as usize, started.elapsed());
+        // Before the consumer's sessions end and take their CPU time with them.
+        let database_cpu = postgres_cpu_seconds() - database_cpu;
+        drop(consumer);
+        // The rows just written go again, so the next run writes the same rows onto a table of
+        // the same size. (Uncounted: the aggregates are not looked at after this stage.)
+        for statement in [
+            "ALTER TABLE ecommerce_events DISABLE TRIGGER agg_events_deleted",
+            "DELETE FROM ecommerce_events WHERE source_file <> 'stored'",
+            "ALTER TABLE ecommerce_events ENABLE TRIGGER agg_events_deleted",
+            "VACUUM ANALYZE ecommerce_events",
+        ] {
+            sqlx::query(statement).execute(&stage.pool).await?;
+        }
+        Ok((rate, database_cpu))
+    };
+    let (rate_without, cpu_without) = drain_on_top("DISABLE").await?;
+    let (rate_with, cpu_with) = drain_on_top("ENABLE").await?;
+    let rows = messages as f64;
+    stage.pool.close().await;
+    Ok(AggregatesFigures {
+        rebuild_rate,
+        summary_p50_ms,
+        summary_max_ms,
+        check_seconds,
+        rate_without,
+        rate_with,
+        database_cpu_us_per_row_added: (cpu_with - cpu_without) * 1e6 / rows,
+    })
+}
+
+/// `stored` events written straight into the table, uncounted (the state migration 0013 leaves on
+/// a table with rows): users, products and 30 days of event times like the generator's.
+async fn seed_events(world: &World, stored: usize) -> anyhow::Result<()> {
+    sqlx::query("ALTER TABLE ecommerce_events DISABLE TRIGGER agg_events_inserted")
+        .execute(&world.pool)
+        .await?;
+    let chunk = 1_000_000;
+    for start in (0..stored).step_by(chunk) {
+        let end = (start + chunk).min(stored);
+        sqlx::query(
+            "INSERT INTO ecommerce_events
+                 (event_id, user_id, event_type, product_id, price, event_time, is_late,
+                  source_file, source_line, landed_at)
+             SELECT md5(g::text), 1 + (g * 7919) % 20000,
+                    (ARRAY['view', 'view', 'view', 'add_to_cart', 'remove_from_cart', 'purchase'])[1 + g % 6],
+                    1000 + (g * 31) % 200, ((g * 13) % 20000) / 100.0 + 0.99,
+                    now() - (g % 2592000) * interval '1 second', false, 'stored', g, now()
+             FROM generate_series($1::int8, $2::int8) g",
+        )
+        .bind(start as i64 + 1)
+        .bind(end as i64)
+        .execute(&world.pool)
+        .await?;
+    }
+    for statement in [
+        "ALTER TABLE ecommerce_events ENABLE TRIGGER agg_events_inserted",
+        "UPDATE agg_state SET counted_up_to = ''",
+        "VACUUM ANALYZE ecommerce_events",
+    ] {
+        sqlx::query(statement).execute(&world.pool).await?;
+    }
+    Ok(())
+}
+
+/// The dashboard's summary, asked 50 times of a `--dashboard-only` consumer: p50 and max in ms.
+async fn poll_summary(world: &World) -> anyhow::Result<(f64, f64)> {
+    let address = format!("127.0.0.1:{}", it_tests::services::free_port());
+    let _dashboard = world.consumer(&["--dashboard-only", "--dashboard-addr", &address]);
+    let url = format!("http://{address}/api/summary");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(
+        telemetry::http_get(&url, Duration::from_secs(5)).await,
+        Ok((200, _))
+    ) {
+        anyhow::ensure!(Instant::now() < deadline, "the dashboard never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let (status, _) = telemetry::http_get(&url, Duration::from_secs(30)).await?;
+        anyhow::ensure!(status == 200, "/api/summary answered {status}");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() - 1]))
+}
+
+/// CPU seconds of every PostgreSQL process on the host (the bench's server is the local one).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "postgres").then(|| it_tests::cpu_seconds_of(&pid))
+        })
+        .sum()
 }
 
 /// A backlog of `events` (generated, published by the bridge) drained by one consumer.

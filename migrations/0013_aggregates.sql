@@ -6,7 +6,8 @@
 -- any table size.
 --
 -- Counters are split by writer (`shard`, from the backend's pid), so consumers committing at
--- once do not queue on one hot row; readers sum the shards. Days and minutes are UTC. The
+-- once do not queue on one hot row; readers sum the shards. Days and minutes are UTC. Text keys
+-- compare bytewise (COLLATE "C"): the sets are probed for every distinct user of every batch. The
 -- functions run as the owner (SECURITY DEFINER): a writer role needs no grant on these tables.
 
 -- NULL: every stored event is counted. Otherwise `aggregates rebuild` is under way: events with
@@ -25,7 +26,7 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM ecommerce_events) THEN '' END;
 -- are dated, whenever they arrive) and event type.
 CREATE TABLE agg_events_per_minute (
     minute     TIMESTAMPTZ NOT NULL,
-    event_type VARCHAR(32) NOT NULL,
+    event_type VARCHAR(32) COLLATE "C" NOT NULL,
     shard      SMALLINT    NOT NULL,
     events     BIGINT      NOT NULL,
     late       BIGINT      NOT NULL,
@@ -46,14 +47,14 @@ CREATE TABLE agg_totals (
 -- Exact distinct users per stage (event type) per day: the set, and its size per day.
 CREATE TABLE agg_stage_users (
     day        DATE        NOT NULL,
-    event_type VARCHAR(32) NOT NULL,
+    event_type VARCHAR(32) COLLATE "C" NOT NULL,
     user_id    INT         NOT NULL,
     PRIMARY KEY (day, event_type, user_id)
 );
 
 CREATE TABLE agg_stage_users_per_day (
     day        DATE        NOT NULL,
-    event_type VARCHAR(32) NOT NULL,
+    event_type VARCHAR(32) COLLATE "C" NOT NULL,
     shard      SMALLINT    NOT NULL,
     users      BIGINT      NOT NULL,
     PRIMARY KEY (day, event_type, shard)
@@ -61,13 +62,13 @@ CREATE TABLE agg_stage_users_per_day (
 
 -- The same over all time, for the funnel.
 CREATE TABLE agg_funnel_users (
-    event_type VARCHAR(32) NOT NULL,
+    event_type VARCHAR(32) COLLATE "C" NOT NULL,
     user_id    INT         NOT NULL,
     PRIMARY KEY (event_type, user_id)
 );
 
 CREATE TABLE agg_funnel (
-    event_type VARCHAR(32) NOT NULL,
+    event_type VARCHAR(32) COLLATE "C" NOT NULL,
     shard      SMALLINT    NOT NULL,
     users      BIGINT      NOT NULL,
     PRIMARY KEY (event_type, shard)
@@ -84,8 +85,8 @@ CREATE TABLE agg_products_per_day (
 
 -- The quarantine per reason and field; `resolved` counts the rows a later fix resolved.
 CREATE TABLE agg_rejects (
-    reason_code      TEXT        NOT NULL,
-    field            TEXT        NOT NULL,
+    reason_code      TEXT COLLATE "C" NOT NULL,
+    field            TEXT COLLATE "C" NOT NULL,
     shard            SMALLINT    NOT NULL,
     rows             BIGINT      NOT NULL,
     resolved         BIGINT      NOT NULL,
@@ -105,6 +106,9 @@ DECLARE
     sign TEXT := CASE WHEN removing THEN '-1' ELSE '1' END;
     users TEXT;
 BEGIN
+    -- A user new to a stage over all time is new to it that day, and one who left a stage
+    -- altogether left it that day: the all-time set is asked only about the day set's changes,
+    -- which in steady state are few (most rows are of users the day has seen).
     IF removing THEN
         -- A user leaves a set only when no stored event keeps them in it.
         users := $u$
@@ -117,10 +121,10 @@ BEGIN
                   WHERE e.user_id = g.user_id AND e.event_type = g.event_type
                     AND e.event_time >= g.day::timestamp AT TIME ZONE 'UTC'
                     AND e.event_time < (g.day + 1)::timestamp AT TIME ZONE 'UTC')
-            RETURNING s.day, s.event_type
+            RETURNING s.day, s.event_type, s.user_id
         ), funnel_users AS (
             DELETE FROM agg_funnel_users f
-            USING (SELECT DISTINCT event_type, user_id FROM changed) g
+            USING (SELECT DISTINCT event_type, user_id FROM day_users) g
             WHERE (f.event_type, f.user_id) = (g.event_type, g.user_id)
               AND NOT EXISTS (
                   SELECT 1 FROM ecommerce_events e
@@ -133,17 +137,17 @@ BEGIN
             INSERT INTO agg_stage_users (day, event_type, user_id)
             SELECT DISTINCT day, event_type, user_id FROM changed ORDER BY 1, 2, 3
             ON CONFLICT DO NOTHING
-            RETURNING day, event_type
+            RETURNING day, event_type, user_id
         ), funnel_users AS (
             INSERT INTO agg_funnel_users (event_type, user_id)
-            SELECT DISTINCT event_type, user_id FROM changed ORDER BY 1, 2
+            SELECT DISTINCT event_type, user_id FROM day_users ORDER BY 1, 2
             ON CONFLICT DO NOTHING
             RETURNING event_type
         ),$u$;
     END IF;
     RETURN format($s$
         WITH changed AS MATERIALIZED (
-            SELECT user_id, event_type, product_id, price, is_late,
+            SELECT user_id, event_type COLLATE "C" AS event_type, product_id, price, is_late,
                    date_trunc('minute', event_time, 'UTC') AS minute,
                    (event_time AT TIME ZONE 'UTC')::date AS day,
                    (ingested_at AT TIME ZONE 'UTC')::date AS ingested_day
@@ -319,8 +323,9 @@ BEGIN
 END $fn$;
 
 -- The analytics views, now over the aggregates.
+-- Columns keep the collation the views had before.
 CREATE OR REPLACE VIEW events_per_minute AS
-SELECT minute, event_type, sum(events)::bigint AS events
+SELECT minute, event_type COLLATE "default" AS event_type, sum(events)::bigint AS events
 FROM agg_events_per_minute
 GROUP BY 1, 2
 HAVING sum(events) <> 0;
@@ -367,7 +372,8 @@ HAVING sum(purchases) <> 0
 ORDER BY revenue DESC;
 
 CREATE OR REPLACE VIEW rejected_by_reason AS
-SELECT reason_code, nullif(field, '') AS field, sum(rows)::bigint AS rows,
+SELECT reason_code COLLATE "default" AS reason_code, nullif(field, '') COLLATE "default" AS field,
+       sum(rows)::bigint AS rows,
        max(last_rejected_at) AS last_rejected_at
 FROM agg_rejects
 GROUP BY reason_code, field

@@ -136,8 +136,9 @@ pub async fn check(db: &mut PgConnection) -> Result<(Coverage, Vec<Difference>),
             "WITH counted AS (SELECT * FROM ecommerce_events
                               WHERE $1::text IS NULL OR event_id <= $1::text),
                   scanned(key, value) AS ({}), kept(key, value) AS ({})
-             SELECT coalesce(s.key, k.key), coalesce(s.value, 'none'), coalesce(k.value, 'none')
-             FROM scanned s FULL JOIN kept k ON s.key = k.key
+             SELECT coalesce(s.key COLLATE \"C\", k.key COLLATE \"C\"),
+                    coalesce(s.value, 'none'), coalesce(k.value, 'none')
+             FROM scanned s FULL JOIN kept k ON s.key COLLATE \"C\" = k.key COLLATE \"C\"
              WHERE s.value IS DISTINCT FROM k.value
              ORDER BY 1 LIMIT $2",
             comparison.scanned, comparison.kept

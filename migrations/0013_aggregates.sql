@@ -229,8 +229,7 @@ BEGIN
     RETURN NULL;
 END $fn$;
 
--- An emptied table leaves nothing to count, and nothing to rebuild.
-CREATE FUNCTION agg_events_truncated() RETURNS trigger
+CREATE FUNCTION agg_clear_events() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     DELETE FROM agg_events_per_minute;
@@ -240,6 +239,13 @@ BEGIN
     DELETE FROM agg_funnel_users;
     DELETE FROM agg_funnel;
     DELETE FROM agg_products_per_day;
+END $fn$;
+
+-- An emptied table leaves nothing to count, and nothing to rebuild.
+CREATE FUNCTION agg_events_truncated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    PERFORM agg_clear_events();
     UPDATE agg_state SET counted_up_to = NULL;
     RETURN NULL;
 END $fn$;
@@ -282,13 +288,7 @@ CREATE FUNCTION agg_rebuild_start() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
     LOCK TABLE ecommerce_events, ecommerce_events_rejected IN SHARE MODE;
-    DELETE FROM agg_events_per_minute;
-    DELETE FROM agg_totals;
-    DELETE FROM agg_stage_users;
-    DELETE FROM agg_stage_users_per_day;
-    DELETE FROM agg_funnel_users;
-    DELETE FROM agg_funnel;
-    DELETE FROM agg_products_per_day;
+    PERFORM agg_clear_events();
     DELETE FROM agg_rejects;
     EXECUTE agg_rejects_statement('ecommerce_events_rejected', false) USING agg_shard();
     UPDATE agg_state

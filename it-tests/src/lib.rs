@@ -379,6 +379,26 @@ impl World {
             .unwrap_or_else(|error| panic!("`{sql}` failed: {error}"))
     }
 
+    /// Waits until every file in the input folder was archived, failing after `timeout`.
+    pub async fn wait_until_archived(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.files_waiting() > 0 {
+            assert!(Instant::now() < deadline, "not all archived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A backfill of `archive` into this world's topic (`extra` after the folder, e.g. a rate);
+    /// its exit status and log.
+    pub fn backfill(&self, archive: &Path, extra: &[&str]) -> (ExitStatus, String) {
+        let input = self.input_dir();
+        let mut args = vec!["--backfill", archive.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--brokers", &self.brokers, "--topic", &self.topic]);
+        args.extend_from_slice(&["--input-dir", input.to_str().expect("utf-8 path")]);
+        self.spawn("file-bridge", &args).wait_with_log(PATIENCE)
+    }
+
     /// The live aggregates count every stored event and equal a full scan of the tables.
     pub async fn assert_aggregates_exact(&self) {
         let mut db = self.pool.acquire().await.expect("a connection");

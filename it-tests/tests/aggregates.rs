@@ -3,7 +3,6 @@
 //! online rebuild over events stored before them, while the consumer writes.
 
 use it_tests::{World, EVENTS, PATIENCE as LONG, RECONCILED_FILES};
-use std::time::Duration;
 
 const MESSAGES: &str = "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints";
 
@@ -35,33 +34,12 @@ async fn the_aggregates_equal_a_full_scan_after_duplicates_replays_late_events_a
     let _second = world.consumer(&["--batch-size", "500"]);
     world.wait_for_at_least(EVENTS, 3_000, LONG).await;
     first.kill9();
-    let deadline = std::time::Instant::now() + LONG;
-    while world.files_waiting() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "files were not archived"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world.wait_until_archived(LONG).await;
     drop(bridge);
     world.wait_for_count(RECONCILED_FILES, 24, LONG).await;
     let messages = world.count(MESSAGES).await;
     // Every file published again: all of it arrives as duplicates, none counted twice.
-    let archive = world.archive_dir();
-    let backfill = world.spawn(
-        "file-bridge",
-        &[
-            "--backfill",
-            archive.to_str().unwrap(),
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--input-dir",
-            world.input_dir().to_str().unwrap(),
-        ],
-    );
-    let (status, log) = backfill.wait_with_log(LONG);
+    let (status, log) = world.backfill(&world.archive_dir(), &[]);
     assert!(status.success(), "backfill failed: {status}\n{log}");
     world.wait_for_at_least(MESSAGES, 2 * messages, LONG).await;
     world.assert_aggregates_exact().await;
@@ -149,14 +127,7 @@ async fn an_online_rebuild_counts_older_events_exactly_while_the_consumer_writes
     assert!(status.success(), "rebuild failed: {status}\n{log}");
     assert!(log.contains("aggregates rebuilt"), "{log}");
     assert!(generator.wait_for_exit(LONG).success());
-    let deadline = std::time::Instant::now() + LONG;
-    while world.files_waiting() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "files were not archived"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world.wait_until_archived(LONG).await;
     world.wait_for_count(RECONCILED_FILES, 20, LONG).await;
     world.assert_aggregates_exact().await;
     drop(consumer);

@@ -72,11 +72,7 @@ async fn a_backfill_after_a_truncate_restores_every_file_while_the_consumer_runs
     world.drop_csv("lower.csv", &rows("l", 10, &time));
     world.drop_csv("UPPER.CSV", &rows("u", 10, &time));
     world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
-    let deadline = Instant::now() + LONG;
-    while world.files_waiting() > 0 {
-        assert!(Instant::now() < deadline, "files were not archived");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world.wait_until_archived(LONG).await;
     bridge.kill9();
     std::fs::write(world.archive_dir().join("notes.txt"), "not data\n").unwrap();
 
@@ -87,21 +83,7 @@ async fn a_backfill_after_a_truncate_restores_every_file_while_the_consumer_runs
     .execute(&world.pool)
     .await
     .unwrap();
-    let archive = world.archive_dir();
-    let backfill = world.spawn(
-        "file-bridge",
-        &[
-            "--backfill",
-            archive.to_str().unwrap(),
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--input-dir",
-            world.input_dir().to_str().unwrap(),
-        ],
-    );
-    let (status, log) = backfill.wait_with_log(LONG);
+    let (status, log) = world.backfill(&world.archive_dir(), &[]);
     assert!(status.success(), "backfill failed: {status}\n{log}");
     let done = log
         .lines()

@@ -75,11 +75,7 @@ async fn a_file_renamed_over_one_still_delivering_is_published_too() {
     let _consumer = world.consumer(&[]);
     world.wait_for_count(EVENTS, 50_010, LONG).await;
     world.wait_for_count(REJECTED, 1, LONG).await;
-    let deadline = std::time::Instant::now() + LONG;
-    while world.files_waiting() > 0 {
-        assert!(std::time::Instant::now() < deadline, "not all archived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.wait_until_archived(LONG).await;
     let archived = std::fs::read_dir(world.archive_dir()).unwrap().count();
     assert_eq!(archived, 2, "both versions archived");
 }
@@ -106,11 +102,7 @@ async fn renamed_or_repeated_content_records_its_bad_rows_once() {
     // The same bytes dropped again under other names.
     world.drop_file("again.csv", body.as_bytes());
     world.drop_file("and-again.csv", body.as_bytes());
-    let deadline = std::time::Instant::now() + LONG;
-    while world.files_waiting() > 0 {
-        assert!(std::time::Instant::now() < deadline, "not all archived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.wait_until_archived(LONG).await;
     // Wait until the consumer has read every message of every file.
     let archived = std::fs::read_dir(world.archive_dir()).unwrap().count();
     world

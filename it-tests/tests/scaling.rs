@@ -48,11 +48,7 @@ async fn two_bridges_on_one_folder_publish_each_file_once_and_adopt_a_dead_ones_
     // Every file published exactly once: its rows and its end, nothing more, ever.
     let messages = (rows + 12 + 2 * 2) as i64;
     world.wait_for_count(MESSAGES, messages, LONG).await;
-    let deadline = std::time::Instant::now() + LONG;
-    while world.files_waiting() > 0 {
-        assert!(std::time::Instant::now() < deadline, "not all archived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.wait_until_archived(LONG).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(world.count(MESSAGES).await, messages);
     assert_eq!(world.event_ids().await, expected);

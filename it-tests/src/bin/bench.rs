@@ -87,6 +87,30 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let files = args.events.div_ceil(args.events_per_file);
     let events = files * args.events_per_file;
+    let mut figures = Figures::default();
+    describe_machine(events, files, &mut figures);
+    let input = Input::generate(&args, files, events).await?;
+    println!("{:-<100}", "");
+    let ceilings = ceilings(&input, events, &mut figures).await?;
+    let ours = our_stages(&input, events, &ceilings, &mut figures).await?;
+    partition_figures(&args, &input.kept, events, &mut figures).await?;
+    end_to_end(&input.kept, events, ceilings.bare_pipe_rate, &mut figures).await?;
+    freshness_figures(&args, &mut figures).await?;
+    cost_figures(&input, &ceilings, &ours, events, &mut figures);
+    if args.stored_events > 0 {
+        let measured = aggregates_stage(&input.world, args.stored_events, events + files).await?;
+        aggregates_figures(&measured, args.stored_events, &mut figures);
+    }
+    backlog_figures(&args, &ceilings, &mut figures).await?;
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&figures.json)?)?;
+    println!("{:-<100}\nfigures written to {}", "", args.json.display());
+    Ok(())
+}
+
+fn describe_machine(events: usize, files: usize, figures: &mut Figures) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -100,44 +124,71 @@ async fn main() -> anyhow::Result<()> {
         "bench: {events} events in {files} files; machine: {cores} cores, {memory_gib:.0} GiB; broker {}",
         it_tests::brokers()
     );
-    let mut figures = Figures::default();
     figures.json.insert("events".into(), json!(events));
     figures.json.insert("cores".into(), json!(cores));
     figures
         .json
         .insert("memory_gib".into(), json!(memory_gib.round()));
+}
 
-    // The input, made by our generator (its speed is a figure too).
-    let world = World::new("bench").await;
-    let started = Instant::now();
-    let (status, generator_rss) = world
-        .spawn(
-            "generator",
-            &[
-                "--output-dir",
-                world.input_dir().to_str().context("utf-8 path")?,
-                "--interval",
-                "0s",
-                "--files",
-                &files.to_string(),
-                "--events-per-file",
-                &args.events_per_file.to_string(),
-                "--seed",
-                "1",
-            ],
-        )
-        .wait_with_peak_rss(Duration::from_secs(600));
-    anyhow::ensure!(status.success(), "generator failed");
-    let generator_rate = rate(events, started.elapsed());
-    let input = sorted_files(&world.input_dir())?;
-    let kept = world.dir.path().join("generated");
-    std::fs::create_dir_all(&kept)?;
-    for file in &input {
-        std::fs::copy(file, kept.join(file.file_name().context("file name")?))?;
+/// The input, made by our generator (its speed is a figure too), and a copy kept for the stages
+/// that consume their files.
+struct Input {
+    world: World,
+    files: Vec<PathBuf>,
+    kept: PathBuf,
+    generator_rate: f64,
+    generator_rss_kib: u64,
+}
+
+impl Input {
+    async fn generate(args: &Args, files: usize, events: usize) -> anyhow::Result<Input> {
+        let world = World::new("bench").await;
+        let started = Instant::now();
+        let (status, generator_rss) = world
+            .spawn(
+                "generator",
+                &[
+                    "--output-dir",
+                    world.input_dir().to_str().context("utf-8 path")?,
+                    "--interval",
+                    "0s",
+                    "--files",
+                    &files.to_string(),
+                    "--events-per-file",
+                    &args.events_per_file.to_string(),
+                    "--seed",
+                    "1",
+                ],
+            )
+            .wait_with_peak_rss(Duration::from_secs(600));
+        anyhow::ensure!(status.success(), "generator failed");
+        let generator_rate = rate(events, started.elapsed());
+        let input = sorted_files(&world.input_dir())?;
+        let kept = world.dir.path().join("generated");
+        std::fs::create_dir_all(&kept)?;
+        for file in &input {
+            std::fs::copy(file, kept.join(file.file_name().context("file name")?))?;
+        }
+        Ok(Input {
+            world,
+            files: input,
+            kept,
+            generator_rate,
+            generator_rss_kib: generator_rss,
+        })
     }
-    println!("{:-<100}", "");
+}
 
-    let copy_rate = copy_ceiling(&world, &input, events).await?;
+struct Ceilings {
+    copy_rate: f64,
+    broker: BrokerCeiling,
+    bare_pipe_rate: f64,
+}
+
+async fn ceilings(input: &Input, events: usize, figures: &mut Figures) -> anyhow::Result<Ceilings> {
+    let (world, input_files) = (&input.world, &input.files);
+    let copy_rate = copy_ceiling(world, input_files, events).await?;
     figures.add(
         "copy_ceiling_rows_per_s",
         "ceiling (a): raw COPY into an identical table",
@@ -145,36 +196,30 @@ async fn main() -> anyhow::Result<()> {
         "rows/s",
         "",
     );
-    let BrokerCeiling {
-        produce_rate,
-        consume_rate,
-        pipe_rate,
-        producer_cpu,
-        consumer_cpu: bare_consumer_cpu,
-    } = broker_ceiling(&input, events).await?;
+    let broker = broker_ceiling(input_files, events).await?;
     figures.add(
         "bare_producer_rows_per_s",
         "ceiling (b): bare rdkafka producer",
-        produce_rate,
+        broker.produce_rate,
         "rows/s",
         "",
     );
     figures.add(
         "bare_consumer_rows_per_s",
         "ceiling (b): bare rdkafka consumer",
-        consume_rate,
+        broker.consume_rate,
         "rows/s",
         "",
     );
     figures.add(
         "pipe_ceiling_rows_per_s",
         "ceiling (c): bare producer while a bare group consumes",
-        pipe_rate,
+        broker.pipe_rate,
         "rows/s",
         "",
     );
 
-    let bare_pipe_rate = bare_pipe(&world, &input, events).await?;
+    let bare_pipe_rate = bare_pipe(world, input_files, events).await?;
     figures.add(
         "bare_pipe_ceiling_rows_per_s",
         "ceiling (d): bare producer -> bare consumer -> COPY",
@@ -183,7 +228,31 @@ async fn main() -> anyhow::Result<()> {
         "ON CONFLICT DO NOTHING, offsets after each commit",
     );
 
-    let sink_rate = sink_alone(&input, events).await?;
+    Ok(Ceilings {
+        copy_rate,
+        broker,
+        bare_pipe_rate,
+    })
+}
+
+struct Ours {
+    bridge_rss_kib: u64,
+    bridge_cpu: f64,
+    drained: Drained,
+    scaling: Vec<(usize, f64, f64)>,
+}
+
+/// Our sink alone, the bridge, the consumer on the pre-filled topic and 1 to 3 consumers.
+async fn our_stages(
+    input: &Input,
+    events: usize,
+    ceilings: &Ceilings,
+    figures: &mut Figures,
+) -> anyhow::Result<Ours> {
+    let (world, input_files) = (&input.world, &input.files);
+    let (copy_rate, produce_rate) = (ceilings.copy_rate, ceilings.broker.produce_rate);
+    let consume_rate = ceilings.broker.consume_rate;
+    let sink_rate = sink_alone(input_files, events).await?;
     figures.add(
         "sink_rows_per_s",
         "sink: our Postgres writer fed from memory",
@@ -200,21 +269,21 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "file-bridge --once failed");
     let bridge_rate = rate(events, started.elapsed());
 
-    let drained = drain(&world, events, LONG).await;
-    let (consumer_rate, consumer_rss, consumer_cpu) = (
+    let drained = drain(world, events, LONG).await;
+    let (consumer_rate, _, consumer_cpu) = (
         drained.rows_per_second,
         drained.peak_rss_kib,
         drained.cpu_seconds,
     );
     let mut scaling = vec![(1, consumer_rate, consumer_cpu)];
     for consumers in [2, 3] {
-        let (rate, cpu) = drain_with(&world, consumers, events).await?;
+        let (rate, cpu) = drain_with(world, consumers, events).await?;
         scaling.push((consumers, rate, cpu));
     }
     figures.add(
         "generator_rows_per_s",
         "generator",
-        generator_rate,
+        input.generator_rate,
         "rows/s",
         "target 1000000",
     );
@@ -233,10 +302,24 @@ async fn main() -> anyhow::Result<()> {
         &ratio(consumer_rate, consume_rate.min(copy_rate)),
     );
 
+    Ok(Ours {
+        bridge_rss_kib: bridge_rss,
+        bridge_cpu,
+        drained,
+        scaling,
+    })
+}
+
+async fn partition_figures(
+    args: &Args,
+    kept: &Path,
+    events: usize,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
     // One memory budget whatever the partitions: the same input on topics of 3, 24 and 96
     // partitions, drained by one consumer.
     for partitions in &args.partition_counts {
-        let (rate, rss) = partition_stage(&kept, *partitions, events).await?;
+        let (rate, rss) = partition_stage(kept, *partitions, events).await?;
         figures.add(
             &format!("partitions_{partitions}_consumer_peak_rss_mib"),
             &format!("peak RSS: one consumer holding {partitions} partitions"),
@@ -246,6 +329,15 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    Ok(())
+}
+
+async fn end_to_end(
+    kept: &Path,
+    events: usize,
+    bare_pipe_rate: f64,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
     // End to end: files land in a watched folder; rows committed.
     let e2e = World::new("bench_e2e").await;
     std::fs::create_dir_all(e2e.input_dir())?;
@@ -253,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
     let bridge = e2e.bridge(&[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let started = Instant::now();
-    for file in sorted_files(&kept)? {
+    for file in sorted_files(kept)? {
         std::fs::rename(
             &file,
             e2e.input_dir().join(file.file_name().context("file name")?),
@@ -270,6 +362,10 @@ async fn main() -> anyhow::Result<()> {
     );
     drop((consumer, bridge));
 
+    Ok(())
+}
+
+async fn freshness_figures(args: &Args, figures: &mut Figures) -> anyhow::Result<()> {
     for (key, label, per_file, interval) in [
         ("default", "freshness at 100 events / 5 s", "100", "5s"),
         ("10k_per_s", "freshness at 10,000 events/s", "1000", "100ms"),
@@ -298,6 +394,19 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    Ok(())
+}
+
+fn cost_figures(
+    input: &Input,
+    ceilings: &Ceilings,
+    ours: &Ours,
+    events: usize,
+    figures: &mut Figures,
+) {
+    let (producer_cpu, bare_consumer_cpu) =
+        (ceilings.broker.producer_cpu, ceilings.broker.consumer_cpu);
+    let (bridge_cpu, drained) = (ours.bridge_cpu, &ours.drained);
     // Our own work per row, from each process's own accounting (user + system): what decides
     // cost on a broker that is not the bottleneck.
     let per_row = |cpu_seconds: f64| cpu_seconds * 1e6 / events as f64;
@@ -311,7 +420,7 @@ async fn main() -> anyhow::Result<()> {
     figures.add(
         "consumer_cpu_us_per_row",
         "CPU per row: consumer (start-up included)",
-        per_row(consumer_cpu),
+        per_row(ours.drained.cpu_seconds),
         "µs",
         &format!("bare consumer {:.2}", per_row(bare_consumer_cpu)),
     );
@@ -337,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
         "µs",
         "",
     );
-    for (consumers, rate, cpu) in &scaling {
+    for (consumers, rate, cpu) in &ours.scaling {
         figures.add(
             &format!("consumers_{consumers}_rows_per_s"),
             &format!("{consumers} consumer(s) sharing 6 partitions"),
@@ -350,33 +459,31 @@ async fn main() -> anyhow::Result<()> {
     figures.add(
         "generator_peak_rss_mib",
         "peak RSS: generator",
-        mib(generator_rss),
+        mib(input.generator_rss_kib),
         "MiB",
         "",
     );
     figures.add(
         "bridge_peak_rss_mib",
         "peak RSS: file-bridge",
-        mib(bridge_rss),
+        mib(ours.bridge_rss_kib),
         "MiB",
         "",
     );
     figures.add(
         "consumer_peak_rss_mib",
         "peak RSS: consumer (draining the whole backlog)",
-        mib(consumer_rss),
+        mib(ours.drained.peak_rss_kib),
         "MiB",
         "target < 256",
     );
+}
 
-    if args.stored_events > 0 {
-        let measured = aggregates_stage(&world, args.stored_events, events + files).await?;
+fn aggregates_figures(measured: &AggregatesFigures, stored: usize, figures: &mut Figures) {
+    {
         figures.add(
             "aggregates_rebuild_rows_per_s",
-            &format!(
-                "aggregates rebuild over {} stored events",
-                args.stored_events
-            ),
+            &format!("aggregates rebuild over {} stored events", stored),
             measured.rebuild_rate,
             "rows/s",
             "",
@@ -421,7 +528,15 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
     }
+}
 
+async fn backlog_figures(
+    args: &Args,
+    ceilings: &Ceilings,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let (consume_rate, copy_rate) = (ceilings.broker.consume_rate, ceilings.copy_rate);
+    let mib = |kib: u64| kib as f64 / 1024.0;
     if args.backlog_events > 0 {
         let (rate, rss) = backlog(args.backlog_events, args.events_per_file).await?;
         figures.add(
@@ -440,11 +555,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&figures.json)?)?;
-    println!("{:-<100}\nfigures written to {}", "", args.json.display());
     Ok(())
 }
 

@@ -154,15 +154,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     let offsets =
         tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &topic, &group, &options))
             .await?;
-    // From the live aggregates: the same cost at any table size.
-    let (today, total): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(events) FILTER (WHERE ingested_day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint,
-                coalesce(sum(events), 0)::bigint
-         FROM agg_totals",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap_or((0, 0));
+    let (today, total) = rows_today_and_in_total(&mut db).await;
     let (rejected, resolution) = quarantine(&mut db).await;
     let unreconciled = sqlx::query_as(
         "SELECT file_name, content_id, rows_read, rows_inserted, rows_duplicate, rows_rejected,
@@ -195,6 +187,18 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         log_events,
         components: components(args).await,
     })
+}
+
+/// From the live aggregates: the same cost at any table size.
+async fn rows_today_and_in_total(db: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(events) FILTER (WHERE ingested_day = (now() AT TIME ZONE 'UTC')::date), 0)::bigint,
+                coalesce(sum(events), 0)::bigint
+         FROM agg_totals",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap_or((0, 0))
 }
 
 /// The quarantine: rows by reason, and per reason how many are unresolved and resolved.

@@ -1,5 +1,5 @@
 //! `aggregates check`: recomputes the live aggregates from the stored rows and lists any
-//! difference (exit status 1 when there is one). `aggregates rebuild`: fills them for events
+//! difference (exit status 1 when there is one, 2 when it could not check). `aggregates rebuild`: fills them for events
 //! stored before they existed, online, in bounded steps, with progress.
 
 use clap::{Parser, Subcommand};
@@ -44,7 +44,11 @@ async fn main() {
         Command::Check { json } => match check(&args, *json).await {
             Ok(true) => std::process::exit(0),
             Ok(false) => std::process::exit(1),
-            Err(error) => process::exit(Err(error)),
+            // Apart from a difference: the check could not run.
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::exit(2)
+            }
         },
         Command::Rebuild { step_rows, resume } => {
             process::exit(rebuild(&args, *step_rows, *resume).await)

@@ -16,7 +16,7 @@ pub enum Coverage {
 }
 
 impl Coverage {
-    pub async fn read(db: &mut PgConnection) -> Result<Coverage, sqlx::Error> {
+    pub async fn read<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<Coverage, sqlx::Error> {
         let (counted_up_to,): (Option<String>,) =
             sqlx::query_as("SELECT counted_up_to FROM agg_state")
                 .fetch_one(db)
@@ -129,7 +129,7 @@ pub async fn check(db: &mut PgConnection) -> Result<(Coverage, Vec<Difference>),
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let coverage = Coverage::read(&mut tx).await?;
+    let coverage = Coverage::read(&mut *tx).await?;
     let mut differences = Vec::new();
     for comparison in &COMPARISONS {
         let sql = format!(

@@ -107,11 +107,9 @@ pub async fn summary(
     .await?;
     let late_quarantined = rejected
         .iter()
-        .find(|(reason, ..)| reason == "late")
+        .find(|(reason, ..)| reason == event_model::RejectCode::Late.as_str())
         .map_or(0, |(_, rows, _)| *rows);
-    let (counted_up_to,): (Option<String>,) = sqlx::query_as("SELECT counted_up_to FROM agg_state")
-        .fetch_one(pool)
-        .await?;
+    let coverage = crate::aggregates::Coverage::read(pool).await?;
     Ok(json!({
         "events_total": events,
         "ingest_rate": window.observe(Instant::now(), events),
@@ -123,7 +121,7 @@ pub async fn summary(
         "revenue_per_minute": last_half_hour::<f64>(pool, PER_MINUTE_REVENUE).await?,
         "funnel": funnel(pool).await?,
         // Figures are partial while `aggregates rebuild` counts events stored before them.
-        "aggregates_rebuilding": counted_up_to.is_some(),
+        "aggregates_rebuilding": coverage != crate::aggregates::Coverage::Complete,
         // Known only where this process consumes (not with --dashboard-only).
         "lag_total": metrics.lag_total(),
         "inserted_by_this_consumer": metrics.rows_inserted(),

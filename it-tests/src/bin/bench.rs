@@ -688,17 +688,13 @@ async fn aggregates_stage(
     let check_seconds = started.elapsed().as_secs_f64();
 
     let mut drain_on_top = async |triggers: &str| -> anyhow::Result<(f64, f64)> {
-        for table in ["ecommerce_events", "ecommerce_events_rejected"] {
-            let prefix = if table == "ecommerce_events" {
-                "agg_events"
-            } else {
-                "agg_rejects"
-            };
-            sqlx::query(&format!(
-                "ALTER TABLE {table} {triggers} TRIGGER {prefix}_inserted"
-            ))
-            .execute(&stage.pool)
-            .await?;
+        for (table, trigger) in [
+            ("ecommerce_events", "agg_events_inserted"),
+            ("ecommerce_events_rejected", "agg_rejects_inserted"),
+        ] {
+            sqlx::query(&format!("ALTER TABLE {table} {triggers} TRIGGER {trigger}"))
+                .execute(&stage.pool)
+                .await?;
         }
         stage.group = it_tests::unique("bench_aggregates");
         let database_cpu = postgres_cpu_seconds();

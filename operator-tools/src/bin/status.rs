@@ -203,20 +203,19 @@ async fn rows_today_and_in_total(db: &mut sqlx::PgConnection) -> (i64, i64) {
 
 /// The quarantine: rows by reason, and per reason how many are unresolved and resolved.
 async fn quarantine(db: &mut sqlx::PgConnection) -> (Vec<(String, i64)>, Vec<(String, i64, i64)>) {
-    let rejected = sqlx::query_as(
-        "SELECT reason_code, sum(rows)::bigint FROM agg_rejects
-         GROUP BY 1 HAVING sum(rows) <> 0 ORDER BY 2 DESC",
-    )
-    .fetch_all(&mut *db)
-    .await
-    .unwrap_or_default();
-    let resolution = sqlx::query_as(
+    let resolution: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT reason_code, sum(rows - resolved)::bigint, sum(resolved)::bigint
          FROM agg_rejects GROUP BY 1 HAVING sum(rows) <> 0 ORDER BY 1",
     )
     .fetch_all(db)
     .await
     .unwrap_or_default();
+    // Rows per reason, most first: what the resolution counts add up to.
+    let mut rejected: Vec<(String, i64)> = resolution
+        .iter()
+        .map(|(reason, open, resolved)| (reason.clone(), open + resolved))
+        .collect();
+    rejected.sort_by_key(|(_, rows)| std::cmp::Reverse(*rows));
     (rejected, resolution)
 }
 

@@ -44,6 +44,11 @@ pub struct Config {
     /// Rows per Postgres transaction at most.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 10_000)]
     pub batch_size: usize,
+    /// PostgreSQL connections writing at once. A batch's partitions are shared among them, each
+    /// partition whole and in order, each share its own transaction: PostgreSQL works on one core
+    /// per connection. One keeps a consumer to a single connection.
+    #[arg(long, env = "WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writers: u16,
     /// How long a batch may wait to fill before it is written anyway.
     #[arg(long, env = "BATCH_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub batch_timeout: Duration,

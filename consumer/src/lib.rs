@@ -125,16 +125,15 @@ impl<'a> GroupConsumer<'a> {
         let (consumer, kafka) = join_group(config, &metrics).await?;
         let probe = LogProbe::new(&kafka, &config.kafka.topic)
             .context("failed to create the Kafka log probe")?;
-        let writer = Writer {
+        let shared = Shared {
             config,
             metrics,
-            sink,
             probe: Arc::new(probe),
             rules: rules_of(config),
-            states: HashMap::new(),
-            partitions_held: 1,
             shutdown,
+            partitions_held: 1,
         };
+        let writer = Writer::new(shared, sink);
         Ok(Some(GroupConsumer {
             consumer,
             writer,
@@ -146,7 +145,7 @@ impl<'a> GroupConsumer<'a> {
     async fn run(&mut self) {
         let (consumer, writer) = (&self.consumer, &mut self.writer);
         let committed = &mut self.committed;
-        let (config, shutdown) = (writer.config, writer.shutdown.clone());
+        let (config, shutdown) = (writer.shared.config, writer.shared.shutdown.clone());
         let mut messages = next_batch(consumer, config, &shutdown).await;
         while !shutdown.is_cancelled() {
             if consumer.context().take_moved() {
@@ -163,24 +162,25 @@ impl<'a> GroupConsumer<'a> {
             }
             // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
             writer
+                .shared
                 .metrics
                 .readiness
                 .set(telemetry::Check::Broker, Ok(()));
             // This batch is written while the next one is received: the broker and the
             // database work at the same time. Batches are still classified and committed
             // strictly in order.
+            let in_hand = std::mem::take(&mut messages);
             let write = async {
-                let batch = writer.write_until_done(&messages).await?;
+                let offsets = writer.write_until_done(in_hand).await?;
                 process::failpoint::hit(process::failpoint::Failpoint::ConsumerAfterDbCommit);
-                let topic = &config.kafka.topic;
-                commit_offsets(consumer, topic, &batch.commit_offsets, CommitMode::Async);
-                Some(batch)
+                commit_offsets(consumer, &config.kafka.topic, &offsets, CommitMode::Async);
+                Some(offsets)
             };
             let (written, next) = tokio::join!(write, next_batch(consumer, config, &shutdown));
-            let Some(batch) = written else {
+            let Some(offsets) = written else {
                 break;
             };
-            committed.extend(&batch.commit_offsets);
+            committed.extend(&offsets);
             forget_revoked(consumer, committed);
             messages = next;
         }
@@ -193,7 +193,7 @@ impl<'a> GroupConsumer<'a> {
         forget_revoked(&self.consumer, &mut self.committed);
         let consumer = Arc::new(self.consumer);
         let committer = consumer.clone();
-        let topic = self.writer.config.kafka.topic.clone();
+        let topic = self.writer.shared.config.kafka.topic.clone();
         let committed = self.committed;
         let commit = tokio::task::spawn_blocking(move || {
             commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
@@ -400,100 +400,92 @@ async fn next_batch(
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 const MAX_PREALLOCATED_BATCH: usize = 16_384;
 
-/// Turns batches of messages into committed transactions; owns the sink and what it knows of
-/// each partition.
-struct Writer<'a> {
+/// What every writer of a batch shares: the settings, the rules, the metrics, the broker probe.
+struct Shared<'a> {
     config: &'a Config,
     metrics: ConsumerMetrics,
-    sink: Sink,
     probe: Arc<LogProbe>,
     rules: Rules,
-    states: HashMap<i32, PartitionState>,
+    shutdown: CancellationToken,
     /// How many partitions the last assignment gave this consumer: they share the dedup budget.
     partitions_held: usize,
-    shutdown: CancellationToken,
 }
 
-impl Writer<'_> {
-    /// Writes the batch, retrying through database outages and fencing, until it is in Postgres.
-    /// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
-    /// A batch that takes longer than `--stuck-after` (failing, or blocked on a lock) marks its
-    /// partitions stuck until it is written: nothing waits silently.
-    async fn write_until_done(&mut self, messages: &[Incoming]) -> Option<WriteBatch> {
-        let (metrics, stuck_after) = (self.metrics.clone(), self.config.stuck_after);
-        let partitions = partitions_of(messages);
-        let write = self.write_with_retry(messages, &partitions);
-        tokio::pin!(write);
-        tokio::select! {
-            written = &mut write => return written,
-            _ = tokio::time::sleep(stuck_after) => {}
+/// Turns batches of messages into committed transactions; owns the connections and what it
+/// knows of each partition.
+struct Writer<'a> {
+    shared: Shared<'a>,
+    /// One connection per writer (`--writers`). PostgreSQL's work on a batch runs on one core
+    /// per connection, so a batch's partitions are shared among them and written at once.
+    sinks: Vec<Sink>,
+    states: HashMap<i32, PartitionState>,
+}
+
+/// One writer's part of a batch: its connection and the states of the partitions it writes. A
+/// partition is in one part only, so the parts' transactions never fence each other.
+struct Lane<'w, 'a> {
+    shared: &'w Shared<'a>,
+    sink: &'w mut Sink,
+    states: HashMap<i32, PartitionState>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(shared: Shared<'a>, sink: Sink) -> Writer<'a> {
+        let writers = usize::from(shared.config.writers.max(1));
+        let others: Vec<Sink> = (1..writers).map(|_| sink.another()).collect();
+        let sinks = std::iter::once(sink).chain(others).collect();
+        Writer {
+            shared,
+            sinks,
+            states: HashMap::new(),
         }
-        tracing::error!(
-            ?partitions,
-            stuck_after_s = stuck_after.as_secs(),
-            "partitions cannot advance: their batch is not written yet"
-        );
-        metrics.stuck(&partitions, true);
-        let written = write.await;
-        metrics.stuck(&partitions, false);
-        if written.is_some() {
-            tracing::info!(?partitions, "partitions moving again");
-        }
-        written
     }
 
-    async fn write_with_retry(
-        &mut self,
-        messages: &[Incoming],
-        partitions: &[i32],
-    ) -> Option<WriteBatch> {
-        let started = Instant::now();
-        let mut backoff = RETRY;
-        loop {
-            let result = match self.load_states(partitions).await {
-                Ok(()) => {
-                    let now = clock::now();
-                    let batch = classify(
-                        messages,
-                        &mut self.states,
-                        &self.rules,
-                        &self.config.kafka.topic,
-                        now,
-                    );
-                    self.sink
-                        .write(&batch)
-                        .await
-                        .map(|outcome| (batch, outcome))
-                }
-                Err(error) => Err(error),
+    /// The first writer's connection, for what is not part of a batch (checkpoints, findings).
+    fn lane(&mut self, states: HashMap<i32, PartitionState>) -> Lane<'_, 'a> {
+        Lane {
+            shared: &self.shared,
+            sink: &mut self.sinks[0],
+            states,
+        }
+    }
+
+    /// Writes the messages, each writer its share of the partitions, until all of it is in
+    /// Postgres; the offsets to commit to Kafka. `None` when shutdown came first: what was not
+    /// committed is replayed.
+    async fn write_until_done(&mut self, messages: Vec<Incoming>) -> Option<BTreeMap<i32, i64>> {
+        let shares = shares_by_partition(messages, self.sinks.len());
+        let (shared, states) = (&self.shared, &mut self.states);
+        let writes = self
+            .sinks
+            .iter_mut()
+            .zip(shares)
+            .filter(|(_, share)| !share.is_empty());
+        let writes = writes.map(|(sink, share)| {
+            let partitions = partitions_of(&share);
+            let mut lane = Lane {
+                shared,
+                sink,
+                states: partitions
+                    .iter()
+                    .filter_map(|p| states.remove_entry(p))
+                    .collect(),
             };
-            match result {
-                Ok((batch, outcome)) => {
-                    let lateness = self.rules.lateness;
-                    self.metrics
-                        .batch_committed(&batch, &outcome, started.elapsed(), lateness);
-                    return Some(batch);
-                }
-                Err(SinkError::Fenced { partition }) => {
-                    tracing::warn!(
-                        partition,
-                        "partition was written by another consumer; reloading its checkpoint"
-                    );
-                }
-                Err(error) => {
-                    tracing::error!(%error, fault = ?error.fault(), "batch not written; will retry");
-                    self.sink.reset();
-                    if !backoff.wait(&self.shutdown).await {
-                        return None;
-                    }
-                }
+            async move {
+                let written = lane.write_until_done(&share, &partitions).await;
+                (lane.states, written)
             }
-            // The failed attempt moved the in-memory states as if it had committed: start over
-            // from Postgres.
-            for partition in partitions {
-                self.states.remove(partition);
+        });
+        let mut offsets = BTreeMap::new();
+        let mut complete = true;
+        for (lane_states, written) in futures_util::future::join_all(writes).await {
+            states.extend(lane_states);
+            match written {
+                Some(batch) => offsets.extend(batch.commit_offsets),
+                None => complete = false,
             }
         }
+        complete.then_some(offsets)
     }
 
     /// Starts every assigned partition exactly at PostgreSQL's checkpoint (checked against the
@@ -507,7 +499,7 @@ impl Writer<'_> {
         consumer: &StreamConsumer<RebalanceWatch>,
         in_hand: &mut Vec<Incoming>,
     ) -> bool {
-        let topic = self.config.kafka.topic.clone();
+        let topic = self.shared.config.kafka.topic.clone();
         let Ok(assignment) = consumer.assignment() else {
             return true;
         };
@@ -519,14 +511,9 @@ impl Writer<'_> {
         if partitions.is_empty() {
             return true;
         }
-        self.partitions_held = partitions.len();
-        let mut backoff = RETRY;
-        while let Err(error) = self.load_states(&partitions).await {
-            tracing::error!(%error, "checkpoints not readable; will retry before reading");
-            self.sink.reset();
-            if !backoff.wait(&self.shutdown).await {
-                return false;
-            }
+        self.shared.partitions_held = partitions.len();
+        if !self.load_all_states(&partitions).await {
+            return false;
         }
         let committed = committed_offsets(consumer, &assignment);
         let mut moved = Vec::new();
@@ -534,7 +521,7 @@ impl Writer<'_> {
             let checkpoint = self.states.get(&partition).and_then(|s| s.next_offset);
             let start = match checkpoint {
                 Some(offset) => offset,
-                None => match self.log_start(partition).await {
+                None => match self.shared.log_start(partition).await {
                     Some(offset) => offset,
                     None => continue,
                 },
@@ -549,7 +536,7 @@ impl Writer<'_> {
             if first_in_hand == Some(start) {
                 continue;
             }
-            if !self.seek(consumer, partition, start).await {
+            if !self.shared.seek(consumer, partition, start).await {
                 return false;
             }
             moved.push(partition);
@@ -558,18 +545,40 @@ impl Writer<'_> {
         true
     }
 
+    /// The checkpoints of every assigned partition, retried until readable. False when shutdown
+    /// came first.
+    async fn load_all_states(&mut self, partitions: &[i32]) -> bool {
+        let states = std::mem::take(&mut self.states);
+        let mut lane = self.lane(states);
+        let mut backoff = RETRY;
+        let mut loaded = true;
+        while let Err(error) = lane.load_states(partitions).await {
+            tracing::error!(%error, "checkpoints not readable; will retry before reading");
+            lane.sink.reset();
+            if !backoff.wait(&lane.shared.shutdown).await {
+                loaded = false;
+                break;
+            }
+        }
+        self.states = lane.states;
+        loaded
+    }
+
     async fn record_rewind(&mut self, partition: i32, committed: i64, checkpoint: i64) {
         tracing::error!(partition, committed, checkpoint, "Kafka's committed offset is ahead of PostgreSQL's checkpoint (a restored database?); reading again from the checkpoint");
-        self.metrics.log_event(partition, LogEventKind::Rewound);
-        if let Err(error) = self
-            .sink
+        self.shared
+            .metrics
+            .log_event(partition, LogEventKind::Rewound);
+        if let Err(error) = self.sinks[0]
             .record_rewind(partition, committed, checkpoint)
             .await
         {
             tracing::warn!(partition, %error, "rewind not recorded");
         }
     }
+}
 
+impl Shared<'_> {
     /// Without the seek, reading would go on from Kafka's position: never trust it. False when
     /// shutdown came first.
     async fn seek(
@@ -609,80 +618,6 @@ impl Writer<'_> {
         (self.config.dedup_capacity / self.partitions_held.max(1)).max(1)
     }
 
-    /// Loads the checkpoint of each partition not known yet, and checks that the partition's log
-    /// is still the one it describes.
-    async fn load_states(&mut self, partitions: &[i32]) -> Result<(), SinkError> {
-        let missing: Vec<i32> = partitions
-            .iter()
-            .copied()
-            .filter(|p| !self.states.contains_key(p))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let stored = self.sink.load_checkpoints(&missing).await?;
-        for partition in missing {
-            let (next_offset, max_event_time) = match stored.get(&partition) {
-                Some(checkpoint) => (
-                    Some(self.check_log(partition, checkpoint).await?),
-                    self.sane_watermark(partition, checkpoint.max_event_time),
-                ),
-                None => (None, None),
-            };
-            let capacity = self.dedup_capacity_per_partition();
-            self.states.insert(
-                partition,
-                PartitionState::new(next_offset, max_event_time, capacity),
-            );
-        }
-        Ok(())
-    }
-
-    /// Where reading the partition may resume: the checkpoint, or the start of a log that
-    /// restarted (whose checkpoint is moved back, and the restart recorded).
-    async fn check_log(
-        &mut self,
-        partition: i32,
-        checkpoint: &StoredCheckpoint,
-    ) -> Result<i64, SinkError> {
-        let probe = self.probe.clone();
-        let (next, last) = (checkpoint.next_offset, checkpoint.last_message.clone());
-        let checked =
-            tokio::task::spawn_blocking(move || probe.check(partition, next, last.as_deref()))
-                .await;
-        match checked {
-            Ok(Ok(LogCheck::Continues)) => Ok(next),
-            Ok(Ok(LogCheck::Gap { from, to })) => {
-                tracing::error!(
-                    partition,
-                    from,
-                    to,
-                    "messages were removed from the log before they were read"
-                );
-                self.metrics.log_event(partition, LogEventKind::Gap);
-                self.sink.record_gap(partition, from, to).await?;
-                Ok(next)
-            }
-            Ok(Ok(LogCheck::Restarted { start, reason })) => {
-                tracing::error!(partition, checkpoint = next, start, %reason, "the partition's log restarted; reading it again from its start");
-                self.sink
-                    .restart_checkpoint(partition, next, start, &reason)
-                    .await?;
-                self.metrics.log_event(partition, LogEventKind::Restarted);
-                Ok(start)
-            }
-            // The broker cannot be asked now: keep the checkpoint; the next assignment asks again.
-            Ok(Err(error)) => {
-                tracing::warn!(partition, %error, "could not check the partition's log; trusting the checkpoint");
-                Ok(next)
-            }
-            Err(error) => {
-                tracing::warn!(partition, %error, "log check did not finish; trusting the checkpoint");
-                Ok(next)
-            }
-        }
-    }
-
     /// A watermark more than a year beyond --max-future was left by a version without that rule (one event dated
     /// 9999 would keep every later event late for good): forgotten; the next events build it.
     fn sane_watermark(
@@ -703,6 +638,191 @@ impl Writer<'_> {
             other => other,
         }
     }
+}
+
+impl Lane<'_, '_> {
+    /// Writes the share, retrying through database outages and fencing, until it is in Postgres.
+    /// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
+    /// A share that takes longer than `--stuck-after` (failing, or blocked on a lock) marks its
+    /// partitions stuck until it is written: nothing waits silently.
+    async fn write_until_done(
+        &mut self,
+        messages: &[Incoming],
+        partitions: &[i32],
+    ) -> Option<WriteBatch> {
+        let (metrics, stuck_after) = (self.shared.metrics.clone(), self.shared.config.stuck_after);
+        let write = self.write_with_retry(messages, partitions);
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => return written,
+            _ = tokio::time::sleep(stuck_after) => {}
+        }
+        tracing::error!(
+            ?partitions,
+            stuck_after_s = stuck_after.as_secs(),
+            "partitions cannot advance: their batch is not written yet"
+        );
+        metrics.stuck(partitions, true);
+        let written = write.await;
+        metrics.stuck(partitions, false);
+        if written.is_some() {
+            tracing::info!(?partitions, "partitions moving again");
+        }
+        written
+    }
+
+    async fn write_with_retry(
+        &mut self,
+        messages: &[Incoming],
+        partitions: &[i32],
+    ) -> Option<WriteBatch> {
+        let started = Instant::now();
+        let shared = self.shared;
+        let mut backoff = RETRY;
+        loop {
+            let result = match self.load_states(partitions).await {
+                Ok(()) => {
+                    let now = clock::now();
+                    let topic = &shared.config.kafka.topic;
+                    let batch = classify(messages, &mut self.states, &shared.rules, topic, now);
+                    self.sink
+                        .write(&batch)
+                        .await
+                        .map(|outcome| (batch, outcome))
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok((batch, outcome)) => {
+                    let lateness = shared.rules.lateness;
+                    shared
+                        .metrics
+                        .batch_committed(&batch, &outcome, started.elapsed(), lateness);
+                    return Some(batch);
+                }
+                Err(SinkError::Fenced { partition }) => {
+                    tracing::warn!(
+                        partition,
+                        "partition was written by another consumer; reloading its checkpoint"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%error, fault = ?error.fault(), "batch not written; will retry");
+                    self.sink.reset();
+                    if !backoff.wait(&shared.shutdown).await {
+                        return None;
+                    }
+                }
+            }
+            // The failed attempt moved the in-memory states as if it had committed: start over
+            // from Postgres.
+            for partition in partitions {
+                self.states.remove(partition);
+            }
+        }
+    }
+
+    /// Loads the checkpoint of each partition not known yet, and checks that the partition's log
+    /// is still the one it describes.
+    async fn load_states(&mut self, partitions: &[i32]) -> Result<(), SinkError> {
+        let missing: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.states.contains_key(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let stored = self.sink.load_checkpoints(&missing).await?;
+        for partition in missing {
+            let (next_offset, max_event_time) = match stored.get(&partition) {
+                Some(checkpoint) => (
+                    Some(self.check_log(partition, checkpoint).await?),
+                    self.shared
+                        .sane_watermark(partition, checkpoint.max_event_time),
+                ),
+                None => (None, None),
+            };
+            let capacity = self.shared.dedup_capacity_per_partition();
+            self.states.insert(
+                partition,
+                PartitionState::new(next_offset, max_event_time, capacity),
+            );
+        }
+        Ok(())
+    }
+
+    /// Where reading the partition may resume: the checkpoint, or the start of a log that
+    /// restarted (whose checkpoint is moved back, and the restart recorded).
+    async fn check_log(
+        &mut self,
+        partition: i32,
+        checkpoint: &StoredCheckpoint,
+    ) -> Result<i64, SinkError> {
+        let probe = self.shared.probe.clone();
+        let metrics = &self.shared.metrics;
+        let (next, last) = (checkpoint.next_offset, checkpoint.last_message.clone());
+        let checked =
+            tokio::task::spawn_blocking(move || probe.check(partition, next, last.as_deref()))
+                .await;
+        match checked {
+            Ok(Ok(LogCheck::Continues)) => Ok(next),
+            Ok(Ok(LogCheck::Gap { from, to })) => {
+                tracing::error!(
+                    partition,
+                    from,
+                    to,
+                    "messages were removed from the log before they were read"
+                );
+                metrics.log_event(partition, LogEventKind::Gap);
+                self.sink.record_gap(partition, from, to).await?;
+                Ok(next)
+            }
+            Ok(Ok(LogCheck::Restarted { start, reason })) => {
+                tracing::error!(partition, checkpoint = next, start, %reason, "the partition's log restarted; reading it again from its start");
+                self.sink
+                    .restart_checkpoint(partition, next, start, &reason)
+                    .await?;
+                metrics.log_event(partition, LogEventKind::Restarted);
+                Ok(start)
+            }
+            // The broker cannot be asked now: keep the checkpoint; the next assignment asks again.
+            Ok(Err(error)) => {
+                tracing::warn!(partition, %error, "could not check the partition's log; trusting the checkpoint");
+                Ok(next)
+            }
+            Err(error) => {
+                tracing::warn!(partition, %error, "log check did not finish; trusting the checkpoint");
+                Ok(next)
+            }
+        }
+    }
+}
+
+/// The messages split among `writers` by partition, balancing rows: each partition whole, its
+/// order kept. The partitions with the most rows are placed first, each with the least loaded.
+fn shares_by_partition(messages: Vec<Incoming>, writers: usize) -> Vec<Vec<Incoming>> {
+    let mut rows: HashMap<i32, usize> = HashMap::new();
+    for message in &messages {
+        *rows.entry(message.partition).or_default() += 1;
+    }
+    if writers <= 1 || rows.len() <= 1 {
+        return vec![messages];
+    }
+    let mut by_rows: Vec<(i32, usize)> = rows.into_iter().collect();
+    by_rows.sort_unstable_by_key(|&(partition, rows)| (std::cmp::Reverse(rows), partition));
+    let mut load = vec![0usize; writers];
+    let mut writer_of: HashMap<i32, usize> = HashMap::new();
+    for (partition, rows) in by_rows {
+        let least = (0..writers).min_by_key(|&w| load[w]).unwrap_or(0);
+        load[least] += rows;
+        writer_of.insert(partition, least);
+    }
+    let mut shares: Vec<Vec<Incoming>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for message in messages {
+        shares[writer_of[&message.partition]].push(message);
+    }
+    shares
 }
 
 fn partitions_of(messages: &[Incoming]) -> Vec<i32> {
@@ -755,5 +875,75 @@ fn commit_offsets(
     // Postgres checkpoint, so this is not an error.
     if let Err(error) = consumer.commit(&list, mode) {
         tracing::debug!(%error, "offset commit refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(partitions: &[(i32, usize)]) -> Vec<Incoming> {
+        let mut messages = Vec::new();
+        // Interleaved, as a batch arrives: one of each partition in turn.
+        let longest = partitions.iter().map(|&(_, n)| n).max().unwrap_or(0);
+        for offset in 0..longest {
+            for &(partition, rows) in partitions {
+                if offset < rows {
+                    messages.push(Incoming {
+                        partition,
+                        offset: offset as i64,
+                        key: None,
+                        payload: None,
+                    });
+                }
+            }
+        }
+        messages
+    }
+
+    fn layout(shares: &[Vec<Incoming>]) -> Vec<Vec<(i32, usize)>> {
+        shares
+            .iter()
+            .map(|share| {
+                let mut rows: BTreeMap<i32, usize> = BTreeMap::new();
+                for message in share {
+                    *rows.entry(message.partition).or_default() += 1;
+                }
+                rows.into_iter().collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_partition_goes_whole_and_in_order_to_the_least_loaded_writer() {
+        let shares = shares_by_partition(messages(&[(0, 50), (1, 30), (2, 25), (3, 10)]), 2);
+        assert_eq!(
+            layout(&shares),
+            vec![vec![(0, 50), (3, 10)], vec![(1, 30), (2, 25)]]
+        );
+        for share in &shares {
+            for partition in partitions_of(share) {
+                let offsets: Vec<i64> = share
+                    .iter()
+                    .filter(|m| m.partition == partition)
+                    .map(|m| m.offset)
+                    .collect();
+                assert!(offsets.windows(2).all(|pair| pair[0] + 1 == pair[1]));
+            }
+        }
+    }
+
+    #[test]
+    fn one_writer_or_one_partition_takes_the_batch_as_it_is() {
+        assert_eq!(
+            layout(&shares_by_partition(messages(&[(0, 5), (1, 5)]), 1)),
+            vec![vec![(0, 5), (1, 5)]]
+        );
+        assert_eq!(
+            layout(&shares_by_partition(messages(&[(4, 7)]), 3)),
+            vec![vec![(4, 7)]]
+        );
+        let shares = shares_by_partition(messages(&[(0, 3), (1, 3)]), 4);
+        assert_eq!(shares.iter().filter(|share| !share.is_empty()).count(), 2);
     }
 }

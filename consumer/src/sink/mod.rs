@@ -142,6 +142,18 @@ impl Sink {
         }
     }
 
+    /// A sink to the same database for the same group and topic, on a connection of its own.
+    pub fn another(&self) -> Sink {
+        Sink {
+            url: self.url.clone(),
+            application_name: self.application_name.clone(),
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            connection: None,
+            copy_direct: true,
+        }
+    }
+
     /// Names the connections (PostgreSQL's `application_name`), unless the URL names them.
     pub fn named(mut self, application_name: &str) -> Sink {
         self.application_name = Some(application_name.to_owned());

@@ -50,18 +50,40 @@ impl std::fmt::Display for ChaosReport {
     }
 }
 
-const COMPONENTS: [&str; 7] = [
-    "generator",
-    "bridge",
-    "consumer-a",
-    "consumer-b",
-    "consumer-c",
-    "broker",
-    "postgres",
-];
+/// A part of the pipeline the run kills: the consumers are numbered 0 to 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Component {
+    Generator,
+    Bridge,
+    Consumer(usize),
+    Broker,
+    Postgres,
+}
 
-/// The consumers among [`COMPONENTS`], in order.
-const CONSUMERS: [&str; 3] = ["consumer-a", "consumer-b", "consumer-c"];
+impl Component {
+    const ALL: [Component; 7] = [
+        Component::Generator,
+        Component::Bridge,
+        Component::Consumer(0),
+        Component::Consumer(1),
+        Component::Consumer(2),
+        Component::Broker,
+        Component::Postgres,
+    ];
+
+    /// Its name in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Component::Generator => "generator",
+            Component::Bridge => "bridge",
+            Component::Consumer(0) => "consumer-a",
+            Component::Consumer(1) => "consumer-b",
+            Component::Consumer(_) => "consumer-c",
+            Component::Broker => "broker",
+            Component::Postgres => "postgres",
+        }
+    }
+}
 
 /// What a chaos run may do.
 #[derive(Debug, Clone, Copy)]
@@ -78,77 +100,73 @@ pub struct ChaosOptions {
 
 /// The n-th hostile file: each kind the contract must survive, in turn. Every one has rows with
 /// ids of its own, so the oracle's counts stay exact. Returns its name, its bytes, and whether it
-/// is written in place with a pause mid-line rather than renamed in. A table of fixtures, hence
-/// its length.
+/// is written in place with a pause mid-line rather than renamed in.
 pub fn hostile_file(n: u64) -> (String, Vec<u8>, bool) {
     const HEADER: &str = "event_id,user_id,event_type,product_id,price,event_time";
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let ok = |tag: &str| format!("h{n}-{tag},1,view,10,1.00,{now}");
-    let (name, body, in_place): (&str, Vec<u8>, bool) = match n % 7 {
+    let row = |id: &str, rest: &str| format!("h{n}-{id},{rest}");
+    let (name, body): (&str, Vec<u8>) = match n % 7 {
         0 => (
             "nul-header",
-            format!(
-                "event_id,user_id,event_type,product_id,pri\0ce,event_time\n{}\n{}\n",
-                ok("a"),
-                ok("b")
-            )
-            .into_bytes(),
-            false,
+            lines(
+                &[&HEADER.replace("price", "pri\0ce"), &ok("a"), &ok("b")],
+                "\n",
+            ),
         ),
-        1 => (
-            "nul-values",
-            format!(
-                "{HEADER}\nh{n}-\0x,1,view,10,1.00,{now}\n{}\nh{n}-t,1,vi\0ew,10,1.00,{now}\n",
-                ok("a")
-            )
-            .into_bytes(),
-            false,
-        ),
-        2 => (
-            "lone-cr",
-            format!(
-                "{HEADER}\r{}\rh{n}-bad,1,view,10,-1,{now}\r{}\rh{n}-bad2,x,view,10,1,{now}\r",
-                ok("a"),
-                ok("b")
-            )
-            .into_bytes(),
-            false,
-        ),
-        3 => (
-            "future",
-            format!(
-                "{HEADER}\nh{n}-far,1,view,10,1.00,9999-12-31T23:59:59Z\n{}\n",
-                ok("a")
-            )
-            .into_bytes(),
-            false,
-        ),
+        1 => {
+            let (nul_id, nul_type) = (row("\0x", "1,view,10,1.00,"), row("t", "1,vi\0ew,10,1.00,"));
+            let rows = [HEADER, &(nul_id + &now), &ok("a"), &(nul_type + &now)];
+            ("nul-values", lines(&rows, "\n"))
+        }
+        2 => {
+            let (negative, bad_user) = (row("bad", "1,view,10,-1,"), row("bad2", "x,view,10,1,"));
+            let rows = [
+                HEADER,
+                &ok("a"),
+                &(negative + &now),
+                &ok("b"),
+                &(bad_user + &now),
+            ];
+            ("lone-cr", lines(&rows, "\r"))
+        }
+        3 => {
+            let far = row("far", "1,view,10,1.00,9999-12-31T23:59:59Z");
+            ("future", lines(&[HEADER, &far, &ok("a")], "\n"))
+        }
         4 => {
-            let controls = "\u{1}".repeat(60_000);
+            let c = "\u{1}".repeat(60_000);
+            let huge = format!("{c},{c},{c},10,1.00,{now}");
             (
                 "too-large",
-                format!(
-                    "{HEADER}\n{}\n{controls},{controls},{controls},10,1.00,{now}\n{}\n",
-                    ok("a"),
-                    ok("b")
-                )
-                .into_bytes(),
-                false,
+                lines(&[HEADER, &ok("a"), &huge, &ok("b")], "\n"),
             )
         }
         5 => {
             let mut body = format!("{HEADER}\n{}\nh{n}-utf8,1,view,10,", ok("a")).into_bytes();
             body.extend_from_slice(b"\xff\xfe,");
             body.extend_from_slice(format!("{now}\n").as_bytes());
-            ("invalid-utf8", body, false)
+            ("invalid-utf8", body)
         }
         _ => (
             "in-place",
-            format!("{HEADER}\n{}\n{}\n{}\n", ok("a"), ok("b"), ok("c")).into_bytes(),
-            true,
+            lines(&[HEADER, &ok("a"), &ok("b"), &ok("c")], "\n"),
         ),
     };
-    (format!("hostile-{n:04}-{name}.csv"), body, in_place)
+    (
+        format!("hostile-{n:04}-{name}.csv"),
+        body,
+        name == "in-place",
+    )
+}
+
+/// Each line followed by `end`.
+fn lines(lines: &[&str], end: &str) -> Vec<u8> {
+    lines
+        .iter()
+        .flat_map(|line| [*line, end])
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// Writes a file in place, pausing 3 s in the middle of its last line.
@@ -165,175 +183,229 @@ fn write_in_place(path: std::path::PathBuf, body: Vec<u8>) {
     });
 }
 
-/// The run, its stages in order (start, kill and restart, calm, oracle, count): a script, read
-/// top to bottom.
+/// The run, its stages in order: start, kill and restart until `seconds` passed, calm, count.
 pub async fn run_chaos(
     seconds: u64,
     seed: u64,
     options: ChaosOptions,
 ) -> anyhow::Result<ChaosReport> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut broker = PrivateBroker::start();
-    let postgres = PrivatePostgres::start();
-    let world = World::on("chaos", &broker.address(), &postgres.server_url()).await;
-    std::fs::create_dir_all(world.input_dir())?;
-    let input = world.input_dir().to_string_lossy().into_owned();
-    let generator_args = [
-        "--output-dir",
-        input.as_str(),
-        "--events-per-file",
-        "200",
-        "--interval",
-        "100ms",
-        "--duplicate-rate",
-        "0.05",
-        "--late-rate",
-        "0.02",
-        "--malformed-rate",
-        "0.02",
-    ];
-    let consumers = &CONSUMERS[..options.consumers.clamp(1, CONSUMERS.len())];
-    let start = |name: &str| -> Proc {
-        match name {
-            "generator" => world.spawn("generator", &generator_args),
-            "bridge" => world.bridge(&[]),
-            _ => world.consumer(&["--batch-size", "500"]),
-        }
-    };
-    let mut running: Vec<(&str, Proc)> = COMPONENTS
-        .iter()
-        .filter(|name| matches!(**name, "generator" | "bridge") || consumers.contains(name))
-        .map(|n| (*n, start(n)))
-        .collect();
-    let victims: Vec<&str> = COMPONENTS
-        .into_iter()
-        .filter(|name| match *name {
-            "broker" => options.kill_broker,
-            "postgres" => options.kill_postgres,
-            "generator" | "bridge" => true,
-            consumer => consumers.contains(&consumer),
-        })
-        .collect();
-    let mut report = ChaosReport {
-        seed,
-        ..ChaosReport::default()
-    };
+    let mut run = ChaosRun::start(seed, options).await?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut hostile = 0;
-    let mut queue: Vec<&str> = Vec::new();
     while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..3_000))).await;
+        let pause = run.rng.random_range(500..3_000);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         if options.hostile {
-            let (name, body, in_place) = hostile_file(hostile);
-            hostile += 1;
-            report.hostile_files = hostile;
-            if in_place {
-                write_in_place(world.input_dir().join(name), body);
-            } else {
-                world.drop_file(&name, &body);
-            }
+            run.drop_hostile_file();
         }
-        // Every component in turn, in a random order each round: each is killed at least once
-        // per round.
-        if queue.is_empty() {
-            queue = victims.clone();
-            queue.shuffle(&mut rng);
-        }
-        let victim = queue.pop().expect("refilled above");
-        let down = Duration::from_millis(rng.random_range(100..2_000));
-        report.kills += 1;
-        *report.victims.entry(victim).or_default() += 1;
-        match victim {
-            "broker" => {
-                broker.kill9();
-                tokio::time::sleep(down).await;
-                broker.restart();
-            }
-            "postgres" => {
-                postgres.crash();
-                tokio::time::sleep(down).await;
-                postgres.restart();
-            }
-            name => {
-                if let Some((_, process)) = running.iter_mut().find(|(n, _)| *n == name) {
-                    process.kill9();
-                }
-                tokio::time::sleep(down).await;
-                running.retain(|(n, _)| *n != name);
-                running.push((name, start(name)));
-            }
-        }
+        run.kill_next().await;
     }
-    // Calm: stop writing, then let the survivors (restarted where they died) drain everything.
-    running.retain(|(n, _)| *n != "generator");
-    // An in-place writer may still be in its pause.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    for (name, process) in running.iter_mut() {
-        if !process.is_running() {
-            *process = start(name);
-        }
-    }
-    let files_deadline = Instant::now() + Duration::from_secs(300);
-    while world.files_waiting() > 0 {
-        anyhow::ensure!(
-            Instant::now() < files_deadline,
-            "the bridge did not drain the folder"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    run.calm().await?;
+    run.count().await
+}
+
+/// A chaos run in progress: its private services, the processes running, and what it did.
+struct ChaosRun {
+    rng: StdRng,
+    broker: PrivateBroker,
+    postgres: PrivatePostgres,
+    world: World,
+    running: Vec<(Component, Proc)>,
+    /// What may be killed, and what is left to kill this round.
+    victims: Vec<Component>,
+    queue: Vec<Component>,
+    report: ChaosReport,
+}
+
+impl ChaosRun {
+    async fn start(seed: u64, options: ChaosOptions) -> anyhow::Result<ChaosRun> {
+        let broker = PrivateBroker::start();
+        let postgres = PrivatePostgres::start();
+        let world = World::on("chaos", &broker.address(), &postgres.server_url()).await;
+        std::fs::create_dir_all(world.input_dir())?;
+        let consumers = options.consumers.clamp(1, 3);
+        let victims: Vec<Component> = Component::ALL
+            .into_iter()
+            .filter(|component| match component {
+                Component::Broker => options.kill_broker,
+                Component::Postgres => options.kill_postgres,
+                Component::Generator | Component::Bridge => true,
+                Component::Consumer(n) => *n < consumers,
+            })
+            .collect();
+        let mut run = ChaosRun {
+            rng: StdRng::seed_from_u64(seed),
+            broker,
+            postgres,
+            world,
+            running: Vec::new(),
+            victims,
+            queue: Vec::new(),
+            report: ChaosReport {
+                seed,
+                ..ChaosReport::default()
+            },
+        };
+        let processes = run.victims.iter().copied().filter(|c| run.is_process(*c));
+        run.running = processes.map(|c| (c, run.spawn(c))).collect();
+        Ok(run)
     }
 
-    let (valid, invalid, rows_in) = oracle(&world.archive_dir())?;
-    report.rows_in = rows_in;
-    report.valid_distinct = valid.len() as u64;
-    report.invalid_rows = invalid;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&world.database_url)
-        .await?;
+    /// Whether the run starts the component as a process of its own (the services it does not).
+    fn is_process(&self, component: Component) -> bool {
+        !matches!(component, Component::Broker | Component::Postgres)
+    }
+
+    fn spawn(&self, component: Component) -> Proc {
+        let input = self.world.input_dir().to_string_lossy().into_owned();
+        match component {
+            Component::Generator => self.world.spawn(
+                "generator",
+                &[
+                    "--output-dir",
+                    &input,
+                    "--events-per-file",
+                    "200",
+                    "--interval",
+                    "100ms",
+                    "--duplicate-rate",
+                    "0.05",
+                    "--late-rate",
+                    "0.02",
+                    "--malformed-rate",
+                    "0.02",
+                ],
+            ),
+            Component::Bridge => self.world.bridge(&[]),
+            _ => self.world.consumer(&["--batch-size", "500"]),
+        }
+    }
+
+    fn drop_hostile_file(&mut self) {
+        let (name, body, in_place) = hostile_file(self.report.hostile_files);
+        self.report.hostile_files += 1;
+        if in_place {
+            write_in_place(self.world.input_dir().join(name), body);
+        } else {
+            self.world.drop_file(&name, &body);
+        }
+    }
+
+    /// Kills the next victim with SIGKILL and restarts it after a while. Every component in
+    /// turn, in a random order each round: each is killed at least once per round.
+    async fn kill_next(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = self.victims.clone();
+            self.queue.shuffle(&mut self.rng);
+        }
+        let victim = self.queue.pop().expect("refilled above");
+        let down = Duration::from_millis(self.rng.random_range(100..2_000));
+        self.report.kills += 1;
+        *self.report.victims.entry(victim.name()).or_default() += 1;
+        match victim {
+            Component::Broker => {
+                self.broker.kill9();
+                tokio::time::sleep(down).await;
+                self.broker.restart();
+            }
+            Component::Postgres => {
+                self.postgres.crash();
+                tokio::time::sleep(down).await;
+                self.postgres.restart();
+            }
+            process => {
+                if let Some((_, running)) = self.running.iter_mut().find(|(c, _)| *c == process) {
+                    running.kill9();
+                }
+                tokio::time::sleep(down).await;
+                self.running.retain(|(c, _)| *c != process);
+                let restarted = self.spawn(process);
+                self.running.push((process, restarted));
+            }
+        }
+    }
+
+    /// Stops writing, then lets the survivors (restarted where they died) drain the folder.
+    async fn calm(&mut self) -> anyhow::Result<()> {
+        self.running.retain(|(c, _)| *c != Component::Generator);
+        // An in-place writer may still be in its pause.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for index in 0..self.running.len() {
+            if !self.running[index].1.is_running() {
+                self.running[index].1 = self.spawn(self.running[index].0);
+            }
+        }
+        let files_deadline = Instant::now() + Duration::from_secs(300);
+        while self.world.files_waiting() > 0 {
+            anyhow::ensure!(
+                Instant::now() < files_deadline,
+                "the bridge did not drain the folder"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// The oracle's counts from the archive against what the database holds once it settled.
+    async fn count(mut self) -> anyhow::Result<ChaosReport> {
+        let (valid, invalid, rows_in) = oracle(&self.world.archive_dir())?;
+        let report = &mut self.report;
+        report.rows_in = rows_in;
+        report.valid_distinct = valid.len() as u64;
+        report.invalid_rows = invalid;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.world.database_url)
+            .await?;
+        settle(&pool, report).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stored: BTreeSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT event_id FROM ecommerce_events")
+                .fetch_all(&pool)
+                .await?
+                .into_iter()
+                .collect();
+        let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM ecommerce_events_rejected")
+            .fetch_one(&pool)
+            .await?;
+        report.rows_out = stored.len() as u64;
+        report.rejected_out = rejected as u64;
+        report.lost =
+            valid.difference(&stored).count() as u64 + invalid.saturating_sub(report.rejected_out);
+        report.duplicated =
+            stored.difference(&valid).count() as u64 + report.rejected_out.saturating_sub(invalid);
+        let mut db = pool.acquire().await?;
+        report.aggregate_differences = operator_tools::aggregates::check(&mut db).await?.1;
+        Ok(self.report)
+    }
+}
+
+/// Waits (up to 5 minutes) until the database holds at least what the oracle expects and every
+/// file reconciled; the counts it last saw are in `report`.
+async fn settle(pool: &sqlx::PgPool, report: &mut ChaosReport) -> anyhow::Result<()> {
     let settle_deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let out: i64 = sqlx::query_scalar("SELECT count(*) FROM ecommerce_events")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
         let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM ecommerce_events_rejected")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
         let (files, unreconciled): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE reconciled_at IS NULL) FROM ingest_files",
         )
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
         report.rows_out = out as u64;
         report.rejected_out = rejected as u64;
         (report.ledger_files, report.unreconciled_files) = (files as u64, unreconciled as u64);
         let caught_up = report.rows_out >= report.valid_distinct
-            && report.rejected_out >= invalid
+            && report.rejected_out >= report.invalid_rows
             && report.unreconciled_files == 0;
         if caught_up || Instant::now() > settle_deadline {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let stored: BTreeSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT event_id FROM ecommerce_events")
-            .fetch_all(&pool)
-            .await?
-            .into_iter()
-            .collect();
-    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM ecommerce_events_rejected")
-        .fetch_one(&pool)
-        .await?;
-    report.rows_out = stored.len() as u64;
-    report.rejected_out = rejected as u64;
-    report.lost =
-        valid.difference(&stored).count() as u64 + invalid.saturating_sub(report.rejected_out);
-    report.duplicated =
-        stored.difference(&valid).count() as u64 + report.rejected_out.saturating_sub(invalid);
-    let mut db = pool.acquire().await?;
-    report.aggregate_differences = operator_tools::aggregates::check(&mut db).await?.1;
-    drop(running);
-    Ok(report)
 }
 
 /// Distinct valid event_ids, invalid row count and all rows of the archived files. An event

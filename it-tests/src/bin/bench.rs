@@ -96,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
     partition_figures(&args, &input.kept, events, &mut figures).await?;
     end_to_end(&input.kept, events, ceilings.bare_pipe_rate, &mut figures).await?;
     freshness_figures(&args, &mut figures).await?;
-    cost_figures(&input, &ceilings, &ours, events, &mut figures);
+    cost_figures(&ceilings, &ours, events, &mut figures);
+    generator_and_memory_figures(&input, &ours, &mut figures);
     if args.stored_events > 0 {
         let measured = aggregates_stage(&input.world, args.stored_events, events + files).await?;
         aggregates_figures(&measured, args.stored_events, &mut figures);
@@ -260,7 +261,6 @@ async fn our_stages(
         "rows/s",
         &ratio(sink_rate, copy_rate),
     );
-
     let started = Instant::now();
     // Six partitions, so one to three consumers can share the topic evenly below.
     let (status, bridge_rss, bridge_cpu) = world
@@ -270,23 +270,12 @@ async fn our_stages(
     let bridge_rate = rate(events, started.elapsed());
 
     let drained = drain(world, events, LONG).await;
-    let (consumer_rate, _, consumer_cpu) = (
-        drained.rows_per_second,
-        drained.peak_rss_kib,
-        drained.cpu_seconds,
-    );
-    let mut scaling = vec![(1, consumer_rate, consumer_cpu)];
+    let consumer_rate = drained.rows_per_second;
+    let mut scaling = vec![(1, consumer_rate, drained.cpu_seconds)];
     for consumers in [2, 3] {
         let (rate, cpu) = drain_with(world, consumers, events).await?;
         scaling.push((consumers, rate, cpu));
     }
-    figures.add(
-        "generator_rows_per_s",
-        "generator",
-        input.generator_rate,
-        "rows/s",
-        "target 1000000",
-    );
     figures.add(
         "bridge_rows_per_s",
         "file-bridge: folder -> topic (--once)",
@@ -397,13 +386,7 @@ async fn freshness_figures(args: &Args, figures: &mut Figures) -> anyhow::Result
     Ok(())
 }
 
-fn cost_figures(
-    input: &Input,
-    ceilings: &Ceilings,
-    ours: &Ours,
-    events: usize,
-    figures: &mut Figures,
-) {
+fn cost_figures(ceilings: &Ceilings, ours: &Ours, events: usize, figures: &mut Figures) {
     let (producer_cpu, bare_consumer_cpu) =
         (ceilings.broker.producer_cpu, ceilings.broker.consumer_cpu);
     let (bridge_cpu, drained) = (ours.bridge_cpu, &ours.drained);
@@ -455,6 +438,16 @@ fn cost_figures(
             &format!("{:.2} CPU-µs per row, all consumers", per_row(*cpu)),
         );
     }
+}
+
+fn generator_and_memory_figures(input: &Input, ours: &Ours, figures: &mut Figures) {
+    figures.add(
+        "generator_rows_per_s",
+        "generator",
+        input.generator_rate,
+        "rows/s",
+        "target 1000000",
+    );
     let mib = |kib: u64| kib as f64 / 1024.0;
     figures.add(
         "generator_peak_rss_mib",
@@ -665,72 +658,14 @@ async fn aggregates_stage(
     sink.migrate().await?;
     seed_events(&stage, stored).await?;
     let started = Instant::now();
-    let (status, log) = stage
-        .spawn(
-            "aggregates",
-            &["--database-url", &stage.database_url, "rebuild", "--resume"],
-        )
-        .wait_with_log(Duration::from_secs(3600));
-    anyhow::ensure!(status.success(), "aggregates rebuild failed: {log}");
+    run_aggregates(&stage, &["rebuild", "--resume"])?;
     let rebuild_rate = rate(stored, started.elapsed());
     let (summary_p50_ms, summary_max_ms) = poll_summary(&stage).await?;
     let started = Instant::now();
-    let (status, log) = stage
-        .spawn(
-            "aggregates",
-            &["--database-url", &stage.database_url, "check"],
-        )
-        .wait_with_log(Duration::from_secs(3600));
-    anyhow::ensure!(
-        status.success(),
-        "aggregates check found differences: {log}"
-    );
+    run_aggregates(&stage, &["check"])?;
     let check_seconds = started.elapsed().as_secs_f64();
-
-    let mut drain_on_top = async |triggers: &str| -> anyhow::Result<(f64, f64)> {
-        for (table, trigger) in [
-            ("ecommerce_events", "agg_events_inserted"),
-            ("ecommerce_events_rejected", "agg_rejects_inserted"),
-        ] {
-            sqlx::query(&format!("ALTER TABLE {table} {triggers} TRIGGER {trigger}"))
-                .execute(&stage.pool)
-                .await?;
-        }
-        stage.group = it_tests::unique("bench_aggregates");
-        let database_cpu = postgres_cpu_seconds();
-        let consumer = stage.consumer(&[]);
-        let done = format!(
-            "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints
-             WHERE consumer_group = '{}'",
-            stage.group
-        );
-        stage.wait_for_at_least(&done, 1, LONG).await;
-        let (started, first) = (Instant::now(), stage.count(&done).await);
-        stage.wait_for_count(&done, messages as i64, LONG).await;
-        let rate = rate(messages - first as usize, started.elapsed());
-        // Before the consumer's sessions end and take their CPU time with them.
-        let database_cpu = postgres_cpu_seconds() - database_cpu;
-        drop(consumer);
-        if triggers == "ENABLE" {
-            // The run measured what it says: every row it wrote was counted.
-            let mut db = stage.pool.acquire().await?;
-            let (_, differences) = operator_tools::aggregates::check(&mut db).await?;
-            anyhow::ensure!(differences.is_empty(), "aggregates differ: {differences:?}");
-        }
-        // The rows just written go again, so the next run writes the same rows onto a table of
-        // the same size. (Uncounted: the aggregates are not looked at after this stage.)
-        for statement in [
-            "ALTER TABLE ecommerce_events DISABLE TRIGGER agg_events_deleted",
-            "DELETE FROM ecommerce_events WHERE source_file <> 'stored'",
-            "ALTER TABLE ecommerce_events ENABLE TRIGGER agg_events_deleted",
-            "VACUUM ANALYZE ecommerce_events",
-        ] {
-            sqlx::query(statement).execute(&stage.pool).await?;
-        }
-        Ok((rate, database_cpu))
-    };
-    let (rate_without, cpu_without) = drain_on_top("DISABLE").await?;
-    let (rate_with, cpu_with) = drain_on_top("ENABLE").await?;
+    let (rate_without, cpu_without) = drain_on_top(&mut stage, messages, Triggers::Off).await?;
+    let (rate_with, cpu_with) = drain_on_top(&mut stage, messages, Triggers::On).await?;
     let rows = messages as f64;
     stage.pool.close().await;
     Ok(AggregatesFigures {
@@ -742,6 +677,78 @@ async fn aggregates_stage(
         rate_with,
         database_cpu_us_per_row_added: (cpu_with - cpu_without) * 1e6 / rows,
     })
+}
+
+/// `aggregates` with `arguments` on the stage's database; fails with its log unless it exits 0.
+fn run_aggregates(stage: &World, arguments: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["--database-url", &stage.database_url];
+    all.extend_from_slice(arguments);
+    let (status, log) = stage
+        .spawn("aggregates", &all)
+        .wait_with_log(Duration::from_secs(3600));
+    anyhow::ensure!(status.success(), "aggregates {arguments:?} failed: {log}");
+    Ok(())
+}
+
+/// Whether the aggregate triggers move the aggregates in a drain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Triggers {
+    Off,
+    On,
+}
+
+/// The stage's topic drained by a new group onto the stored events; its rate from the first
+/// commit and PostgreSQL's CPU seconds meanwhile. The rows written go again afterwards, so the
+/// next drain writes the same rows onto a table of the same size.
+async fn drain_on_top(
+    stage: &mut World,
+    messages: usize,
+    triggers: Triggers,
+) -> anyhow::Result<(f64, f64)> {
+    let switch = if triggers == Triggers::On {
+        "ENABLE"
+    } else {
+        "DISABLE"
+    };
+    for (table, trigger) in [
+        ("ecommerce_events", "agg_events_inserted"),
+        ("ecommerce_events_rejected", "agg_rejects_inserted"),
+    ] {
+        sqlx::query(&format!("ALTER TABLE {table} {switch} TRIGGER {trigger}"))
+            .execute(&stage.pool)
+            .await?;
+    }
+    stage.group = it_tests::unique("bench_aggregates");
+    let database_cpu = postgres_cpu_seconds();
+    let consumer = stage.consumer(&[]);
+    let done = format!(
+        "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints
+         WHERE consumer_group = '{}'",
+        stage.group
+    );
+    stage.wait_for_at_least(&done, 1, LONG).await;
+    let (started, first) = (Instant::now(), stage.count(&done).await);
+    stage.wait_for_count(&done, messages as i64, LONG).await;
+    let rate = rate(messages - first as usize, started.elapsed());
+    // Before the consumer's sessions end and take their CPU time with them.
+    let database_cpu = postgres_cpu_seconds() - database_cpu;
+    drop(consumer);
+    if triggers == Triggers::On {
+        // The run measured what it says: every row it wrote was counted.
+        let mut db = stage.pool.acquire().await?;
+        let (_, differences) = operator_tools::aggregates::check(&mut db).await?;
+        anyhow::ensure!(differences.is_empty(), "aggregates differ: {differences:?}");
+    }
+    // (Uncounted: the aggregates are not looked at after this stage.)
+    for statement in [
+        "ALTER TABLE ecommerce_events DISABLE TRIGGER agg_events_deleted",
+        "DELETE FROM ecommerce_events WHERE source_file <> 'stored'",
+        "ALTER TABLE ecommerce_events ENABLE TRIGGER agg_events_deleted",
+        "VACUUM ANALYZE ecommerce_events",
+    ] {
+        sqlx::query(statement).execute(&stage.pool).await?;
+    }
+    Ok((rate, database_cpu))
 }
 
 /// `stored` events written straight into the table, uncounted (the state migration 0013 leaves on
@@ -905,49 +912,13 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<Brok
 
         let consumer = bare_consumer(&brokers, &topic)?;
         let cpu_before = cpu();
-        let (mut seen, mut first) = (0, None);
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while seen < events && Instant::now() < deadline {
-            if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-                message?;
-                first.get_or_insert_with(Instant::now);
-                seen += 1;
-            }
-        }
-        anyhow::ensure!(seen == events, "bare consumer read {seen} of {events}");
+        let first = read_all(&consumer, events, Duration::from_millis(500))?;
         // Timed from the first message: joining the group is not throughput.
-        let consume = rate(events, first.map_or(Duration::ZERO, |s| s.elapsed()));
+        let consume = rate(events, first.elapsed());
         let consumer_cpu = cpu() - cpu_before;
 
-        // The pipe: a group joined first, then the same rows produced while it reads them;
-        // timed from the first send to the last row read, as the pipeline end to end is.
         let consumer = bare_consumer(&brokers, &piped)?;
-        while consumer.assignment()?.count() == 0 {
-            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                message?;
-            }
-        }
-        let started = Instant::now();
-        let reader = std::thread::spawn(move || -> anyhow::Result<usize> {
-            let mut seen = 0;
-            let deadline = Instant::now() + Duration::from_secs(900);
-            while seen < events && Instant::now() < deadline {
-                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                    message?;
-                    seen += 1;
-                }
-            }
-            Ok(seen)
-        });
-        produce_all(&producer, &piped, &lines)?;
-        let seen = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("the pipe's reader panicked"))??;
-        anyhow::ensure!(
-            seen == events,
-            "the pipe's consumer read {seen} of {events}"
-        );
-        let pipe = rate(events, started.elapsed());
+        let pipe = pipe_rate(&producer, consumer, &piped, &lines)?;
         Ok(BrokerCeiling {
             produce_rate: produce,
             consume_rate: consume,
@@ -957,6 +928,50 @@ async fn broker_ceiling(input: &[PathBuf], events: usize) -> anyhow::Result<Brok
         })
     })
     .await?
+}
+
+/// Reads `events` messages (failing after 15 minutes); when the first one came.
+fn read_all(consumer: &BaseConsumer, events: usize, poll: Duration) -> anyhow::Result<Instant> {
+    let (mut seen, mut first) = (0, None);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while seen < events && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(poll) {
+            message?;
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    anyhow::ensure!(seen == events, "bare consumer read {seen} of {events}");
+    Ok(first.unwrap_or_else(Instant::now))
+}
+
+/// Ceiling (c): a group joined first, then the rows produced while it reads them; timed from the
+/// first send to the last row read, as the pipeline end to end is.
+fn pipe_rate(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    consumer: BaseConsumer,
+    topic: &str,
+    lines: &[Vec<u8>],
+) -> anyhow::Result<f64> {
+    wait_for_assignment(&consumer)?;
+    let events = lines.len();
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        read_all(&consumer, events, Duration::from_millis(100)).map(drop)
+    });
+    produce_all(producer, topic, lines)?;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipe's reader panicked"))??;
+    Ok(rate(events, started.elapsed()))
+}
+
+/// Polls until the group gave the consumer its partitions.
+fn wait_for_assignment(consumer: &BaseConsumer) -> anyhow::Result<()> {
+    while consumer.assignment()?.count() == 0 {
+        consumer.poll(Duration::from_millis(100)).transpose()?;
+    }
+    Ok(())
 }
 
 /// Ceiling (d), the least work any Kafka-to-PostgreSQL pipeline must do here: a bare producer
@@ -983,9 +998,7 @@ async fn bare_pipe(world: &World, input: &[PathBuf], events: usize) -> anyhow::R
     );
     pipeline_kafka::ensure_topic(&config, &topic, 3, 1).await?;
     let consumer = bare_consumer(&it_tests::brokers(), &topic)?;
-    while consumer.assignment()?.count() == 0 {
-        tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100))).transpose()?;
-    }
+    tokio::task::block_in_place(|| wait_for_assignment(&consumer))?;
     let started = Instant::now();
     let producer_topic = topic.clone();
     let producer = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -994,35 +1007,11 @@ async fn bare_pipe(world: &World, input: &[PathBuf], events: usize) -> anyhow::R
     });
     let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(900));
     while seen < events && Instant::now() < deadline {
-        let mut csv = Vec::with_capacity(1 << 20);
-        let mut batch = 0;
-        while batch < 10_000 {
-            let Some(message) =
-                tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)))
-            else {
-                break;
-            };
-            csv.extend_from_slice(rdkafka::Message::payload(&message?).unwrap_or_default());
-            csv.push(b'\n');
-            batch += 1;
-        }
+        let (csv, batch) = bare_batch(&consumer)?;
         if batch == 0 {
             continue;
         }
-        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-        let mut copy = tx
-            .copy_in_raw("COPY bare_stage FROM STDIN (FORMAT csv)")
-            .await?;
-        copy.send(csv).await?;
-        copy.finish().await?;
-        sqlx::query(
-            "INSERT INTO bare_pipe (event_id, user_id, event_type, product_id, price, event_time)
-             SELECT * FROM bare_stage ON CONFLICT DO NOTHING",
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("TRUNCATE bare_stage").execute(&mut *tx).await?;
-        tx.commit().await?;
+        bare_copy(&mut connection, csv).await?;
         consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async)?;
         seen += batch;
     }
@@ -1031,6 +1020,43 @@ async fn bare_pipe(world: &World, input: &[PathBuf], events: usize) -> anyhow::R
         .map_err(|_| anyhow::anyhow!("the bare pipe's producer panicked"))??;
     anyhow::ensure!(seen == events, "the bare pipe read {seen} of {events}");
     Ok(rate(events, started.elapsed()))
+}
+
+/// Up to 10,000 payloads as CSV lines, and how many; fewer when none came for 100 ms.
+fn bare_batch(consumer: &BaseConsumer) -> anyhow::Result<(Vec<u8>, usize)> {
+    let mut csv = Vec::with_capacity(1 << 20);
+    let mut batch = 0;
+    while batch < 10_000 {
+        let Some(message) =
+            tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)))
+        else {
+            break;
+        };
+        csv.extend_from_slice(rdkafka::Message::payload(&message?).unwrap_or_default());
+        csv.push(b'\n');
+        batch += 1;
+    }
+    Ok((csv, batch))
+}
+
+/// One transaction of the bare pipe: text `COPY` into a staging table, then `INSERT ... ON
+/// CONFLICT DO NOTHING` into the events' twin.
+async fn bare_copy(connection: &mut sqlx::PgConnection, csv: Vec<u8>) -> anyhow::Result<()> {
+    let mut tx = sqlx::Connection::begin(connection).await?;
+    let mut copy = tx
+        .copy_in_raw("COPY bare_stage FROM STDIN (FORMAT csv)")
+        .await?;
+    copy.send(csv).await?;
+    copy.finish().await?;
+    sqlx::query(
+        "INSERT INTO bare_pipe (event_id, user_id, event_type, product_id, price, event_time)
+         SELECT * FROM bare_stage ON CONFLICT DO NOTHING",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("TRUNCATE bare_stage").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Every data line of the input files (headers left out).

@@ -1,8 +1,9 @@
 //! The consumer: topic in, Postgres out, exactly once.
 //!
-//! Guarantee: a row is in Postgres once, whatever is killed when. Each batch is one transaction
-//! holding its events, its quarantined rows and each partition's checkpoint (next offset and
-//! highest event_time). Kafka offsets are committed only after that transaction; where Kafka's
+//! Guarantee: a row is in Postgres once, whatever is killed when. A batch's partitions are shared
+//! among the writers; each share is one transaction holding its events, its quarantined rows and
+//! each of its partitions' checkpoint (next offset and highest event_time). Kafka offsets are
+//! committed only after every share's transaction; where Kafka's
 //! committed offset trails the checkpoint (a crash between the two commits), the replayed messages
 //! are recognised by the checkpoint and skipped. A consumer that lost a partition to another
 //! finds the checkpoint moved and writes nothing (fencing).

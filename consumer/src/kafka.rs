@@ -21,17 +21,17 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("statistics.interval.ms", "5000"),
     // Bounds the prefetch queue (one queue for all partitions), and so memory, whatever the
     // backlog. On Kafka, which fills it as fast as it drains: 32 MiB peaked at 105-109 MiB RSS
-    // (500,000 events, 3 to 96 partitions), 8 MiB at 68-74 MiB. The bound counts payload bytes
+    // (500,000 events, 3 to 96 partitions), 8 MiB at 65-72 MiB. The bound counts payload bytes
     // only: librdkafka's own record of each queued message costs twice as much again (heaptrack:
-    // 19 MiB of them at 8 MiB), so 2 MiB (about two batches) peaked at 43-45 MiB.
-    ("queued.max.messages.kbytes", "2048"),
+    // 19 MiB of them at 8 MiB). 4 MiB peaked at 50-53 MiB, 2 MiB at 42-44 MiB but drained 15-20%
+    // slower (1,000,000 events, runs interleaved).
+    ("queued.max.messages.kbytes", "4096"),
     // Bounds one fetch response, held until its last message is gone: librdkafka's 50 MiB
-    // default let a broker answer with 15 MiB at once (peak RSS 70 → 62 MiB draining a
-    // 10-million-event backlog, at the same rate); at 4 MiB, 17 MiB of responses were held.
-    ("fetch.max.bytes", "1048576"),
+    // default let a broker answer with 15 MiB at once; at 4 MiB, 17 MiB of responses were held.
+    ("fetch.max.bytes", "2097152"),
     // A full queue holds the next fetch back this long: librdkafka's 1 s starved a queue this
-    // small (500,000 events took 18 s instead of 8.5).
-    ("fetch.queue.backoff.ms", "10"),
+    // small (40,000 rows/s instead of 80,000); 10 ms drained no faster than 100 and cost more CPU.
+    ("fetch.queue.backoff.ms", "100"),
 ];
 
 /// Remembers that partitions moved, so the loop reloads their checkpoints from Postgres; and

@@ -83,6 +83,11 @@ impl Component {
             Component::Postgres => "postgres",
         }
     }
+
+    /// Whether the run starts it as a process of its own (the services it does not).
+    fn is_process(self) -> bool {
+        !matches!(self, Component::Broker | Component::Postgres)
+    }
 }
 
 /// What a chaos run may do.
@@ -245,14 +250,9 @@ impl ChaosRun {
                 ..ChaosReport::default()
             },
         };
-        let processes = run.victims.iter().copied().filter(|c| run.is_process(*c));
+        let processes = run.victims.iter().copied().filter(|c| c.is_process());
         run.running = processes.map(|c| (c, run.spawn(c))).collect();
         Ok(run)
-    }
-
-    /// Whether the run starts the component as a process of its own (the services it does not).
-    fn is_process(&self, component: Component) -> bool {
-        !matches!(component, Component::Broker | Component::Postgres)
     }
 
     fn spawn(&self, component: Component) -> Proc {

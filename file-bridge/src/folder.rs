@@ -328,11 +328,12 @@ pub struct ClaimFolder {
 impl ClaimFolder {
     /// Takes `owner`'s claim folder; fails if a live bridge holds it. The lock comes before the
     /// folder, so no other bridge adopts a folder being taken; a lock held a moment by a bridge
-    /// adopting the files of this owner's earlier run is waited out.
+    /// adopting the files of this owner's earlier run is waited out. The input folder itself is
+    /// never made here: one removed while the bridge looks stays removed.
     pub fn take(input: &Path, owner: &str) -> std::io::Result<ClaimFolder> {
         let root = input.join(CLAIM_DIR);
         let owner = owner_folder_name(owner);
-        std::fs::create_dir_all(&root)?;
+        make_folder_in_place(&root)?;
         let deadline = std::time::Instant::now() + ADOPTION_WAIT;
         let lock = loop {
             match try_lock(&root, &owner)? {
@@ -352,7 +353,7 @@ impl ClaimFolder {
                 }
             }
         };
-        std::fs::create_dir_all(root.join(&owner))?;
+        make_folder_in_place(&root.join(&owner))?;
         Ok(ClaimFolder {
             dir: root.join(&owner),
             root,
@@ -417,6 +418,14 @@ fn owner_folder_name(owner: &str) -> String {
     match name.trim_start_matches('.') {
         "" => "bridge".to_owned(),
         name => name.to_owned(),
+    }
+}
+
+/// Makes `dir` unless it exists; its parent must exist (`NotFound` otherwise).
+fn make_folder_in_place(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        made => made,
     }
 }
 
@@ -799,6 +808,21 @@ mod tests {
         let taken = ClaimFolder::take(dir.path(), "a");
         release.join().unwrap();
         assert!(taken.is_ok(), "{:?}", taken.err());
+    }
+
+    #[test]
+    fn renewing_the_claim_folder_never_makes_a_removed_input_folder_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("input");
+        std::fs::create_dir(&input).unwrap();
+        let mut claims = ClaimFolder::take(&input, "a").unwrap();
+        std::fs::remove_dir_all(&input).unwrap();
+        let renewed = claims.renew(&input);
+        assert_eq!(
+            renewed.err().map(|error| error.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert!(!input.exists(), "the removed input folder was made again");
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long a claim folder may be missing from a present input folder before it is made again:
+/// longer than an `rm -rf` of the input folder takes between the two.
+const CLAIM_FOLDER_GRACE: Duration = Duration::from_millis(500);
 /// First delay and cap between attempts to archive a published file.
 const ARCHIVE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
@@ -103,6 +106,8 @@ struct Bridge<'a> {
     /// The input folder as last seen (device and inode), `None` while it is missing: a folder
     /// removed and made again, re-mounted or replaced by a symlink is another folder.
     input_folder: Option<(u64, u64)>,
+    /// Since when the claim folder has been missing from a present input folder.
+    claims_missing_since: Option<Instant>,
     warned: HashSet<PathBuf>,
     next_seq: usize,
     scanned_once: bool,
@@ -180,6 +185,7 @@ impl<'a> Bridge<'a> {
             completions_tx,
             completions,
             input_folder: folder_identity(&config.input_dir),
+            claims_missing_since: None,
             wake_tx,
             wake,
             watcher,
@@ -234,27 +240,37 @@ impl<'a> Bridge<'a> {
         let readiness = &self.files.metrics.readiness;
         let Some(now) = folder_identity(input) else {
             self.lose_input_folder();
-            let readiness = &self.files.metrics.readiness;
-            readiness.set(
-                telemetry::Check::InputFolder,
-                Err(format!("input folder {} is missing", input.display())),
-            );
             return false;
         };
-        let claims_there = self.claims.dir().is_dir();
-        if self.input_folder == Some(now) && claims_there {
+        let same_folder = self.input_folder == Some(now);
+        if same_folder && self.claims.dir().is_dir() {
+            self.claims_missing_since = None;
             return true;
         }
-        if let Err(error) = self.claims.renew(input) {
-            tracing::warn!(folder = %input.display(), %error, "cannot take the claim folder yet; will retry");
-            readiness.set(
-                telemetry::Check::InputFolder,
-                Err(format!(
-                    "claim folder in {} not taken: {error}",
-                    input.display()
-                )),
-            );
+        // `rm -rf` of the input folder takes the claim folder first: made again at once, it
+        // would leave the operator's removal failing on a folder that is not empty.
+        let missing_since = *self.claims_missing_since.get_or_insert_with(Instant::now);
+        if same_folder && missing_since.elapsed() < CLAIM_FOLDER_GRACE {
             return false;
+        }
+        match self.claims.renew(input) {
+            Ok(()) => self.claims_missing_since = None,
+            // Removed between the look above and now.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.lose_input_folder();
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(folder = %input.display(), %error, "cannot take the claim folder yet; will retry");
+                readiness.set(
+                    telemetry::Check::InputFolder,
+                    Err(format!(
+                        "claim folder in {} not taken: {error}",
+                        input.display()
+                    )),
+                );
+                return false;
+            }
         }
         self.watcher = watch_input(self.config, &self.wake_tx, &self.writers);
         tracing::warn!(folder = %input.display(), "the input folder is back or was replaced; claim folder and watch renewed");
@@ -263,12 +279,16 @@ impl<'a> Bridge<'a> {
         true
     }
 
-    /// The input folder (or its claim folder) is gone: said once, then waited for.
+    /// The input folder is gone: said once, then waited for; readiness says why meanwhile.
     fn lose_input_folder(&mut self) {
+        let folder = self.config.input_dir.display();
         if self.input_folder.take().is_some() {
-            let folder = self.config.input_dir.display();
             tracing::error!(%folder, "the input folder is gone; waiting for it to come back");
         }
+        self.files.metrics.readiness.set(
+            telemetry::Check::InputFolder,
+            Err(format!("input folder {folder} is missing")),
+        );
     }
 
     /// After a failed delivery, a fresh producer once nothing is in flight.

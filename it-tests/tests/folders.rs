@@ -115,3 +115,59 @@ async fn input_and_archive_folders_that_vanish_or_are_replaced_lose_and_double_n
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The worst form of the removal: the folder taken away again and again while files land in it
+/// and the bridge, woken by each, is looking. The bridge never makes it again behind the
+/// operator (so no `rm -rf` fails on a folder it refilled), and the folder made for good works.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_input_folder_removed_over_and_over_is_never_made_again_by_the_bridge() {
+    let world = World::new("folders_churn").await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut bridge = world.bridge(&["--metrics-addr", &metrics]);
+    let _consumer = world.consumer(&[]);
+    wait_for_readiness(&metrics, 200, "").await;
+    for round in 0..30u64 {
+        world.drop_file(
+            &format!("churn-{round}.csv"),
+            &rows(&format!("churn{round}")),
+        );
+        // Removal at a different point of the bridge's work each round.
+        tokio::time::sleep(Duration::from_millis(round * 7 % 50)).await;
+        std::fs::remove_dir_all(world.input_dir())
+            .unwrap_or_else(|error| panic!("round {round}: rm -rf failed: {error}"));
+        let quiet_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < quiet_until {
+            assert!(
+                !world.input_dir().exists(),
+                "round {round}: the bridge made the removed input folder again:\n{}",
+                bridge.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    wait_for_readiness(&metrics, 503, "input folder").await;
+    world.drop_file("last.csv", &rows("last"));
+    wait_for_readiness(&metrics, 200, "").await;
+    let deadline = Instant::now() + LONG;
+    while !world.event_ids().await.iter().any(|id| id == "last-19") {
+        assert!(Instant::now() < deadline, "last.csv did not land");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        bridge.is_running(),
+        "the bridge exited:\n{}",
+        bridge.log_text()
+    );
+    // A churn file the bridge claimed is published whole, or not at all if it went before.
+    let landed = world.event_ids().await;
+    for round in 0..30 {
+        let of_round = (0..20)
+            .filter(|n| landed.contains(&format!("churn{round}-{n}")))
+            .count();
+        assert!(
+            of_round == 0 || of_round == 20,
+            "round {round}: {of_round} of 20 rows landed"
+        );
+    }
+}

@@ -5,7 +5,9 @@
 //! - A file is taken only when complete. One renamed into the folder, or whose writer closed it
 //!   (inotify close-write), is complete. One seen being written (changed, not closed) is not. One
 //!   the bridge saw nothing of (it was there before the bridge started) must be unchanged for the
-//!   settle time and end in a line end, or be unchanged for [`UNTERMINATED_SETTLE`].
+//!   settle time and end in a line end, or be unchanged for [`UNTERMINATED_SETTLE`]. Unchanged
+//!   means by its modification time or by the bridge's own sightings, whichever says longer: a
+//!   writer's clock ahead of the host's never holds a file back.
 //! - The bridge claims a file by renaming it into a private folder on the same file system before
 //!   it reads it, so the file it archives is the file it published, whatever is later written or
 //!   renamed under the old name.
@@ -19,7 +21,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 /// Name of the private folder, inside the input folder, that holds claimed files.
@@ -138,6 +140,66 @@ impl EntryKind {
     }
 }
 
+/// What the bridge remembers of the input folder between looks.
+#[derive(Debug, Default)]
+pub struct FolderMemory {
+    /// Files skipped (and warned about once), or warned about a clock ahead of ours.
+    warned: HashSet<PathBuf>,
+    /// Each data file's look (size, modification time, inode) and when the bridge first saw it
+    /// so: its quiet time by the bridge's own clock, which a writer's clock cannot skew.
+    unchanged_since: HashMap<PathBuf, (Look, Instant)>,
+}
+
+type Look = (u64, Option<SystemTime>, u64);
+
+impl FolderMemory {
+    /// How long `path` has not changed: by its modification time, or by the bridge's own
+    /// sightings when those say longer (a modification time ahead of this host's clock would
+    /// otherwise hold a file back until the clock caught up, a day or ten years later).
+    fn quiet_time(&mut self, path: &Path, meta: &std::fs::Metadata) -> Duration {
+        use std::os::unix::fs::MetadataExt;
+        let modified = meta.modified().ok();
+        let look = (meta.len(), modified, meta.ino());
+        let now = Instant::now();
+        let since = match self.unchanged_since.get(path) {
+            Some(&(seen, since)) if seen == look => since,
+            _ => {
+                self.unchanged_since.insert(path.to_owned(), (look, now));
+                now
+            }
+        };
+        let by_modification = match modified.map(|at| at.elapsed()) {
+            Some(Ok(age)) => age,
+            Some(Err(ahead)) => {
+                self.warn_of_a_clock_ahead(path, ahead.duration());
+                Duration::ZERO
+            }
+            None => Duration::ZERO,
+        };
+        by_modification.max(now - since)
+    }
+
+    fn warn_of_a_clock_ahead(&mut self, path: &Path, ahead: Duration) {
+        if ahead > CLOCK_AHEAD_WARNING && self.warned.insert(path.to_owned()) {
+            tracing::warn!(
+                file = %path.display(),
+                ahead_s = ahead.as_secs(),
+                "the file's modification time is ahead of this host's clock (its writer's clock \
+                 is ahead?); its quiet time is measured by the bridge"
+            );
+        }
+    }
+
+    /// Forgets the files no longer in the folder.
+    fn keep_only(&mut self, listed: &HashSet<PathBuf>) {
+        self.unchanged_since.retain(|path, _| listed.contains(path));
+    }
+}
+
+/// A modification time this far ahead of the host's clock is worth a warning; less is the
+/// ordinary drift between two hosts' clocks.
+const CLOCK_AHEAD_WARNING: Duration = Duration::from_secs(5);
+
 /// Lists the data files of `dir` (see [`EntryKind`]) that are complete (see the module's rules),
 /// oldest name first, and says whether others are still being written. Hidden files (temporary
 /// files of writers, the claim folder) are skipped silently; every other file skipped gets one
@@ -146,10 +208,11 @@ pub fn ready_files(
     dir: &Path,
     settle: Duration,
     writers: &Writers,
-    warned: &mut HashSet<PathBuf>,
+    memory: &mut FolderMemory,
 ) -> std::io::Result<(Vec<PathBuf>, bool)> {
     let mut unsettled = false;
     let mut files = Vec::new();
+    let mut listed = HashSet::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -157,20 +220,26 @@ pub fn ready_files(
             Ok(EntryKind::Data) => {}
             Ok(EntryKind::Hidden) | Err(_) => continue,
             Ok(kind) => {
-                if warned.insert(path.clone()) {
+                if memory.warned.insert(path.clone()) {
                     let why = kind.skipped_because().unwrap_or_default();
                     tracing::warn!(file = %path.display(), why, "ignoring a file in the input folder");
                 }
                 continue;
             }
         }
-        match is_complete(&path, settle, writers.of(&entry.file_name())) {
+        // Gone between listing and looking: nothing to do.
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        let quiet = memory.quiet_time(&path, &meta);
+        listed.insert(path.clone());
+        match is_complete(&path, quiet, settle, writers.of(&entry.file_name())) {
             Ok(true) => files.push(path),
             Ok(false) => unsettled = true,
-            // Gone between listing and looking: nothing to do.
             Err(_) => {}
         }
     }
+    memory.keep_only(&listed);
     // Complete by age and events is not enough: a process that holds a file open for writing
     // is still its writer, however long it paused.
     let held = OpenForWriting::of(files.iter().map(PathBuf::as_path));
@@ -260,12 +329,13 @@ fn opened_for_writing(fdinfo: &Path) -> bool {
         .is_some_and(|flags| flags & (libc::O_WRONLY | libc::O_RDWR) as u32 != 0)
 }
 
-fn is_complete(path: &Path, settle: Duration, writer: Option<Writer>) -> std::io::Result<bool> {
-    let age = path
-        .symlink_metadata()?
-        .modified()?
-        .elapsed()
-        .unwrap_or_default();
+/// Whether a file unchanged for `age` is complete, by the module's rules.
+fn is_complete(
+    path: &Path,
+    age: Duration,
+    settle: Duration,
+    writer: Option<Writer>,
+) -> std::io::Result<bool> {
     Ok(match writer {
         Some(Writer::Done) => age >= settle,
         // A writer that never closes (or whose close event was lost) is waited out like an
@@ -600,27 +670,56 @@ mod tests {
         std::fs::create_dir(path("folder.csv")).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(path("b.csv"), path("link.csv")).unwrap();
-        let mut warned = HashSet::new();
+        let mut memory = FolderMemory::default();
         let (ready, unsettled) =
-            ready_files(dir.path(), Duration::ZERO, &Writers::default(), &mut warned).unwrap();
+            ready_files(dir.path(), Duration::ZERO, &Writers::default(), &mut memory).unwrap();
         assert_eq!(ready, vec![path("a.CSV"), path("b.csv")]);
         assert!(!unsettled);
-        assert!(warned.contains(&path("folder.csv")));
+        assert!(memory.warned.contains(&path("folder.csv")));
     }
 
     #[test]
     fn files_still_being_written_wait_for_the_settle_time() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.csv"), "x").unwrap();
-        let mut warned = HashSet::new();
         let (ready, unsettled) = ready_files(
             dir.path(),
             Duration::from_secs(60),
             &Writers::default(),
-            &mut warned,
+            &mut FolderMemory::default(),
         )
         .unwrap();
         assert!(ready.is_empty() && unsettled);
+    }
+
+    #[test]
+    fn a_file_stamped_in_the_future_settles_by_the_bridges_own_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ahead.csv");
+        std::fs::write(&path, "h\nrow\n").unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let file = File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + day).unwrap();
+        let settle = Duration::from_millis(100);
+        let mut memory = FolderMemory::default();
+        let mut look = || ready_files(dir.path(), settle, &Writers::default(), &mut memory);
+        let (ready, unsettled) = look().unwrap();
+        assert!(
+            ready.is_empty() && unsettled,
+            "taken before it was seen quiet"
+        );
+        std::thread::sleep(settle * 2);
+        let (ready, _) = look().unwrap();
+        assert_eq!(
+            ready,
+            vec![path.clone()],
+            "held back until the clock catches up"
+        );
+        // A change restarts the quiet time, whatever the modification time says.
+        std::fs::write(&path, "h\nrow\nrow\n").unwrap();
+        file.set_modified(SystemTime::now() + day).unwrap();
+        let (ready, unsettled) = look().unwrap();
+        assert!(ready.is_empty() && unsettled, "taken while it changed");
     }
 
     #[tokio::test]
@@ -640,7 +739,7 @@ mod tests {
                 dir.path(),
                 Duration::ZERO,
                 &Writers::default(),
-                &mut HashSet::new(),
+                &mut FolderMemory::default(),
             )
             .unwrap();
             std::fs::read(dir.path().join("old.csv")).unwrap();
@@ -672,20 +771,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cut.csv"), "h\nrow,2026-11-25T12:00:00").unwrap();
         let writers = Writers::default();
-        let (ready, unsettled) =
-            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        let (ready, unsettled) = ready_files(
+            dir.path(),
+            Duration::ZERO,
+            &writers,
+            &mut FolderMemory::default(),
+        )
+        .unwrap();
         assert!(
             ready.is_empty() && unsettled,
             "unterminated and unknown: waits"
         );
         writers.lock().insert("cut.csv".into(), Writer::Done);
-        let (ready, _) =
-            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        let (ready, _) = ready_files(
+            dir.path(),
+            Duration::ZERO,
+            &writers,
+            &mut FolderMemory::default(),
+        )
+        .unwrap();
         assert_eq!(ready.len(), 1, "closed by its writer: complete");
         std::fs::write(dir.path().join("cut.csv"), "h\nrow\n").unwrap();
         writers.lock().insert("cut.csv".into(), Writer::Writing);
-        let (ready, _) =
-            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        let (ready, _) = ready_files(
+            dir.path(),
+            Duration::ZERO,
+            &writers,
+            &mut FolderMemory::default(),
+        )
+        .unwrap();
         assert!(
             ready.is_empty(),
             "still open for writing: waits, line end or not"
@@ -845,13 +959,23 @@ mod tests {
         }
         let writers = Writers::default();
         writers.lock().insert("open.csv".into(), Writer::Done);
-        let (ready, unsettled) =
-            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        let (ready, unsettled) = ready_files(
+            dir.path(),
+            Duration::ZERO,
+            &writers,
+            &mut FolderMemory::default(),
+        )
+        .unwrap();
         assert!(ready.is_empty() && unsettled, "taken while held open");
         writer.kill().unwrap();
         writer.wait().unwrap();
-        let (ready, _) =
-            ready_files(dir.path(), Duration::ZERO, &writers, &mut HashSet::new()).unwrap();
+        let (ready, _) = ready_files(
+            dir.path(),
+            Duration::ZERO,
+            &writers,
+            &mut FolderMemory::default(),
+        )
+        .unwrap();
         assert_eq!(ready, vec![path], "its writer is gone: complete");
     }
 }

@@ -17,7 +17,7 @@ use metrics::BridgeMetrics;
 use process::Backoff;
 use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
 use rdkafka::config::ClientConfig;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ struct Bridge<'a> {
     input_folder: Option<(u64, u64)>,
     /// Since when the claim folder has been missing from a present input folder.
     claims_missing_since: Option<Instant>,
-    warned: HashSet<PathBuf>,
+    folder_memory: folder::FolderMemory,
     next_seq: usize,
     scanned_once: bool,
     last_progress: Instant,
@@ -191,7 +191,7 @@ impl<'a> Bridge<'a> {
             watcher,
             writers,
             claims,
-            warned: HashSet::new(),
+            folder_memory: folder::FolderMemory::default(),
             next_seq: 0,
             scanned_once: false,
             last_progress: Instant::now(),
@@ -334,7 +334,7 @@ impl<'a> Bridge<'a> {
             input,
             self.config.settle_time,
             &self.writers,
-            &mut self.warned,
+            &mut self.folder_memory,
         );
         let (ready, mut unsettled) = match listed {
             Ok(listed) => listed,

@@ -491,9 +491,10 @@ struct Fingerprint {
     inode: u64,
     len: u64,
     modified_ns: u128,
-    /// When the file appeared in the folder: its inode change time, which a rename sets (the
-    /// modification time is earlier, before the writer's fsync). The bridge's own claim is such
-    /// a rename, within the settle time of the landing.
+    /// When the file appeared in the folder: its inode change time, which a rename sets. The
+    /// bridge's own claim is such a rename, within the settle time of the landing, so this is
+    /// the host's clock, never the writer's: a modification time from a clock years ahead must
+    /// not let events years ahead pass as not `future` and move the watermark.
     landed_ms: i64,
 }
 
@@ -508,7 +509,7 @@ impl Fingerprint {
         let (inode, landed_ms) = {
             use std::os::unix::fs::MetadataExt;
             let changed_ms = metadata.ctime() * 1000 + metadata.ctime_nsec() / 1_000_000;
-            (metadata.ino(), changed_ms.max(modified.as_millis() as i64))
+            (metadata.ino(), changed_ms)
         };
         #[cfg(not(unix))]
         let (inode, landed_ms) = (0, modified.as_millis() as i64);

@@ -5,7 +5,7 @@
 
 use it_tests::World;
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use it_tests::PATIENCE as LONG;
 
@@ -96,4 +96,74 @@ async fn consumers_with_skewed_clocks_classify_every_message_alike() {
         assert!(log.contains("the consumer's clock is skewed"), "{log}");
         assert!(!log.contains("watermark reset"), "{log}");
     }
+}
+
+/// A file of ten events dated `dated`, its modification time set to `modified`, renamed into
+/// the input folder (as a writer on another host would, its clock ahead or behind).
+fn land_with_mtime(world: &World, name: &str, dated: SystemTime, modified: SystemTime) {
+    let dated = chrono::DateTime::<chrono::Utc>::from(dated).format("%Y-%m-%dT%H:%M:%SZ");
+    let mut body = it_tests::HEADER.to_owned();
+    for n in 0..10 {
+        body.push_str(&format!("{name}-{n},1,view,10,1.00,{dated}\n"));
+    }
+    let input = world.input_dir();
+    std::fs::create_dir_all(&input).unwrap();
+    let temporary = input.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, body).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&temporary)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::fs::rename(&temporary, input.join(format!("{name}.csv"))).unwrap();
+}
+
+/// The bridge's settle rules measure a file's quiet time; a writer whose clock is ahead stamps
+/// modification times in the future, which the host's clock never "passes" in time. Each file
+/// lands: one there before the bridge started (settled by the bridge's own watch) and ones
+/// renamed in while it runs, an hour, a day and ten years ahead, and one from 1970. A file
+/// landing is the host's claim, not the writer's clock: events as far ahead as their file's
+/// modification time are still `future`.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn files_stamped_by_a_clock_far_ahead_or_behind_are_each_taken() {
+    let world = World::new("clock_mtime").await;
+    let (now, hour) = (SystemTime::now(), Duration::from_secs(3600));
+    let decade = 3650 * 24 * hour;
+    land_with_mtime(&world, "before_start", now, now + 24 * hour);
+    let _bridge = world.bridge(&[]);
+    let _consumer = world.consumer(&["--late-policy", "quarantine"]);
+    land_with_mtime(&world, "hour_ahead", now, now + hour);
+    land_with_mtime(&world, "day_ahead", now, now + 24 * hour);
+    land_with_mtime(&world, "decade_ahead", now, now + decade);
+    land_with_mtime(&world, "epoch", now, UNIX_EPOCH + Duration::from_secs(1));
+    land_with_mtime(&world, "all_ahead", now + decade, now + decade);
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL",
+            6,
+            LONG,
+        )
+        .await;
+    assert_eq!(
+        world.files_waiting(),
+        0,
+        "a file was left in the input folder"
+    );
+    assert_eq!(
+        world
+            .count(
+                "SELECT count(*) FROM ecommerce_events_rejected \
+                 WHERE reason_code = 'future' AND event_id LIKE 'all_ahead-%'"
+            )
+            .await,
+        10,
+        "events a decade ahead passed because their file's modification time was"
+    );
+    assert_eq!(
+        world.event_ids().await.len(),
+        50,
+        "every other event is stored"
+    );
 }

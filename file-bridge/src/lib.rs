@@ -108,6 +108,8 @@ struct Bridge<'a> {
     input_folder: Option<(u64, u64)>,
     /// Since when the claim folder has been missing from a present input folder.
     claims_missing_since: Option<Instant>,
+    /// A folder that could not be listed at the last look.
+    unlistable: Option<PathBuf>,
     folder_memory: folder::FolderMemory,
     next_seq: usize,
     scanned_once: bool,
@@ -186,6 +188,7 @@ impl<'a> Bridge<'a> {
             completions,
             input_folder: folder_identity(&config.input_dir),
             claims_missing_since: None,
+            unlistable: None,
             wake_tx,
             wake,
             watcher,
@@ -279,6 +282,36 @@ impl<'a> Bridge<'a> {
         true
     }
 
+    /// A folder the bridge cannot list (its permissions changed, a network share gone stale): not
+    /// a reason to exit, since an operator or the share mends it. Said once, readiness says why,
+    /// and the next turn looks again: nothing to publish this turn. Under `--once`, an error.
+    fn cannot_list(
+        &mut self,
+        folder: PathBuf,
+        error: std::io::Error,
+    ) -> anyhow::Result<(Vec<PathBuf>, bool)> {
+        if self.config.once {
+            return Err(error).with_context(|| format!("failed to list {}", folder.display()));
+        }
+        if self.unlistable.replace(folder.clone()).as_ref() != Some(&folder) {
+            tracing::error!(folder = %folder.display(), %error, "cannot list the folder; waiting for it to be readable");
+        }
+        self.files.metrics.readiness.set(
+            telemetry::Check::InputFolder,
+            Err(format!("cannot list {}: {error}", folder.display())),
+        );
+        Ok((Vec::new(), false))
+    }
+
+    /// Both folders listed: what [`Bridge::cannot_list`] said is over.
+    fn listed_again(&mut self) {
+        if let Some(folder) = self.unlistable.take() {
+            tracing::warn!(folder = %folder.display(), "the folder can be listed again");
+            let readiness = &self.files.metrics.readiness;
+            readiness.set(telemetry::Check::InputFolder, Ok(()));
+        }
+    }
+
     /// The input folder is gone: said once, then waited for; readiness says why meanwhile.
     fn lose_input_folder(&mut self) {
         let folder = self.config.input_dir.display();
@@ -343,9 +376,7 @@ impl<'a> Bridge<'a> {
                 self.lose_input_folder();
                 return Ok((Vec::new(), false));
             }
-            Err(error) => {
-                return Err(error).with_context(|| format!("failed to list {}", input.display()))
-            }
+            Err(error) => return self.cannot_list(input.clone(), error),
         };
         self.files.retries_due();
         let claimed = self.claims.dir();
@@ -358,10 +389,9 @@ impl<'a> Bridge<'a> {
                 self.lose_input_folder();
                 return Ok((Vec::new(), false));
             }
-            Err(error) => {
-                return Err(error).with_context(|| format!("failed to list {}", claimed.display()))
-            }
+            Err(error) => return self.cannot_list(claimed.to_owned(), error),
         };
+        self.listed_again();
         for path in ready {
             // The listing is as old as this loop: a file of it may have been claimed since.
             match folder::claim(&path, self.claims.dir()) {

@@ -171,3 +171,74 @@ async fn an_input_folder_removed_over_and_over_is_never_made_again_by_the_bridge
         );
     }
 }
+
+/// An input folder that can no longer be listed (an operator's `chmod a-r`, a network share gone
+/// stale) is waited for, never a reason to exit: the bridge, running as an ordinary user as in
+/// its container, says why in `/readyz` and its log, and carries on once it can list again.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_input_folder_that_cannot_be_listed_is_waited_for_not_fatal() {
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let world = World::new("folders_unreadable").await;
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(world.dir.path(), 0o755);
+    for folder in [world.input_dir(), world.archive_dir()] {
+        std::fs::create_dir_all(&folder).unwrap();
+        std::os::unix::fs::chown(&folder, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (input, archive) = (world.input_dir(), world.archive_dir());
+    let bridge_binary = it_tests::binary_path("file-bridge");
+    let mut bridge = it_tests::Proc::spawn(
+        "/usr/bin/setpriv".into(),
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            bridge_binary.to_str().unwrap(),
+            "--input-dir",
+            input.to_str().unwrap(),
+            "--archive-dir",
+            archive.to_str().unwrap(),
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.topic,
+            "--rescan-interval",
+            "200ms",
+            "--metrics-addr",
+            &metrics,
+        ],
+        &[],
+        world.dir.path(),
+    );
+    let _consumer = world.consumer(&[]);
+    world.drop_file("a.csv", &rows("a"));
+    world.wait_for_count(EVENTS, 20, LONG).await;
+    wait_for_readiness(&metrics, 200, "").await;
+
+    // Write and search kept, read taken away: the folder cannot be listed.
+    mode(&input, 0o300);
+    wait_for_readiness(&metrics, 503, "cannot list").await;
+    world.drop_file("b.csv", &rows("b"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        bridge.is_running(),
+        "the bridge exited:\n{}",
+        bridge.log_text()
+    );
+    mode(&input, 0o755);
+    world.wait_for_count(EVENTS, 40, LONG).await;
+    wait_for_readiness(&metrics, 200, "").await;
+    let log = bridge.log_text();
+    assert_eq!(
+        log.matches("cannot list the folder").count(),
+        1,
+        "said once:\n{log}"
+    );
+    assert!(log.contains("the folder can be listed again"), "{log}");
+}

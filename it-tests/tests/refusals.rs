@@ -1,8 +1,9 @@
 //! Refusals in the database's own words: an operator's trigger that raises for some rows (P0001,
 //! or a SQLSTATE of its own) gets exactly those rows quarantined with its message, the rest lands,
 //! even when a refused row is alone in its batch. A database that refuses every row (a trigger
-//! raising for any row) is an outage, not poison: nothing is quarantined, the partition is
-//! reported stuck, and everything lands once the trigger is gone.
+//! raising for any row, or one turned read-only as a failover leaves it) is an outage, not
+//! poison: nothing is quarantined, the partition is reported stuck, and everything lands once
+//! the database takes the rows again.
 
 use it_tests::{World, HEADER};
 use std::collections::BTreeSet;
@@ -151,4 +152,85 @@ async fn a_database_that_refuses_every_row_is_reported_stuck_not_quarantined() {
         .unwrap();
     world.wait_for_count(EVENTS, 3, LONG).await;
     assert_eq!(world.count(REJECTED).await, 0);
+}
+
+/// Every session of the test's database made read-only (as a failover leaves clients on a
+/// standby, or an operator's `default_transaction_read_only`), and what the consumer holds cut.
+async fn set_read_only(admin: &mut sqlx::PgConnection, on: bool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+    // This session stays writable, so it can undo what it did.
+    sqlx::query("SET default_transaction_read_only = off")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    let change = if on {
+        format!("ALTER DATABASE \"{database}\" SET default_transaction_read_only = on")
+    } else {
+        format!("ALTER DATABASE \"{database}\" RESET default_transaction_read_only")
+    };
+    sqlx::query(&change).execute(&mut *admin).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+}
+
+/// A database that turns read-only under the consumer (SQLSTATE 25006 on every write, the
+/// classic failover hazard: clients left on the old primary or a standby) is an outage, not
+/// poison: nothing is quarantined, the consumer stays up and reports it, and every row lands
+/// once the database takes writes again.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_turned_read_only_is_an_outage_not_poison() {
+    let world = World::new("read_only").await;
+    let mut admin = world.pool.acquire().await.unwrap();
+    let mut consumer = world.consumer(&["--stuck-after", "2s"]);
+    let _bridge = world.bridge(&[]);
+    let rows_of = |prefix: &str| {
+        let mut body = HEADER.to_owned();
+        for n in 0..5 {
+            body.push_str(&row(&format!("{prefix}{n}"), 10 + n));
+        }
+        body
+    };
+    world.drop_file("before.csv", rows_of("before").as_bytes());
+    world.wait_for_count(EVENTS, 5, LONG).await;
+
+    set_read_only(&mut admin, true).await;
+    world.drop_file("during.csv", rows_of("during").as_bytes());
+    let deadline = std::time::Instant::now() + LONG;
+    while !consumer
+        .log_text()
+        .contains("partitions cannot advance: their batch is not written yet")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported stuck:\n{}",
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(consumer.is_running(), "{}", consumer.log_text());
+    let log = consumer.log_text();
+    assert!(log.contains("read-only transaction"), "not refused:\n{log}");
+    assert_eq!(world.count(REJECTED).await, 0, "nothing quarantined");
+
+    set_read_only(&mut admin, false).await;
+    world.drop_file("after.csv", rows_of("after").as_bytes());
+    world.wait_for_count(EVENTS, 15, LONG).await;
+    assert_eq!(world.count(REJECTED).await, 0, "nothing quarantined");
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ingest_files WHERE reconciled_at IS NOT NULL \
+             AND rows_inserted = 5",
+            3,
+            LONG,
+        )
+        .await;
 }

@@ -324,12 +324,31 @@ impl<'a> Bridge<'a> {
         );
     }
 
+    /// The topic takes smaller record batches than we sent (its `max.message.bytes`, which the
+    /// bridge may not be allowed to read): the next producer sends smaller ones, and so on until
+    /// the topic takes them. Kept for the rest of the run.
+    fn shrink_batches(&mut self) {
+        match Publisher::shrink_batches(&mut self.kafka) {
+            Some(bytes) => tracing::warn!(
+                batch_bytes = bytes,
+                "the broker refused a record batch as larger than the topic takes; sending smaller ones"
+            ),
+            None => tracing::error!(
+                "the broker refuses even the smallest record batches as too large; check the \
+                 topic's max.message.bytes"
+            ),
+        }
+    }
+
     /// After a failed delivery, a fresh producer once nothing is in flight.
     fn replace_suspect_producer(&mut self) -> anyhow::Result<()> {
         if !self.files.producer_suspect || self.files.publishing() > 0 {
             return Ok(());
         }
         self.files.producer_suspect = false;
+        if self.publisher.refused_as_too_large() {
+            self.shrink_batches();
+        }
         let fresh = Publisher::new(
             &self.kafka,
             self.config,

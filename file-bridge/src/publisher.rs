@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
@@ -94,6 +94,8 @@ pub struct DeliveryTracker {
     files: Mutex<HashMap<usize, Progress>>,
     completions: UnboundedSender<Completion>,
     readiness: telemetry::Readiness,
+    /// The broker refused a record batch as larger than the topic takes.
+    refused_as_too_large: AtomicBool,
 }
 
 impl DeliveryTracker {
@@ -136,6 +138,9 @@ impl ProducerContext for DeliveryTracker {
         self.update(seq, |progress| {
             progress.pending = progress.pending.saturating_sub(1);
             if let Err((error, _)) = result {
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                    self.refused_as_too_large.store(true, Ordering::Relaxed);
+                }
                 Self::fail(progress, format!("delivery failed: {error}"));
             }
         });
@@ -199,6 +204,8 @@ impl Meter {
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// The least `message.max.bytes` librdkafka takes.
+const LEAST_MESSAGE_MAX_BYTES: usize = 1_000;
 /// Room for a record's framing (headers, timestamps, lengths) within `message.max.bytes`.
 const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
@@ -215,6 +222,7 @@ impl Publisher {
             files: Mutex::new(HashMap::new()),
             completions,
             readiness,
+            refused_as_too_large: AtomicBool::new(false),
         };
         let producer = kafka
             .create_with_context(tracker)
@@ -236,6 +244,34 @@ impl Publisher {
         self.backfill = true;
         self.meter = Some(meter);
         self
+    }
+
+    /// Whether the broker refused one of this producer's record batches as too large for the
+    /// topic (its `max.message.bytes` below our `batch.size`).
+    pub fn refused_as_too_large(&self) -> bool {
+        self.producer
+            .context()
+            .refused_as_too_large
+            .load(Ordering::Relaxed)
+    }
+
+    /// Lowers `kafka`'s batch and message sizes to a quarter, for a topic that refused a batch
+    /// as too large: rows are sent in smaller batches, and a row whose message would still be
+    /// too large is quarantined as `too_large` by reference. The new sizes, or `None` at the
+    /// floor (librdkafka's least `message.max.bytes`).
+    pub fn shrink_batches(kafka: &mut ClientConfig) -> Option<usize> {
+        let batch = kafka
+            .get("batch.size")
+            .and_then(|value| value.trim().parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        let message = Self::message_budget(kafka) + RECORD_OVERHEAD_BYTES;
+        let smaller = (batch.min(message) / 4).max(LEAST_MESSAGE_MAX_BYTES);
+        if smaller >= batch.min(message) {
+            return None;
+        }
+        kafka.set("batch.size", smaller.to_string());
+        kafka.set("message.max.bytes", smaller.to_string());
+        Some(smaller)
     }
 
     /// What one row's message may take: the producer's `message.max.bytes` less framing. A row
@@ -519,5 +555,31 @@ impl Fingerprint {
             modified_ns: modified.as_nanos(),
             landed_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_by_quarters_to_librdkafkas_floor_and_no_further() {
+        let mut kafka = ClientConfig::new();
+        kafka.set("batch.size", "1000000");
+        let mut sizes = Vec::new();
+        while let Some(bytes) = Publisher::shrink_batches(&mut kafka) {
+            sizes.push(bytes);
+        }
+        assert_eq!(sizes, [250_000, 62_500, 15_625, 3_906, 1_000]);
+        assert_eq!(kafka.get("message.max.bytes"), Some("1000"));
+        // A smaller message size asked for with -X is where shrinking starts.
+        let mut kafka = ClientConfig::new();
+        kafka.set("batch.size", "1000000");
+        kafka.set("message.max.bytes", "40000");
+        assert_eq!(Publisher::shrink_batches(&mut kafka), Some(10_000));
+        assert_eq!(
+            Publisher::message_budget(&kafka),
+            10_000 - RECORD_OVERHEAD_BYTES
+        );
     }
 }

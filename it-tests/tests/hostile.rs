@@ -164,3 +164,61 @@ async fn a_row_too_large_for_one_message_is_quarantined_by_reference() {
         .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 2, LONG)
         .await;
 }
+
+/// An operator's topic that takes smaller record batches than the producer would send
+/// (`max.message.bytes` below the bridge's batch size, as on clusters tuned for small
+/// messages), which the bridge is not told: every row still lands and the file is archived. A
+/// row too large for the topic alone is quarantined as `too_large`, not retried forever.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
+    let world = World::new("small_batches").await;
+    it_tests::services::kafka_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &world.brokers,
+            "--create",
+            "--topic",
+            &world.topic,
+            "--partitions",
+            "3",
+            "--config",
+            "max.message.bytes=16384",
+        ],
+    );
+    let mut body = HEADER.to_owned();
+    for n in 0..5000 {
+        body.push_str(&format!("small-{n},1,view,10,1.00,{TIME}\n"));
+        if n == 2500 {
+            let wide = "w".repeat(20_000);
+            body.push_str(&format!("wide,1,{wide},10,1.00,{TIME}\n"));
+        }
+    }
+    world.drop_file("many.csv", body.as_bytes());
+    let bridge = world.bridge(&[]);
+    let _consumer = world.consumer(&[]);
+    world.wait_for_count(it_tests::EVENTS, 5000, LONG).await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events_rejected WHERE reason_code = 'too_large'",
+            1,
+            LONG,
+        )
+        .await;
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM ecommerce_events_rejected")
+            .await,
+        1
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    while !world.archive_dir().join("many.csv").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not archived:\n{}",
+            bridge.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -328,13 +328,19 @@ impl<'a> Bridge<'a> {
     /// bridge may not be allowed to read): the next producer sends smaller ones, and so on until
     /// the topic takes them. Kept for the rest of the run.
     fn shrink_batches(&mut self) {
-        match Publisher::shrink_batches(&mut self.kafka) {
-            Some(bytes) => tracing::warn!(
+        match self.publisher.shrink_for(&mut self.kafka) {
+            Some(publisher::Shrunk::Batches(bytes)) => tracing::warn!(
                 batch_bytes = bytes,
                 "the broker refused a record batch as larger than the topic takes; sending smaller ones"
             ),
+            Some(publisher::Shrunk::Messages(bytes)) => tracing::warn!(
+                row_message_bytes = bytes,
+                "the broker refused a row's message as larger than the topic takes; rows that large \
+                 are quarantined as too_large"
+            ),
             None => tracing::error!(
-                "the broker refuses even the smallest record batches as too large; check the \
+                least_batch_bytes = publisher::LEAST_BATCH_BYTES,
+                "the broker refuses record batches of the least size as too large; raise the \
                  topic's max.message.bytes"
             ),
         }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
@@ -94,8 +94,19 @@ pub struct DeliveryTracker {
     files: Mutex<HashMap<usize, Progress>>,
     completions: UnboundedSender<Completion>,
     readiness: telemetry::Readiness,
-    /// The broker refused a record batch as larger than the topic takes.
-    refused_as_too_large: AtomicBool,
+    /// What the broker refused as larger than the topic takes.
+    too_large: TooLargeRefusals,
+    /// This producer's `batch.size`.
+    batch_bytes: usize,
+}
+
+/// The broker's refusals of record batches as larger than the topic takes (`max.message.bytes`).
+#[derive(Debug, Default)]
+struct TooLargeRefusals {
+    any: AtomicBool,
+    /// The smallest refused message larger than `batch.size`: librdkafka sends such a message in
+    /// a batch of its own, so the topic takes nothing that large.
+    smallest_alone: AtomicUsize,
 }
 
 impl DeliveryTracker {
@@ -114,6 +125,14 @@ impl DeliveryTracker {
                 rows: progress.rows,
                 failure: progress.failure,
             });
+        }
+    }
+
+    fn record_too_large(&self, bytes: usize) {
+        self.too_large.any.store(true, Ordering::Relaxed);
+        if bytes > self.batch_bytes {
+            let smallest = &self.too_large.smallest_alone;
+            smallest.fetch_min(bytes, Ordering::Relaxed);
         }
     }
 
@@ -137,9 +156,9 @@ impl ProducerContext for DeliveryTracker {
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         self.update(seq, |progress| {
             progress.pending = progress.pending.saturating_sub(1);
-            if let Err((error, _)) = result {
+            if let Err((error, message)) = result {
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
-                    self.refused_as_too_large.store(true, Ordering::Relaxed);
+                    self.record_too_large(message.payload_len() + message.key_len());
                 }
                 Self::fail(progress, format!("delivery failed: {error}"));
             }
@@ -204,8 +223,43 @@ impl Meter {
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-/// The least `message.max.bytes` librdkafka takes.
-const LEAST_MESSAGE_MAX_BYTES: usize = 1_000;
+/// librdkafka's default `batch.size`.
+const DEFAULT_BATCH_BYTES: usize = 1_000_000;
+/// The smallest batches the bridge shrinks to for a topic that refuses larger ones: a few rows.
+pub const LEAST_BATCH_BYTES: usize = 4_096;
+
+/// The next producer's sizes after a topic refused a batch as too large: first smaller
+/// batches, a quarter each time, down to [`LEAST_BATCH_BYTES`]; then, if a message sent in a
+/// batch of its own was refused (`smallest_alone` bytes, the smallest such), messages smaller
+/// than that, so a row that large is quarantined as `too_large` by reference. A row the topic
+/// took before is never `too_large` later: it was smaller than every message refused alone.
+/// What changed, or `None` when nothing is left to lower.
+pub fn shrink(kafka: &mut ClientConfig, smallest_alone: Option<usize>) -> Option<Shrunk> {
+    let batch = Publisher::batch_bytes(kafka);
+    if batch > LEAST_BATCH_BYTES {
+        let smaller = (batch / 4).max(LEAST_BATCH_BYTES);
+        kafka.set("batch.size", smaller.to_string());
+        return Some(Shrunk::Batches(smaller));
+    }
+    let budget = smallest_alone?.checked_sub(1)?;
+    if budget >= Publisher::message_budget(kafka) {
+        return None;
+    }
+    kafka.set(
+        "message.max.bytes",
+        (budget + RECORD_OVERHEAD_BYTES).to_string(),
+    );
+    Some(Shrunk::Messages(budget))
+}
+
+/// What [`shrink`] lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shrunk {
+    /// `batch.size`, to this many bytes.
+    Batches(usize),
+    /// The largest row message, to this many bytes.
+    Messages(usize),
+}
 /// Room for a record's framing (headers, timestamps, lengths) within `message.max.bytes`.
 const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
@@ -222,7 +276,11 @@ impl Publisher {
             files: Mutex::new(HashMap::new()),
             completions,
             readiness,
-            refused_as_too_large: AtomicBool::new(false),
+            too_large: TooLargeRefusals {
+                any: AtomicBool::new(false),
+                smallest_alone: AtomicUsize::new(usize::MAX),
+            },
+            batch_bytes: Self::batch_bytes(kafka),
         };
         let producer = kafka
             .create_with_context(tracker)
@@ -247,31 +305,30 @@ impl Publisher {
     }
 
     /// Whether the broker refused one of this producer's record batches as too large for the
-    /// topic (its `max.message.bytes` below our `batch.size`).
+    /// topic (its `max.message.bytes` below what we sent).
     pub fn refused_as_too_large(&self) -> bool {
         self.producer
             .context()
-            .refused_as_too_large
+            .too_large
+            .any
             .load(Ordering::Relaxed)
     }
 
-    /// Lowers `kafka`'s batch and message sizes to a quarter, for a topic that refused a batch
-    /// as too large: rows are sent in smaller batches, and a row whose message would still be
-    /// too large is quarantined as `too_large` by reference. The new sizes, or `None` at the
-    /// floor (librdkafka's least `message.max.bytes`).
-    pub fn shrink_batches(kafka: &mut ClientConfig) -> Option<usize> {
-        let batch = kafka
+    /// The next producer's sizes after this one's batches were refused as too large; see
+    /// [`shrink`].
+    pub fn shrink_for(&self, kafka: &mut ClientConfig) -> Option<Shrunk> {
+        let smallest = &self.producer.context().too_large.smallest_alone;
+        shrink(
+            kafka,
+            Some(smallest.load(Ordering::Relaxed)).filter(|&b| b < usize::MAX),
+        )
+    }
+
+    fn batch_bytes(kafka: &ClientConfig) -> usize {
+        kafka
             .get("batch.size")
             .and_then(|value| value.trim().parse::<usize>().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
-        let message = Self::message_budget(kafka) + RECORD_OVERHEAD_BYTES;
-        let smaller = (batch.min(message) / 4).max(LEAST_MESSAGE_MAX_BYTES);
-        if smaller >= batch.min(message) {
-            return None;
-        }
-        kafka.set("batch.size", smaller.to_string());
-        kafka.set("message.max.bytes", smaller.to_string());
-        Some(smaller)
+            .unwrap_or(DEFAULT_BATCH_BYTES)
     }
 
     /// What one row's message may take: the producer's `message.max.bytes` less framing. A row
@@ -563,23 +620,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_shrink_by_quarters_to_librdkafkas_floor_and_no_further() {
+    fn batches_shrink_by_quarters_then_messages_below_the_smallest_refused_alone() {
         let mut kafka = ClientConfig::new();
         kafka.set("batch.size", "1000000");
-        let mut sizes = Vec::new();
-        while let Some(bytes) = Publisher::shrink_batches(&mut kafka) {
-            sizes.push(bytes);
+        let mut steps = Vec::new();
+        while let Some(step) = shrink(&mut kafka, Some(20_050)) {
+            steps.push(step);
         }
-        assert_eq!(sizes, [250_000, 62_500, 15_625, 3_906, 1_000]);
-        assert_eq!(kafka.get("message.max.bytes"), Some("1000"));
-        // A smaller message size asked for with -X is where shrinking starts.
-        let mut kafka = ClientConfig::new();
-        kafka.set("batch.size", "1000000");
-        kafka.set("message.max.bytes", "40000");
-        assert_eq!(Publisher::shrink_batches(&mut kafka), Some(10_000));
         assert_eq!(
-            Publisher::message_budget(&kafka),
-            10_000 - RECORD_OVERHEAD_BYTES
+            steps,
+            [
+                Shrunk::Batches(250_000),
+                Shrunk::Batches(62_500),
+                Shrunk::Batches(15_625),
+                Shrunk::Batches(LEAST_BATCH_BYTES),
+                Shrunk::Messages(20_049),
+            ]
         );
+        // Rows of 20,050 bytes and more are now `too_large`; smaller ones are sent.
+        assert_eq!(Publisher::message_budget(&kafka), 20_049);
+        // Nothing refused alone: nothing more to lower once batches are at the least.
+        let mut kafka = ClientConfig::new();
+        kafka.set("batch.size", "4096");
+        assert_eq!(shrink(&mut kafka, None), None);
+        assert_eq!(kafka.get("message.max.bytes"), None);
     }
 }

@@ -766,40 +766,28 @@ mod tests {
         assert!(!file.exists());
     }
 
+    /// The ready files as a bridge that just started sees them: no sightings of its own.
+    fn ready_at_start(dir: &Path, writers: &Writers) -> (Vec<PathBuf>, bool) {
+        ready_files(dir, Duration::ZERO, writers, &mut FolderMemory::default()).unwrap()
+    }
+
     #[test]
     fn a_file_cut_mid_line_waits_unless_its_writer_is_known_to_be_done() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cut.csv"), "h\nrow,2026-11-25T12:00:00").unwrap();
         let writers = Writers::default();
-        let (ready, unsettled) = ready_files(
-            dir.path(),
-            Duration::ZERO,
-            &writers,
-            &mut FolderMemory::default(),
-        )
-        .unwrap();
+        let look = || ready_at_start(dir.path(), &writers);
+        let (ready, unsettled) = look();
         assert!(
             ready.is_empty() && unsettled,
             "unterminated and unknown: waits"
         );
         writers.lock().insert("cut.csv".into(), Writer::Done);
-        let (ready, _) = ready_files(
-            dir.path(),
-            Duration::ZERO,
-            &writers,
-            &mut FolderMemory::default(),
-        )
-        .unwrap();
+        let (ready, _) = look();
         assert_eq!(ready.len(), 1, "closed by its writer: complete");
         std::fs::write(dir.path().join("cut.csv"), "h\nrow\n").unwrap();
         writers.lock().insert("cut.csv".into(), Writer::Writing);
-        let (ready, _) = ready_files(
-            dir.path(),
-            Duration::ZERO,
-            &writers,
-            &mut FolderMemory::default(),
-        )
-        .unwrap();
+        let (ready, _) = look();
         assert!(
             ready.is_empty(),
             "still open for writing: waits, line end or not"
@@ -959,23 +947,11 @@ mod tests {
         }
         let writers = Writers::default();
         writers.lock().insert("open.csv".into(), Writer::Done);
-        let (ready, unsettled) = ready_files(
-            dir.path(),
-            Duration::ZERO,
-            &writers,
-            &mut FolderMemory::default(),
-        )
-        .unwrap();
+        let (ready, unsettled) = ready_at_start(dir.path(), &writers);
         assert!(ready.is_empty() && unsettled, "taken while held open");
         writer.kill().unwrap();
         writer.wait().unwrap();
-        let (ready, _) = ready_files(
-            dir.path(),
-            Duration::ZERO,
-            &writers,
-            &mut FolderMemory::default(),
-        )
-        .unwrap();
+        let (ready, _) = ready_at_start(dir.path(), &writers);
         assert_eq!(ready, vec![path], "its writer is gone: complete");
     }
 }

@@ -252,6 +252,14 @@ pub fn shrink(kafka: &mut ClientConfig, smallest_alone: Option<usize>) -> Option
     Some(Shrunk::Messages(budget))
 }
 
+/// A size in bytes set in `kafka` under `key`, or librdkafka's `default` for it.
+fn byte_setting(kafka: &ClientConfig, key: &str, default: usize) -> usize {
+    kafka
+        .get(key)
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .unwrap_or(default)
+}
+
 /// What [`shrink`] lowered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shrunk {
@@ -325,20 +333,14 @@ impl Publisher {
     }
 
     fn batch_bytes(kafka: &ClientConfig) -> usize {
-        kafka
-            .get("batch.size")
-            .and_then(|value| value.trim().parse::<usize>().ok())
-            .unwrap_or(DEFAULT_BATCH_BYTES)
+        byte_setting(kafka, "batch.size", DEFAULT_BATCH_BYTES)
     }
 
     /// What one row's message may take: the producer's `message.max.bytes` less framing. A row
     /// whose message would be larger is sent as a `too_large` reference instead, so no row is
     /// ever refused by the broker and holds its file back.
     pub fn message_budget(config: &ClientConfig) -> usize {
-        config
-            .get("message.max.bytes")
-            .and_then(|value| value.trim().parse::<usize>().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+        byte_setting(config, "message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
             .saturating_sub(RECORD_OVERHEAD_BYTES)
     }
 

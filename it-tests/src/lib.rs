@@ -231,24 +231,33 @@ impl World {
 
     /// A bridge with extra environment, e.g. an armed failpoint.
     pub fn bridge_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let args = self.bridge_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn_with_env("file-bridge", &args, env)
+    }
+
+    /// What every bridge of this world is given (its folders, the broker and topic, quick
+    /// rescans and retries), then `extra`.
+    pub fn bridge_args(&self, extra: &[&str]) -> Vec<String> {
         let (input, archive) = (self.input_dir(), self.archive_dir());
-        let brokers = self.brokers.clone();
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "--input-dir",
             input.to_str().expect("utf-8 path"),
             "--archive-dir",
             archive.to_str().expect("utf-8 path"),
             "--brokers",
-            &brokers,
+            &self.brokers,
             "--topic",
             &self.topic,
             "--rescan-interval",
             "200ms",
             "--retry-interval",
             "500ms",
-        ];
-        args.extend_from_slice(extra);
-        self.spawn_with_env("file-bridge", &args, env)
+        ]
+        .map(String::from)
+        .into();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args
     }
 
     /// Publishes what is in the input folder and waits for the bridge to exit successfully.

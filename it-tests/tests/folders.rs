@@ -190,39 +190,22 @@ async fn an_input_folder_that_cannot_be_listed_is_waited_for_not_fatal() {
         std::os::unix::fs::chown(&folder, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     let metrics = format!("127.0.0.1:{}", free_port());
-    let (input, archive) = (world.input_dir(), world.archive_dir());
     let bridge_binary = it_tests::binary_path("file-bridge");
-    let mut bridge = it_tests::Proc::spawn(
-        "/usr/bin/setpriv".into(),
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            bridge_binary.to_str().unwrap(),
-            "--input-dir",
-            input.to_str().unwrap(),
-            "--archive-dir",
-            archive.to_str().unwrap(),
-            "--brokers",
-            &world.brokers,
-            "--topic",
-            &world.topic,
-            "--rescan-interval",
-            "200ms",
-            "--metrics-addr",
-            &metrics,
-        ],
-        &[],
-        world.dir.path(),
-    );
+    let mut as_nobody: Vec<String> = ["--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        .map(String::from)
+        .into();
+    as_nobody.push(bridge_binary.to_str().unwrap().to_owned());
+    as_nobody.extend(world.bridge_args(&["--metrics-addr", &metrics]));
+    let as_nobody: Vec<&str> = as_nobody.iter().map(String::as_str).collect();
+    let mut bridge =
+        it_tests::Proc::spawn("/usr/bin/setpriv".into(), &as_nobody, &[], world.dir.path());
     let _consumer = world.consumer(&[]);
     world.drop_file("a.csv", &rows("a"));
     world.wait_for_count(EVENTS, 20, LONG).await;
     wait_for_readiness(&metrics, 200, "").await;
 
     // Write and search kept, read taken away: the folder cannot be listed.
-    mode(&input, 0o300);
+    mode(&world.input_dir(), 0o300);
     wait_for_readiness(&metrics, 503, "cannot list").await;
     world.drop_file("b.csv", &rows("b"));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -231,7 +214,7 @@ async fn an_input_folder_that_cannot_be_listed_is_waited_for_not_fatal() {
         "the bridge exited:\n{}",
         bridge.log_text()
     );
-    mode(&input, 0o755);
+    mode(&world.input_dir(), 0o755);
     world.wait_for_count(EVENTS, 40, LONG).await;
     wait_for_readiness(&metrics, 200, "").await;
     let log = bridge.log_text();

@@ -43,6 +43,17 @@ for name, service in services.items():
 if not any(str(arg).startswith("--memory=") for arg in services.get("redpanda", {}).get("command", [])):
     problems.append("redpanda's memory is not bounded")
 
+builders = [name for name, service in services.items() if "build" in service]
+if builders != ["generator"]:
+    problems.append(f"exactly one service builds the pipeline image (four builds of one tag ran at once): {builders}")
+for name, service in services.items():
+    if service.get("image") == "ecommerce-pipeline:latest" and service.get("pull_policy") != "never":
+        problems.append(f"{name} runs the local pipeline image and must never pull it")
+if "BRIDGE_METRICS_URL" not in consumer.get("environment", {}):
+    problems.append("consumer has no BRIDGE_METRICS_URL, so `status` inside it asks its own loopback for the bridge")
+if "KAFKA_BROKERS" not in services.get("dashboard", {}).get("environment", {}):
+    problems.append("the dashboard has no KAFKA_BROKERS, so it cannot show the group's lag")
+
 if "monitoring" not in services.get("prometheus", {}).get("profiles", []):
     problems.append("prometheus belongs in the monitoring profile")
 with open(path.replace("docker-compose.yml", "deploy/prometheus.yml"), encoding="utf-8") as handle:

@@ -12,6 +12,7 @@ pub mod batch;
 mod clock;
 mod config;
 pub mod kafka;
+mod lag_watch;
 pub mod log_check;
 pub mod metrics;
 pub mod partition;
@@ -113,6 +114,7 @@ impl<'a> GroupConsumer<'a> {
         }
         if config.mode() == Mode::DashboardOnly {
             metrics.readiness.set(telemetry::Check::Broker, Ok(()));
+            watch_lag(config, &metrics, &shutdown)?;
             shutdown.cancelled().await;
             return Ok(None);
         }
@@ -304,6 +306,34 @@ async fn serve_http(
             .with_context(|| format!("failed to listen on {addr} for the dashboard"))?;
         tracing::info!(url = %format!("http://{bound}/"), "serving the dashboard");
     }
+    Ok(())
+}
+
+/// Measures the whole group's lag for a dashboard that consumes nothing.
+fn watch_lag(
+    config: &Config,
+    metrics: &ConsumerMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut kafka = config
+        .kafka
+        .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
+    kafka.set("group.id", &config.group);
+    let probe = LogProbe::new(&kafka, &config.kafka.topic)
+        .context("failed to create the Kafka log probe")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(DATABASE_CHECK_TIMEOUT)
+        .connect_lazy(&config.database_url)
+        .context("invalid DATABASE_URL")?;
+    let watch = lag_watch::LagWatch::new(
+        probe,
+        pool,
+        &config.group,
+        &config.kafka.topic,
+        metrics.clone(),
+    );
+    tokio::spawn(watch.run(shutdown.clone()));
     Ok(())
 }
 

@@ -134,6 +134,27 @@ impl LogProbe {
         })
     }
 
+    /// Every partition of the topic with its log's start and end. Blocking.
+    pub fn watermarks(&self) -> KafkaResult<Vec<(i32, i64, i64)>> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), self.timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|topic| topic.partitions().iter().map(|p| p.id()))
+            .collect();
+        partitions
+            .into_iter()
+            .map(|partition| {
+                let (low, high) =
+                    self.consumer
+                        .fetch_watermarks(&self.topic, partition, self.timeout)?;
+                Ok((partition, low, high))
+            })
+            .collect()
+    }
+
     /// Where the partition's log starts now. Blocking.
     pub fn log_start(&self, partition: i32) -> KafkaResult<i64> {
         self.consumer

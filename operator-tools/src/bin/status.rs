@@ -264,7 +264,15 @@ async fn components(args: &Args) -> Vec<Component> {
         };
         let ready = match telemetry::http_get(&readyz, Duration::from_secs(2)).await {
             Ok((200, _)) => Some(Ok(())),
-            Ok((_, body)) => Some(Err(body.lines().skip(1).collect::<Vec<_>>().join("; "))),
+            Ok((code, body)) => {
+                let why = body.lines().skip(1).collect::<Vec<_>>().join("; ");
+                // A wrong URL answers 404 with no reasons: say the answer rather than nothing.
+                Some(Err(if why.is_empty() {
+                    format!("HTTP {code}")
+                } else {
+                    why
+                }))
+            }
             Err(_) => None,
         };
         components.push(Component {

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Runs the integration tests against Redpanda and PostgreSQL started by testcontainers (needs a
-# Docker engine), then removes every container the run started, found by its label.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-command -v docker >/dev/null || { echo "error: no docker command: this path needs a Docker engine" >&2; exit 1; }
+# The integration tests with their broker and PostgreSQL started by testcontainers (feature
+# `docker`): end to end, a consumer killed mid-stream again and again, scaling. The images are the
+# fixtures scripts/docker.sh builds where no registry answers (set IT_POSTGRES_IMAGE and
+# IT_KAFKA_IMAGE to others). Removes every container of this run, with its volumes, and nothing
+# of any other run on the same engine.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$ROOT/scripts/docker.sh"
+cd "$ROOT"
+
+ensure_kafka
+ensure_docker
+export IT_POSTGRES_IMAGE="${IT_POSTGRES_IMAGE:-$FIXTURE_POSTGRES_IMAGE}"
+export IT_KAFKA_IMAGE="${IT_KAFKA_IMAGE:-$FIXTURE_KAFKA_IMAGE}"
+export IT_DOCKER_RUN="${IT_DOCKER_RUN:-$$-$(date +%s)}"
 cleanup() {
-    docker ps -aq --filter "label=ecommerce-pipeline.it-tests" | xargs -r docker rm -f >/dev/null
+    docker ps -aq --filter "label=ecommerce-pipeline.it-tests=$IT_DOCKER_RUN" | xargs -r docker rm -f -v >/dev/null
 }
 trap cleanup EXIT
 cargo build --bins
-cargo test -p it-tests --features docker -- --test-threads 2
+log "integration tests on testcontainers ($IT_KAFKA_IMAGE, $IT_POSTGRES_IMAGE)"
+cargo test --no-fail-fast -p it-tests --features docker --test pipeline --test crash --test scaling -- --test-threads 2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up what is missing and runs every test: formatting, lints, unit tests, and the integration
-# tests against a real PostgreSQL and a real Apache Kafka (fetched once and started here).
+# Sets up what is missing and runs every test: formatting, lints, unit tests, the integration
+# tests against a real PostgreSQL and a real Apache Kafka (fetched once and started here), and the
+# Docker path: docker compose up and the testcontainers tests on an engine started here.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -47,6 +48,16 @@ results="$ROOT/target/test-results.txt"
 set +e
 cargo test --workspace -- --test-threads 2 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
+set -e
+
+# Docker: the engine started here, the user's docker-compose.yml brought up for real, and the
+# testcontainers tests (scripts/docker.sh sets up the engine, the Compose plugin and the images).
+log "docker compose up, checked (scripts/test-compose.sh)"
+bash scripts/test-compose.sh || status=1
+log "the integration tests on testcontainers (scripts/test-docker.sh)"
+set +e
+bash scripts/test-docker.sh 2>&1 | tee -a "$results"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$results"

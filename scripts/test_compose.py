@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -284,4 +285,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # A stopped run still removes its stack: SIGTERM unwinds through main's `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

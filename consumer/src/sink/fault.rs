@@ -7,8 +7,9 @@ pub enum Fault {
     /// program limit such as an oversized index entry): retrying cannot help, the row that caused
     /// it is quarantined.
     Data,
-    /// The connection or the server failed (classes 08, 53, 57, 58, serialization failures and
-    /// deadlocks, and any error below SQL such as I/O or TLS): retried with backoff.
+    /// The connection or the server failed, or said to wait (classes 08, 53, 57, 58,
+    /// serialization failures, deadlocks and lock timeouts, and any error below SQL such as I/O
+    /// or TLS): retried with backoff.
     Connection,
     /// Anything else (a missing privilege, a broken schema): retried with backoff and reported,
     /// since an operator must act.
@@ -32,6 +33,10 @@ pub fn fault_of(error: &sqlx::Error) -> Fault {
         "22" | "23" | "54" => Fault::Data,
         "08" | "53" | "57" | "58" => Fault::Connection,
         "40" if code == "40001" || code == "40P01" => Fault::Connection,
+        // lock_not_available: a `lock_timeout` ran out behind someone else's lock (an
+        // `aggregates rebuild`, a `CREATE INDEX`, an operator's `LOCK`). A wait, never the row's
+        // fault.
+        "55" if code == "55P03" => Fault::Connection,
         _ => Fault::Other,
     }
 }

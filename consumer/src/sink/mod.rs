@@ -15,6 +15,7 @@ pub mod events;
 mod fault;
 mod ledger;
 mod rejects;
+mod session;
 
 pub use fault::{fault_of, refused_by_database, Fault};
 
@@ -163,7 +164,9 @@ impl Sink {
     /// Applies `migrations/` (idempotent; concurrent consumers serialise on an advisory lock).
     pub async fn migrate(&mut self) -> Result<(), SinkError> {
         let connection = self.connection().await?;
-        MIGRATOR.run(connection).await?;
+        session::begin_migrations(connection).await?;
+        MIGRATOR.run(&mut *connection).await?;
+        session::end_migrations(connection).await?;
         Ok(())
     }
 
@@ -174,6 +177,7 @@ impl Sink {
                 options = options.application_name(name);
             }
             let mut connection = PgConnection::connect_with(&options).await?;
+            session::apply(&mut connection).await?;
             sqlx::query(&events::CREATE_STAGING)
                 .execute(&mut connection)
                 .await?;

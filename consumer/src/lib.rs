@@ -125,7 +125,9 @@ impl<'a> GroupConsumer<'a> {
             tracing::info!("migrations applied");
             return Ok(None);
         }
-        let (consumer, kafka) = join_group(config, &metrics).await?;
+        let Some((consumer, kafka)) = join_group(config, &metrics, &shutdown).await? else {
+            return Ok(None);
+        };
         let probe = LogProbe::new(&kafka, &config.kafka.topic)
             .context("failed to create the Kafka log probe")?;
         let shared = Shared {
@@ -135,6 +137,7 @@ impl<'a> GroupConsumer<'a> {
             rules: rules_of(config),
             shutdown,
             partitions_held: 1,
+            rewinds: Default::default(),
         };
         let writer = Writer::new(shared, sink);
         Ok(Some(GroupConsumer {
@@ -173,19 +176,36 @@ impl<'a> GroupConsumer<'a> {
             // database work at the same time. Batches are still classified and committed
             // strictly in order.
             let in_hand = std::mem::take(&mut messages);
+            // A batch that was not written stops the receiving too: after a move back nothing
+            // more may be read before every partition is positioned again.
+            let receiving = shutdown.child_token();
             let write = async {
-                let offsets = writer.write_until_done(in_hand).await?;
+                let written = writer.write_until_done(in_hand).await;
+                if written.is_err() {
+                    receiving.cancel();
+                }
+                let offsets = written?;
                 process::failpoint::hit(process::failpoint::Failpoint::ConsumerAfterDbCommit);
                 commit_offsets(consumer, &config.kafka.topic, &offsets, CommitMode::Async);
-                Some(offsets)
+                Ok(offsets)
             };
-            let (written, next) = tokio::join!(write, next_batch(consumer, config, &shutdown));
-            let Some(offsets) = written else {
-                break;
-            };
-            committed.extend(&offsets);
-            forget_revoked(consumer, committed);
+            let (written, next) = tokio::join!(write, next_batch(consumer, config, &receiving));
             messages = next;
+            match written {
+                Ok(offsets) => {
+                    committed.extend(&offsets);
+                    forget_revoked(consumer, committed);
+                }
+                Err(Interrupted::Stopped) => break,
+                // PostgreSQL is behind what was read: every partition starts again exactly at
+                // its checkpoint, as after a rebalance.
+                Err(Interrupted::MovedBack) => {
+                    writer.states.clear();
+                    if !writer.position_assigned(consumer, &mut messages).await {
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -258,10 +278,15 @@ async fn prepare_database(
 }
 
 /// The group's consumer, subscribed; and the client settings it was made with.
+/// Waits for a broker that does not answer yet, as for a database that does not (the two start
+/// in any order under Compose, systemd or Kubernetes), with readiness saying why; exits only on
+/// what a retry cannot mend (credentials, authorisation, configuration). `None` when shutdown
+/// came first.
 async fn join_group(
     config: &Config,
     metrics: &ConsumerMetrics,
-) -> anyhow::Result<(StreamConsumer<RebalanceWatch>, ClientConfig)> {
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(StreamConsumer<RebalanceWatch>, ClientConfig)>> {
     let mut kafka = config
         .kafka
         .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
@@ -269,7 +294,24 @@ async fn join_group(
     if let Some(instance) = &config.instance_id {
         kafka.set("group.instance.id", instance);
     }
-    config.kafka.ensure_topic(&kafka).await?;
+    let mut backoff = RETRY;
+    loop {
+        match config.kafka.ensure_topic(&kafka).await {
+            Ok(()) => break,
+            Err(error) if error.is_transient() => {
+                let error = process::causes(&anyhow::Error::new(error));
+                tracing::error!(%error, "Kafka not reachable; will retry");
+                metrics.readiness.set(
+                    telemetry::Check::Broker,
+                    Err(format!("Kafka not reachable: {error}")),
+                );
+                if !backoff.wait(shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
     // The topic's metadata came back: a working broker connection, whatever the statistics
     // (every few seconds) will say later.
     metrics.readiness.set(telemetry::Check::Broker, Ok(()));
@@ -279,7 +321,7 @@ async fn join_group(
     consumer
         .subscribe(&[&config.kafka.topic])
         .context("failed to subscribe")?;
-    Ok((consumer, kafka))
+    Ok(Some((consumer, kafka)))
 }
 
 /// Starts the metrics endpoint and the dashboard, where asked for.
@@ -440,6 +482,23 @@ struct Shared<'a> {
     shutdown: CancellationToken,
     /// How many partitions the last assignment gave this consumer: they share the dedup budget.
     partitions_held: usize,
+    /// Per partition, the checkpoint the last move back read again from.
+    rewinds: std::sync::Mutex<HashMap<i32, i64>>,
+}
+
+/// Why a batch was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Interrupted {
+    /// PostgreSQL's checkpoint is behind what was read: position every partition again.
+    MovedBack,
+    /// Shutdown came first; what was not committed is replayed.
+    Stopped,
+}
+
+/// Whether the messages in hand go on from PostgreSQL's checkpoints.
+enum Continuity {
+    Continues,
+    MovedBack,
 }
 
 /// Turns batches of messages into committed transactions; owns the connections and what it
@@ -482,9 +541,12 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes the messages, each writer its share of the partitions, until all of it is in
-    /// Postgres; the offsets to commit to Kafka. `None` when shutdown came first: what was not
-    /// committed is replayed.
-    async fn write_until_done(&mut self, messages: Vec<Incoming>) -> Option<BTreeMap<i32, i64>> {
+    /// Postgres; the offsets to commit to Kafka. Interrupted when shutdown came first (what was
+    /// not committed is replayed) or PostgreSQL was found behind what was read.
+    async fn write_until_done(
+        &mut self,
+        messages: Vec<Incoming>,
+    ) -> Result<BTreeMap<i32, i64>, Interrupted> {
         let shares = shares_by_partition(messages, self.sinks.len());
         let (shared, states) = (&self.shared, &mut self.states);
         let writes = self
@@ -508,15 +570,19 @@ impl<'a> Writer<'a> {
             }
         });
         let mut offsets = BTreeMap::new();
-        let mut complete = true;
+        let mut interrupted = None;
         for (lane_states, written) in futures_util::future::join_all(writes).await {
             states.extend(lane_states);
             match written {
-                Some(batch) => offsets.extend(batch.commit_offsets),
-                None => complete = false,
+                Ok(batch) => offsets.extend(batch.commit_offsets),
+                // Stopping outranks moving back: a stopping consumer repositions nothing.
+                Err(why) => interrupted = interrupted.max(Some(why)),
             }
         }
-        complete.then_some(offsets)
+        match interrupted {
+            Some(why) => Err(why),
+            None => Ok(offsets),
+        }
     }
 
     /// Starts every assigned partition exactly at PostgreSQL's checkpoint (checked against the
@@ -630,6 +696,21 @@ impl Shared<'_> {
         true
     }
 
+    fn rewound(&self, partition: i32, checkpoint: i64) {
+        self.rewinds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(partition, checkpoint);
+    }
+
+    fn rewound_to(&self, partition: i32) -> Option<i64> {
+        self.rewinds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&partition)
+            .copied()
+    }
+
     /// Where the partition's log starts now, asked of the broker.
     async fn log_start(&self, partition: i32) -> Option<i64> {
         let probe = self.probe.clone();
@@ -680,7 +761,7 @@ impl Lane<'_, '_> {
         &mut self,
         messages: &[Incoming],
         partitions: &[i32],
-    ) -> Option<WriteBatch> {
+    ) -> Result<WriteBatch, Interrupted> {
         let (metrics, stuck_after) = (self.shared.metrics.clone(), self.shared.config.stuck_after);
         let write = self.write_with_retry(messages, partitions);
         tokio::pin!(write);
@@ -696,7 +777,7 @@ impl Lane<'_, '_> {
         metrics.stuck(partitions, true);
         let written = write.await;
         metrics.stuck(partitions, false);
-        if written.is_some() {
+        if written.is_ok() {
             tracing::info!(?partitions, "partitions moving again");
         }
         written
@@ -706,13 +787,18 @@ impl Lane<'_, '_> {
         &mut self,
         messages: &[Incoming],
         partitions: &[i32],
-    ) -> Option<WriteBatch> {
+    ) -> Result<WriteBatch, Interrupted> {
         let started = Instant::now();
         let shared = self.shared;
         let mut backoff = RETRY;
         loop {
-            let result = match self.load_states(partitions).await {
-                Ok(()) => {
+            let loaded = match self.load_states(partitions).await {
+                Ok(()) => self.check_continuity(messages, partitions).await,
+                Err(error) => Err(error),
+            };
+            let result = match loaded {
+                Ok(Continuity::MovedBack) => return Err(Interrupted::MovedBack),
+                Ok(Continuity::Continues) => {
                     let now = clock::now();
                     let topic = &shared.config.kafka.topic;
                     let batch = classify(messages, &mut self.states, &shared.rules, topic, now);
@@ -729,7 +815,7 @@ impl Lane<'_, '_> {
                     shared
                         .metrics
                         .batch_committed(&batch, &outcome, started.elapsed(), lateness);
-                    return Some(batch);
+                    return Ok(batch);
                 }
                 Err(SinkError::Fenced { partition }) => {
                     tracing::warn!(
@@ -741,7 +827,7 @@ impl Lane<'_, '_> {
                     tracing::error!(%error, fault = ?error.fault(), "batch not written; will retry");
                     self.sink.reset();
                     if !backoff.wait(&shared.shutdown).await {
-                        return None;
+                        return Err(Interrupted::Stopped);
                     }
                 }
             }
@@ -751,6 +837,67 @@ impl Lane<'_, '_> {
                 self.states.remove(partition);
             }
         }
+    }
+
+    /// Whether the messages in hand go on where PostgreSQL's checkpoint says each partition
+    /// stands. They start further on when the database moved back under this consumer (a
+    /// failover to a replica that missed commits, a restore: nothing reports it but the
+    /// checkpoint) or the log lost what lay between (retention, recorded as a gap by the log
+    /// check). A partition that disagrees with what this consumer holds is read again from
+    /// PostgreSQL first; still behind what was read, with the messages still in the log, it is
+    /// a move back: recorded, and every partition is positioned again.
+    async fn check_continuity(
+        &mut self,
+        messages: &[Incoming],
+        partitions: &[i32],
+    ) -> Result<Continuity, SinkError> {
+        for &partition in partitions {
+            let Some(first) = messages
+                .iter()
+                .find(|m| m.partition == partition)
+                .map(|m| m.offset)
+            else {
+                continue;
+            };
+            let expected = self.states.get(&partition).and_then(|s| s.next_offset);
+            if expected.is_some_and(|next| first <= next) {
+                continue;
+            }
+            if expected.is_some() {
+                // Read it again: the database may have moved since it was loaded.
+                self.states.remove(&partition);
+                self.load_states(&[partition]).await?;
+            }
+            let checkpoint = self.states.get(&partition).and_then(|s| s.next_offset);
+            let log_start = self.shared.log_start(partition).await;
+            let resume = match (checkpoint, log_start) {
+                (Some(next), Some(start)) => next.max(start),
+                (Some(next), None) => next,
+                (None, Some(start)) => start,
+                // Never written and the broker cannot say where the log starts: as before.
+                (None, None) => continue,
+            };
+            if first <= resume || self.shared.rewound_to(partition) == Some(resume) {
+                // The log has nothing between (a gap the log check recorded), or this is where
+                // the last move back already read from (offsets the log never had).
+                continue;
+            }
+            tracing::error!(
+                partition,
+                read_from = first,
+                checkpoint = resume,
+                "PostgreSQL's checkpoint is behind what this consumer read (the database moved back: a failover or a restore); reading again from the checkpoint"
+            );
+            self.shared
+                .metrics
+                .log_event(partition, LogEventKind::Rewound);
+            self.sink
+                .record_moved_back(partition, first, resume)
+                .await?;
+            self.shared.rewound(partition, resume);
+            return Ok(Continuity::MovedBack);
+        }
+        Ok(Continuity::Continues)
     }
 
     /// Loads the checkpoint of each partition not known yet, and checks that the partition's log

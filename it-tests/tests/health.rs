@@ -235,3 +235,41 @@ async fn probes_are_answered_while_thousands_of_idle_connections_press_on_the_po
         .await;
     stop.cancel();
 }
+
+/// A consumer started before its broker answers (Compose, systemd and Kubernetes start things in
+/// any order) waits for it, as it waits for a database, with readiness saying why, and consumes
+/// once the broker is there. Before, it exited at once.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_started_before_its_broker_waits_for_it() {
+    let mut broker = it_tests::services::PrivateBroker::start();
+    broker.kill9();
+    let world = World::on("broker_later", &broker.address(), &it_tests::server_url()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut consumer = world.consumer(&["--metrics-addr", &metrics]);
+    let body = wait_for(&metrics, "/readyz", 503).await;
+    let deadline = Instant::now() + LONG;
+    while !consumer
+        .log_text()
+        .contains("Kafka not reachable; will retry")
+    {
+        assert!(Instant::now() < deadline, "{}", consumer.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(consumer.is_running(), "exited:\n{}", consumer.log_text());
+    let body_now = get(&metrics, "/readyz").await.1;
+    assert!(
+        body_now.contains("Kafka not reachable"),
+        "readiness names the broker: {body_now} (first: {body})"
+    );
+
+    broker.restart();
+    let _bridge = world.bridge(&[]);
+    world.drop_csv(
+        "later.csv",
+        "b1,1,view,1,1.00,2026-11-25T12:00:00Z\nb2,2,view,2,2.00,2026-11-25T12:00:00Z\n",
+    );
+    world.wait_for_count(it_tests::EVENTS, 2, LONG).await;
+    wait_for(&metrics, "/readyz", 200).await;
+}

@@ -343,4 +343,24 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
         .map(|c| (c["name"].as_str().unwrap(), c["state"].as_str().unwrap()))
         .collect();
     assert_eq!(states, [("file-bridge", "down"), ("consumer", "ready")]);
+
+    // KAFKA_OPTIONS read as the services read it: a comma followed by text without `=` belongs
+    // to the value before (a broker list, a password holding a comma). Before, status split it
+    // at every comma, exited on the fragment and printed it.
+    let output = Command::new(it_tests::binary_path("status"))
+        .args(world.topic_args())
+        .args(["--database-url", &world.database_url])
+        .args(["--bridge-metrics-url", &bridge_url, "--format", "json"])
+        .env(
+            "KAFKA_OPTIONS",
+            "client.rack=se,cret,socket.timeout.ms=30000",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("cret"), "a fragment printed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report (exit {:?}): {stderr}", output.status));
+    assert_eq!(report["kafka_error"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["total_lag"], 0);
 }

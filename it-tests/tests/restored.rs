@@ -154,3 +154,58 @@ async fn an_empty_database_or_removed_checkpoints_are_read_again_from_the_log_st
     );
     assert_eq!(world.count(EVENTS).await, 600);
 }
+
+/// The database moves back while the consumer keeps running, as a failover to an asynchronous
+/// replica that missed the last commits does, at the same address: before, the consumer
+/// reconnected and carried on from what it had read, and the 500 events the "replica" never
+/// received were never read again (1,000 of 1,500 stored, nothing reported).
+#[cfg_attr(feature = "docker", ignore = "needs host PostgreSQL tools")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_moves_back_under_a_running_consumer_is_read_again_from_its_checkpoint() {
+    let mut world = World::new("moved_back").await;
+    let consumer = world.consumer(&[]);
+    let _bridge = world.bridge(&[]);
+    let generate = |world: &World, seed: &str| {
+        assert!(world
+            .generator(&["--files", "5", "--events-per-file", "100", "--seed", seed])
+            .success());
+    };
+    generate(&world, "93");
+    world.wait_for_count(EVENTS, 500, LONG).await;
+    let replica = world.dir.path().join("replica.sql");
+    run(
+        "pg_dump",
+        &[
+            "--no-owner",
+            "-f",
+            replica.to_str().unwrap(),
+            &world.database_url,
+        ],
+    );
+    generate(&world, "94");
+    world.wait_for_count(EVENTS, 1_000, LONG).await;
+
+    // The "replica" takes over: the last 500 events and their checkpoints are gone.
+    recreate_database(&mut world, Some(&replica)).await;
+    generate(&world, "95");
+    world.wait_until_archived(LONG).await;
+    let (expected, _) = event_ids_in(&world.archive_dir());
+    assert_eq!(expected.len(), 1_500);
+    let deadline = std::time::Instant::now() + LONG;
+    while world.count(EVENTS).await != 1_500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 1,500 events stored:\n{}",
+            world.count(EVENTS).await,
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(world.event_ids().await, expected);
+    world.wait_for_at_least(REWOUND, 1, LONG).await;
+    let log = consumer.log_text();
+    assert!(
+        log.contains("PostgreSQL's checkpoint is behind what this consumer read"),
+        "the move back is logged:\n{log}"
+    );
+}

@@ -115,6 +115,38 @@ impl KafkaArgs {
     }
 }
 
+impl SetupError {
+    /// Whether waiting may mend it: a broker that does not answer yet (down, starting, its name
+    /// not resolvable yet, timed out), or a topic still appearing. Not: credentials, certificates,
+    /// authorisation, configuration, a topic the broker refused to create.
+    pub fn is_transient(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self {
+            SetupError::Client { source, detail, .. } => {
+                let refused = matches!(
+                    source.rdkafka_error_code(),
+                    Some(
+                        Code::Authentication
+                            | Code::SaslAuthenticationFailed
+                            | Code::TopicAuthorizationFailed
+                            | Code::ClusterAuthorizationFailed
+                            | Code::GroupAuthorizationFailed
+                            | Code::InvalidArgument
+                            | Code::UnsupportedSASLMechanism
+                    )
+                );
+                let said = detail.to_ascii_lowercase();
+                !refused
+                    && !said.contains("authentication")
+                    && !said.contains("certificate")
+                    && !said.contains("ssl handshake failed")
+            }
+            SetupError::TopicNotVisible { .. } => true,
+            SetupError::Config { .. } | SetupError::CreateTopic { .. } => false,
+        }
+    }
+}
+
 /// Parses one `-X key=value` librdkafka option.
 pub fn parse_option(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {

@@ -7,5 +7,5 @@ pub mod failpoint;
 mod lifecycle;
 mod secrets;
 
-pub use lifecycle::{exit, init_logging, shutdown_token, Backoff, LogArgs, LogFormat};
+pub use lifecycle::{causes, exit, init_logging, shutdown_token, Backoff, LogArgs, LogFormat};
 pub use secrets::redact_url;

@@ -54,11 +54,37 @@ pub fn exit(result: anyhow::Result<()>) -> ! {
     match result {
         Ok(()) => std::process::exit(0),
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "fatal");
-            eprintln!("error: {error:#}");
+            let causes = causes(&error);
+            tracing::error!(error = %causes, "fatal");
+            eprintln!("error: {causes}");
             std::process::exit(1)
         }
     }
+}
+
+/// The error and its causes in one line, each cause said once: libraries often repeat their
+/// source in their own message (`failed to reach Kafka: Meta data fetch error: X` above `Meta data
+/// fetch error: X`), which `{:#}` would print again at every level.
+pub fn causes(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    // A message that repeats its own last part ("X: X").
+    let mut parts: Vec<&str> = Vec::new();
+    for part in line.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 /// Doubling delays between retries, capped: the one retry schedule of every component.
@@ -116,6 +142,35 @@ pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("canceling statement due to statement timeout")]
+        Timeout,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        // Repeats its source in its own message, as many library errors do.
+        #[error("while executing migration 13: {0}")]
+        Migration(#[source] Inner),
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let error = anyhow::Error::new(Outer::Migration(Inner::Timeout))
+            .context("failed to prepare the database");
+        assert_eq!(
+            causes(&error),
+            "failed to prepare the database: while executing migration 13: canceling statement due to statement timeout"
+        );
+        let error = anyhow::anyhow!("BrokerTransportFailure (down): BrokerTransportFailure (down)")
+            .context("failed to reach Kafka at k:9092");
+        assert_eq!(
+            causes(&error),
+            "failed to reach Kafka at k:9092: BrokerTransportFailure (down)"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {

@@ -293,6 +293,27 @@ impl Sink {
         .await
     }
 
+    /// Records that PostgreSQL's checkpoint was found behind what this consumer had read and
+    /// written (the database moved back under it: a failover to a replica that missed commits,
+    /// a restore), so the partition is read again from the checkpoint.
+    pub async fn record_moved_back(
+        &mut self,
+        partition: i32,
+        read_from: i64,
+        checkpoint: i64,
+    ) -> Result<(), SinkError> {
+        let detail = format!(
+            "the consumer was reading from offset {read_from} but PostgreSQL's checkpoint says {checkpoint} (the database moved back: a failover to a replica that missed commits, or a restore): read again from {checkpoint}"
+        );
+        self.record_log_event(
+            partition,
+            LogEventKind::Rewound,
+            (read_from, checkpoint),
+            &detail,
+        )
+        .await
+    }
+
     /// One finding about a partition's log, on its own (outside any batch's transaction).
     async fn record_log_event(
         &mut self,

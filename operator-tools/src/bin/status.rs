@@ -12,12 +12,9 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
-    brokers: String,
-    /// Topic.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "ecommerce-events")]
-    topic: String,
+    /// The Kafka flags every component shares (one parser for KAFKA_OPTIONS and --kafka-config).
+    #[command(flatten)]
+    kafka: pipeline_kafka::KafkaArgs,
     /// Consumer group.
     #[arg(long, env = "KAFKA_GROUP", default_value = "ecommerce-pg")]
     group: String,
@@ -37,9 +34,6 @@ struct Args {
         default_value = "http://127.0.0.1:9101/metrics"
     )]
     consumer_metrics_url: String,
-    /// Extra librdkafka option, repeatable.
-    #[arg(short = 'X', long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = pipeline_kafka::parse_option)]
-    kafka_options: Vec<(String, String)>,
     /// Print as text or as one JSON document.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -141,19 +135,17 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
          WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
     )
     .bind(&args.group)
-    .bind(&args.topic)
+    .bind(&args.kafka.topic)
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
-    let (topic, group, brokers, options) = (
-        args.topic.clone(),
+    let (topic, group, config) = (
+        args.kafka.topic.clone(),
         args.group.clone(),
-        args.brokers.clone(),
-        args.kafka_options.clone(),
+        args.kafka.client_config("status", &[]),
     );
     let offsets =
-        tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &topic, &group, &options))
-            .await?;
+        tokio::task::spawn_blocking(move || kafka_offsets(config, &topic, &group)).await?;
     let (today, total) = rows_today_and_in_total(&mut db).await;
     let (rejected, resolution) = quarantine(&mut db).await;
     let unreconciled = sqlx::query_as(
@@ -170,7 +162,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
          WHERE consumer_group = $1 AND topic = $2 ORDER BY detected_at DESC LIMIT 10",
     )
     .bind(&args.group)
-    .bind(&args.topic)
+    .bind(&args.kafka.topic)
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
@@ -287,7 +279,7 @@ async fn components(args: &Args) -> Vec<Component> {
 fn as_json(args: &Args, report: &Report) -> serde_json::Value {
     serde_json::json!({
         "at": chrono::Utc::now().to_rfc3339(),
-        "topic": args.topic,
+        "topic": args.kafka.topic,
         "group": args.group,
         "healthy": report.healthy(),
         "kafka_error": report.kafka_error,
@@ -322,7 +314,7 @@ fn print_text(args: &Args, report: &Report) {
     );
     println!(
         "topic {} · group {} · brokers {}",
-        args.topic, args.group, args.brokers
+        args.kafka.topic, args.group, args.kafka.brokers
     );
     print_partitions(report);
     print_rows(report);
@@ -426,12 +418,11 @@ fn print_files(report: &Report) {
 
 /// Per partition: the end offset and the group's committed offset.
 fn kafka_offsets(
-    brokers: &str,
+    config: Result<rdkafka::ClientConfig, pipeline_kafka::SetupError>,
     topic: &str,
     group: &str,
-    options: &[(String, String)],
 ) -> anyhow::Result<Vec<(i32, i64, Option<i64>)>> {
-    let mut config = pipeline_kafka::client_config(brokers, &[], options);
+    let mut config = config?;
     config.set("group.id", group);
     let client: BaseConsumer = config.create()?;
     let timeout = Duration::from_secs(5);

@@ -364,3 +364,46 @@ async fn status_shows_lag_rows_rejections_and_liveness() {
     assert_eq!(report["kafka_error"], serde_json::Value::Null, "{report}");
     assert_eq!(report["total_lag"], 0);
 }
+
+/// Secrets in a database URL never reach the log: a password pasted with an unescaped `/` (a
+/// raw base64 one), and a key passphrase in `?sslpassword=`, which the driver itself would log
+/// in clear as a parameter it does not know.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_secrets_never_reach_the_logs() {
+    let world = World::new("secrets").await;
+    let raw = "postgres://writer:Zm9v/YmFy@127.0.0.1:1/test";
+    let rejected = world.spawn(
+        "consumer",
+        &["--database-url", raw, "--topic", &world.topic],
+    );
+    let (_, log) = rejected.wait_with_log(LONG);
+    assert!(!log.contains("YmFy"), "a password in the log:\n{log}");
+
+    let with_passphrase = format!("{}?sslpassword=KeyPass42", world.database_url);
+    let consumer = world.spawn(
+        "consumer",
+        &[
+            "--database-url",
+            &with_passphrase,
+            "--brokers",
+            &world.brokers,
+            "--topic",
+            &world.topic,
+            "--group",
+            &world.group,
+        ],
+    );
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'ingest_checkpoints'",
+            1,
+            LONG,
+        )
+        .await;
+    let log = consumer.log_text();
+    assert!(log.contains("sslpassword=***"), "{log}");
+    assert!(
+        !log.contains("KeyPass42"),
+        "a passphrase in the log:\n{log}"
+    );
+}

@@ -7,13 +7,19 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return redact_key_values(url);
     };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
+    // The credentials end at the `@` that a host follows, not at the first `/` or `?`: a
+    // password pasted unescaped (base64 holds `/`) must not make the whole URL look hostless.
+    let (credentials, rest) = match host_at(rest) {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (host, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match credentials {
+        Some(credentials) => match credentials.split_once(':') {
             Some((user, _password)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
+            None => format!("{credentials}@{host}"),
         },
-        None => authority.to_owned(),
+        None => host.to_owned(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -29,6 +35,25 @@ pub fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// Where the credentials end: the first `@` with a user name before it (up to a `:` or the `@`)
+/// and a host (and port) after it, then the path, the query or the end.
+fn host_at(rest: &str) -> Option<usize> {
+    rest.match_indices('@').map(|(at, _)| at).find(|&at| {
+        let before = &rest[..at];
+        let user_end = before
+            .find([':', '/', '?'])
+            .map(|end| before.as_bytes()[end]);
+        if !matches!(user_end, None | Some(b':')) {
+            return false;
+        }
+        let after = &rest[at + 1..];
+        let host_end = after.find(['/', '?']).unwrap_or(after.len());
+        after[..host_end]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_[]:%,".contains(c))
+    })
 }
 
 fn is_secret_key(key: &str) -> bool {
@@ -107,6 +132,19 @@ mod tests {
         assert_eq!(
             redact_url("host=db password=plain user=x"),
             "host=db password=*** user=x"
+        );
+        // Unescaped `/`, `?` and `@` in a password (a raw base64 one, say).
+        assert_eq!(
+            redact_url("postgres://writer:Zm9v/YmFy==@db:5432/events"),
+            "postgres://writer:***@db:5432/events"
+        );
+        assert_eq!(
+            redact_url("postgres://writer:a?b@c@db/events?sslmode=require"),
+            "postgres://writer:***@db/events?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?user=u&password=p@ss"),
+            "postgres://db/x?user=u&password=***"
         );
     }
 }

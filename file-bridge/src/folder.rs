@@ -148,7 +148,32 @@ pub struct FolderMemory {
     /// Each data file's look (size, modification time, inode) and when the bridge first saw it
     /// so: its quiet time by the bridge's own clock, which a writer's clock cannot skew.
     unchanged_since: HashMap<PathBuf, (Look, Instant)>,
+    /// Files not complete yet: why, and since when the bridge has seen them wait.
+    waiting: HashMap<PathBuf, (Wait, Instant)>,
+    /// Files whose long wait was reported (once each).
+    reported: HashSet<PathBuf>,
 }
+
+/// Why a data file in the input folder is not published yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// It changed within the settle time, or its writer has not closed it (inotify).
+    Changing,
+    /// A process on this host holds it open for writing.
+    HeldOpen,
+}
+
+impl Wait {
+    fn as_str(self) -> &'static str {
+        match self {
+            Wait::Changing => "still being written (changed lately, or not closed by its writer)",
+            Wait::HeldOpen => "held open for writing by a process on this host",
+        }
+    }
+}
+
+/// A file waiting this long is reported once: waiting is right, waiting silently is not.
+pub const LONG_WAIT: Duration = Duration::from_secs(10);
 
 type Look = (u64, Option<SystemTime>, u64);
 
@@ -193,6 +218,46 @@ impl FolderMemory {
     /// Forgets the files no longer in the folder.
     fn keep_only(&mut self, listed: &HashSet<PathBuf>) {
         self.unchanged_since.retain(|path, _| listed.contains(path));
+        self.waiting.retain(|path, _| listed.contains(path));
+        self.reported.retain(|path| listed.contains(path));
+    }
+
+    fn waits(&mut self, path: &Path, why: Wait) {
+        let now = Instant::now();
+        let entry = self.waiting.entry(path.to_owned()).or_insert((why, now));
+        entry.0 = why;
+    }
+
+    fn ready(&mut self, path: &Path) {
+        self.waiting.remove(path);
+    }
+
+    /// How many files wait to be complete; each that has waited [`LONG_WAIT`] is reported once,
+    /// with why.
+    pub fn report_waiting(&mut self) -> usize {
+        for (path, (why, since)) in &self.waiting {
+            let waited = since.elapsed();
+            if waited >= LONG_WAIT && self.reported.insert(path.clone()) {
+                tracing::warn!(
+                    file = %path.display(),
+                    waited_s = waited.as_secs(),
+                    why = why.as_str(),
+                    "a file in the input folder waits to be complete; it is published once its writer is done"
+                );
+            }
+        }
+        self.waiting.len()
+    }
+
+    /// The files waiting to be complete and why (for tests and reports).
+    pub fn waiting(&self) -> Vec<(PathBuf, Wait)> {
+        let mut waiting: Vec<(PathBuf, Wait)> = self
+            .waiting
+            .iter()
+            .map(|(path, (why, _))| (path.clone(), *why))
+            .collect();
+        waiting.sort_by(|a, b| a.0.cmp(&b.0));
+        waiting
     }
 }
 
@@ -235,7 +300,10 @@ pub fn ready_files(
         listed.insert(path.clone());
         match is_complete(&path, quiet, settle, writers.of(&entry.file_name())) {
             Ok(true) => files.push(path),
-            Ok(false) => unsettled = true,
+            Ok(false) => {
+                memory.waits(&path, Wait::Changing);
+                unsettled = true;
+            }
             Err(_) => {}
         }
     }
@@ -243,9 +311,16 @@ pub fn ready_files(
     // Complete by age and events is not enough: a process that holds a file open for writing
     // is still its writer, however long it paused.
     let held = OpenForWriting::of(files.iter().map(PathBuf::as_path));
-    let before = files.len();
-    files.retain(|path| !held.holds(path));
-    unsettled |= files.len() < before;
+    files.retain(|path| {
+        if held.holds(path) {
+            memory.waits(path, Wait::HeldOpen);
+            unsettled = true;
+            false
+        } else {
+            memory.ready(path);
+            true
+        }
+    });
     files.sort();
     Ok((files, unsettled))
 }
@@ -947,8 +1022,12 @@ mod tests {
         }
         let writers = Writers::default();
         writers.lock().insert("open.csv".into(), Writer::Done);
-        let (ready, unsettled) = ready_at_start(dir.path(), &writers);
+        let mut memory = FolderMemory::default();
+        let (ready, unsettled) =
+            ready_files(dir.path(), Duration::ZERO, &writers, &mut memory).unwrap();
         assert!(ready.is_empty() && unsettled, "taken while held open");
+        assert_eq!(memory.waiting(), vec![(path.clone(), Wait::HeldOpen)]);
+        assert_eq!(memory.report_waiting(), 1);
         writer.kill().unwrap();
         writer.wait().unwrap();
         let (ready, _) = ready_at_start(dir.path(), &writers);

@@ -395,7 +395,11 @@ impl<'a> Bridge<'a> {
             &mut self.folder_memory,
         );
         let (ready, mut unsettled) = match listed {
-            Ok(listed) => listed,
+            Ok(listed) => {
+                let waiting = self.folder_memory.report_waiting();
+                self.files.metrics.files_waiting(waiting);
+                listed
+            }
             // Gone since it was checked: noticed and waited for at the next turn.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 self.lose_input_folder();

@@ -17,6 +17,7 @@ pub struct BridgeMetrics {
     files_failed: Counter,
     rows_published: Counter,
     files_in_flight: Gauge,
+    files_waiting: Gauge,
 }
 
 impl Default for BridgeMetrics {
@@ -61,6 +62,12 @@ impl BridgeMetrics {
             "files being published now",
             files_in_flight.clone(),
         );
+        let files_waiting = Gauge::default();
+        registry.register(
+            "files_waiting",
+            "files in the input folder not complete yet: being written, or held open for writing",
+            files_waiting.clone(),
+        );
         let readiness = telemetry::Readiness::default();
         readiness.set(telemetry::Check::Broker, Err("not connected yet".into()));
         BridgeMetrics {
@@ -71,7 +78,13 @@ impl BridgeMetrics {
             files_failed,
             rows_published,
             files_in_flight,
+            files_waiting,
         }
+    }
+
+    /// How many files of the input folder wait to be complete.
+    pub fn files_waiting(&self, files: usize) {
+        self.files_waiting.set(files as i64);
     }
 
     pub fn file_seen(&self, in_flight: usize) {

@@ -176,3 +176,59 @@ async fn a_failing_archive_is_retried_alone_and_leaves_no_partial_copy() {
     assert_eq!(metric("pipeline_bridge_files_archived_total").await, "1");
     assert_eq!(metric("pipeline_bridge_rows_published_total").await, "100");
 }
+
+/// A file held open for writing waits, as it must, but not silently: after a while the bridge
+/// says which file waits and why, and `pipeline_bridge_files_waiting` counts it, under `--once`
+/// too. Before, it waited with no log line or metric, and `--once` never said why it did not end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_held_open_for_writing_waits_with_its_reason_logged_and_counted() {
+    let world = World::new("held_open").await;
+    let _consumer = world.consumer(&[]);
+    std::fs::create_dir_all(world.input_dir()).unwrap();
+    let path = world.input_dir().join("held.csv");
+    // Another process holds the file open for writing after writing whole rows.
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>>'{}'; printf '{}{}' >&3; exec sleep 60",
+            path.display(),
+            HEADER.replace('\n', "\\n"),
+            rows("held", 3).replace('\n', "\\n")
+        ))
+        .spawn()
+        .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let bridge = world.bridge(&["--once", "--metrics-addr", &metrics]);
+    let deadline = std::time::Instant::now() + LONG;
+    while !bridge.log_text().contains("waits to be complete") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no word of the waiting file:\n{}",
+            bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = bridge.log_text();
+    assert!(
+        log.contains("held.csv") && log.contains("held open for writing"),
+        "{log}"
+    );
+    let (_, text) =
+        telemetry::http_get(&format!("http://{metrics}/metrics"), Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert!(
+        text.lines()
+            .any(|line| line == "pipeline_bridge_files_waiting 1"),
+        "{text}"
+    );
+    assert_eq!(world.count(EVENTS).await, 0, "taken while held open");
+
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert!(
+        bridge.wait_for_exit(LONG).success(),
+        "--once ends once the file is done"
+    );
+    world.wait_for_count(EVENTS, 3, LONG).await;
+}

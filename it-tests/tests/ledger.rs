@@ -223,3 +223,44 @@ async fn a_duplicate_with_other_values_is_recorded_as_conflicting_with_the_field
         "{text}"
     );
 }
+
+/// Two names, the same bytes, dropped together: every event is stored once, and each name is
+/// findable. Before, the ledger held one row under one of the names and the other was nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_whose_content_arrived_under_another_name_is_found_by_its_own_name() {
+    let world = World::new("two_names").await;
+    let _consumer = world.consumer(&[]);
+    let body: String = (0..100)
+        .map(|i| format!("same-{i},1,view,10,1.00,2026-11-25T12:00:00Z\n"))
+        .collect();
+    world.drop_csv("first.csv", &body);
+    world.drop_csv("copy.csv", &body);
+    world.bridge_once(&[]);
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ingest_files_by_name WHERE rows_read = 100",
+            2,
+            LONG,
+        )
+        .await;
+    assert_eq!(world.count(it_tests::EVENTS).await, 100);
+    let names: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT file_name, repeats_content_of, rows_inserted, rows_duplicate
+         FROM ingest_files_by_name ORDER BY rows_inserted DESC, file_name",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let (counted, repeat) = (&names[0], &names[1]);
+    assert_eq!((counted.1.as_deref(), counted.2), (None, 100), "{names:?}");
+    assert_eq!(
+        (repeat.1.as_deref(), repeat.2, repeat.3),
+        (Some(counted.0.as_str()), 0, 100),
+        "the second name's rows are duplicates of the content it repeats: {names:?}"
+    );
+    let content_ids: i64 = world
+        .count("SELECT count(DISTINCT content_id) FROM ingest_file_names")
+        .await;
+    assert_eq!(content_ids, 1);
+}

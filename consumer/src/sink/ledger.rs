@@ -39,6 +39,8 @@ struct FileCounts {
 pub struct LedgerDelta {
     files: BTreeMap<String, (String, FileCounts)>,
     ends: BTreeMap<String, FileEnd>,
+    /// Every (identity, name) an end message came with: two names of one content are two.
+    names: BTreeMap<(String, String), FileEnd>,
 }
 
 impl LedgerDelta {
@@ -77,6 +79,8 @@ impl LedgerDelta {
     fn file_ends(&mut self, ends: &[FileEnd]) {
         for end in ends {
             let key = storable::key(&end.file_id).into_owned();
+            let name = storable::text(&end.file).into_owned();
+            self.names.insert((key.clone(), name), end.clone());
             self.ends.insert(key, end.clone());
         }
     }
@@ -205,6 +209,15 @@ ON CONFLICT (content_id) DO UPDATE SET
     backfilled_at  = coalesce(excluded.backfilled_at, f.backfilled_at),
     updated_at     = now()";
 
+const UPSERT_NAMES: &str = "INSERT INTO ingest_file_names AS n
+    (content_id, file_name, rows_read, landed_at)
+SELECT u.id, u.name, u.read, to_timestamp(u.landed_ms / 1000.0)
+FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(id, name, read, landed_ms)
+ORDER BY u.id, u.name
+ON CONFLICT (content_id, file_name) DO UPDATE SET
+    rows_read = greatest(excluded.rows_read, n.rows_read),
+    landed_at = coalesce(n.landed_at, excluded.landed_at)";
+
 const RECONCILE: &str = "UPDATE ingest_files SET reconciled_at = now()
 WHERE content_id = ANY($1) AND reconciled_at IS NULL
   AND rows_read = rows_inserted + rows_duplicate + rows_rejected";
@@ -245,8 +258,36 @@ async fn apply(tx: &mut PgConnection, delta: LedgerDelta) -> Result<(), sqlx::Er
         .bind(columns.conflicting)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(RECONCILE).bind(&ids).execute(tx).await?;
-    Ok(())
+    sqlx::query(RECONCILE).bind(&ids).execute(&mut *tx).await?;
+    record_names(tx, &delta.names).await
+}
+
+/// Every name a content arrived under, with the rows its end message counted.
+async fn record_names(
+    tx: &mut PgConnection,
+    names: &BTreeMap<(String, String), FileEnd>,
+) -> Result<(), sqlx::Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = names.keys().map(|(id, _)| id.as_str()).collect();
+    let files: Vec<&str> = names.keys().map(|(_, name)| name.as_str()).collect();
+    let read: Vec<i64> = names
+        .values()
+        .map(|end| i64::try_from(end.rows_read).unwrap_or(i64::MAX))
+        .collect();
+    let landed: Vec<Option<i64>> = names
+        .values()
+        .map(|end| storable_millis(end.landed_ms))
+        .collect();
+    sqlx::query(UPSERT_NAMES)
+        .bind(ids)
+        .bind(files)
+        .bind(read)
+        .bind(landed)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 /// A landing time PostgreSQL stores: one in years 1 to 9999, else none. An end message is written

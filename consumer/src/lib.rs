@@ -792,8 +792,13 @@ impl Lane<'_, '_> {
         let shared = self.shared;
         let mut backoff = RETRY;
         loop {
+            let fresh: Vec<i32> = partitions
+                .iter()
+                .copied()
+                .filter(|p| !self.states.contains_key(p))
+                .collect();
             let loaded = match self.load_states(partitions).await {
-                Ok(()) => self.check_continuity(messages, partitions).await,
+                Ok(()) => self.check_continuity(messages, partitions, &fresh).await,
                 Err(error) => Err(error),
             };
             let result = match loaded {
@@ -843,13 +848,16 @@ impl Lane<'_, '_> {
     /// stands. They start further on when the database moved back under this consumer (a
     /// failover to a replica that missed commits, a restore: nothing reports it but the
     /// checkpoint) or the log lost what lay between (retention, recorded as a gap by the log
-    /// check). A partition that disagrees with what this consumer holds is read again from
-    /// PostgreSQL first; still behind what was read, with the messages still in the log, it is
-    /// a move back: recorded, and every partition is positioned again.
+    /// check); earlier, under a partition this consumer holds, when the log started again (a
+    /// topic made again: the log check records the restart). A partition that disagrees with
+    /// what this consumer holds is read again from PostgreSQL and its log checked first; still
+    /// behind what was read, with the messages still in the log, it is a move back: recorded,
+    /// and every partition is positioned again.
     async fn check_continuity(
         &mut self,
         messages: &[Incoming],
         partitions: &[i32],
+        fresh: &[i32],
     ) -> Result<Continuity, SinkError> {
         for &partition in partitions {
             let Some(first) = messages
@@ -860,8 +868,13 @@ impl Lane<'_, '_> {
                 continue;
             };
             let expected = self.states.get(&partition).and_then(|s| s.next_offset);
-            if expected.is_some_and(|next| first <= next) {
-                continue;
+            match expected {
+                Some(next) if first == next => continue,
+                // Offsets already stored: a replay, right after the checkpoint was read (a
+                // restart, a rebalance, a retry). Where this consumer holds the partition, it is
+                // the log starting again under it (a topic made again, reset to its start).
+                Some(next) if first < next && fresh.contains(&partition) => continue,
+                _ => {}
             }
             if expected.is_some() {
                 // Read it again: the database may have moved since it was loaded.

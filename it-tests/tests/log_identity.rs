@@ -87,3 +87,52 @@ async fn a_topic_deleted_and_created_again_is_read_from_its_start_and_reported()
         .log_text()
         .contains("reading it again from its start"));
 }
+
+/// The same while the consumer keeps running through it, the new log shorter than the old
+/// checkpoints (librdkafka resets the fetch to the new log's start with a warning and no
+/// rebalance): before, every new event was taken for a replay of what was stored and skipped.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_made_again_under_a_running_consumer_is_read_from_its_start_and_reported() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let world = World::new("topic_again_live").await;
+    let generate = |files: &str, seed: &str| {
+        assert!(world
+            .generator(&["--files", files, "--events-per-file", "100", "--seed", seed])
+            .success());
+    };
+    generate("3", "47");
+    world.bridge_once(&[]);
+    let mut consumer = world.consumer(&[]);
+    world.wait_for_count(EVENTS, 300, LONG).await;
+
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .expect("admin");
+    let deleted = admin
+        .delete_topics(&[&world.topic], &AdminOptions::new())
+        .await
+        .expect("delete topic");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // One file: about 34 messages a partition where the checkpoints stand near 101.
+    generate("1", "48");
+    world.bridge_once(&[]);
+    let deadline = std::time::Instant::now() + LONG;
+    while world.count(EVENTS).await != 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 400 events stored:\n{}",
+            world.count(EVENTS).await,
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let restarted = world
+        .count("SELECT count(*) FROM ingest_log_events WHERE kind = 'restarted'")
+        .await;
+    assert!(restarted >= 1, "the restart is recorded ({restarted})");
+    assert!(consumer.is_running());
+}

@@ -19,56 +19,114 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(config: &Config, dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
     let files = archive_files(dir)?;
     let total_bytes: u64 = files.iter().map(|(_, len)| len).sum();
-    let kafka = config
+    let mut kafka = config
         .kafka
         .client_config("file-bridge-backfill", PRODUCER_DEFAULTS)?;
     config.kafka.ensure_topic(&kafka).await?;
     let meter = Arc::new(Meter::limited_to(Some(config.backfill_rate)));
-    let (completions_tx, mut completions) = mpsc::unbounded_channel();
-    let publisher = Arc::new(
-        Publisher::new(
-            &kafka,
-            config,
-            completions_tx,
-            telemetry::Readiness::default(),
-        )?
-        .for_backfill(meter.clone()),
-    );
     tracing::info!(folder = %dir.display(), files = files.len(), bytes = total_bytes, rate_limit = config.backfill_rate, topic = %config.kafka.topic, "backfill started");
-    let mut progress = Progress::new(files.len() as u64, total_bytes, meter);
-    let mut failed = Vec::new();
-    for (seq, (path, _)) in files.iter().enumerate() {
-        if shutdown.is_cancelled() {
-            anyhow::bail!(
-                "backfill stopped by shutdown; run it again to finish (what is stored is kept)"
-            );
+    let mut progress = Progress::new(files.len() as u64, total_bytes, meter.clone());
+    let mut todo: Vec<usize> = (0..files.len()).collect();
+    // As the live bridge does: a topic that refuses our record batches as too large gets the
+    // refused files again from a producer sending smaller ones, down to librdkafka's floor.
+    let failed = loop {
+        let mut round = Round::new(&kafka, config, &meter)?;
+        let failed = round
+            .publish(&files, &todo, &mut progress, &shutdown)
+            .await?;
+        if failed.is_empty() || !round.publisher.refused_as_too_large() {
+            break failed;
         }
-        publisher
-            .publish_file_in_background(path.clone(), seq, &shutdown)
-            .await
-            .context("publishing task panicked")?;
-        while let Ok(done) = completions.try_recv() {
-            progress.file_done(&files, done, &mut failed);
+        match round.publisher.shrink_for(&mut kafka) {
+            Some(step) => {
+                tracing::warn!(?step, files = failed.len(), "the broker refused record batches as larger than the topic takes; publishing those files again in smaller ones");
+                todo = failed.iter().map(|(seq, _)| *seq).collect();
+                progress.files_done -= todo.len() as u64;
+            }
+            None => break failed,
         }
-        progress.show();
-    }
-    while progress.files_done < files.len() as u64 {
-        tokio::select! {
-            Some(done) = completions.recv() => progress.file_done(&files, done, &mut failed),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => anyhow::bail!("backfill stopped by shutdown before every delivery was confirmed"),
-        }
-        progress.show();
-    }
+    };
     progress.finish();
     anyhow::ensure!(
         failed.is_empty(),
         "{} file(s) of {} not published in full: {}",
         failed.len(),
         dir.display(),
-        failed.join("; ")
+        failed
+            .iter()
+            .map(|(seq, failure)| format!("{}: {failure}", file_name(&files[*seq].0)))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     Ok(())
+}
+
+/// One producer publishing a set of the archive's files.
+struct Round {
+    publisher: Arc<Publisher>,
+    completions: mpsc::UnboundedReceiver<Completion>,
+}
+
+impl Round {
+    fn new(
+        kafka: &rdkafka::ClientConfig,
+        config: &Config,
+        meter: &Arc<Meter>,
+    ) -> anyhow::Result<Round> {
+        let (completions_tx, completions) = mpsc::unbounded_channel();
+        let publisher = Publisher::new(
+            kafka,
+            config,
+            completions_tx,
+            telemetry::Readiness::default(),
+        )?
+        .for_backfill(meter.clone());
+        Ok(Round {
+            publisher: Arc::new(publisher),
+            completions,
+        })
+    }
+
+    /// Publishes `todo` (indexes into `files`) and waits for every delivery; the files that
+    /// failed, with why.
+    async fn publish(
+        &mut self,
+        files: &[(PathBuf, u64)],
+        todo: &[usize],
+        progress: &mut Progress,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<(usize, String)>> {
+        let mut failed = Vec::new();
+        let mut done = 0;
+        for &seq in todo {
+            if shutdown.is_cancelled() {
+                anyhow::bail!(
+                    "backfill stopped by shutdown; run it again to finish (what is stored is kept)"
+                );
+            }
+            self.publisher
+                .publish_file_in_background(files[seq].0.clone(), seq, shutdown)
+                .await
+                .context("publishing task panicked")?;
+            while let Ok(completion) = self.completions.try_recv() {
+                done += 1;
+                progress.file_done(completion, &mut failed);
+            }
+            progress.show();
+        }
+        while done < todo.len() {
+            tokio::select! {
+                Some(completion) = self.completions.recv() => {
+                    done += 1;
+                    progress.file_done(completion, &mut failed);
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => anyhow::bail!("backfill stopped by shutdown before every delivery was confirmed"),
+            }
+            progress.show();
+        }
+        Ok(failed)
+    }
 }
 
 /// The archive's data files by the live bridge's own rule ([`EntryKind`]: `*.csv` in any case,
@@ -127,14 +185,10 @@ impl Progress {
         }
     }
 
-    fn file_done(&mut self, files: &[(PathBuf, u64)], done: Completion, failed: &mut Vec<String>) {
+    fn file_done(&mut self, done: Completion, failed: &mut Vec<(usize, String)>) {
         self.files_done += 1;
         if let Some(failure) = done.failure {
-            let name = files
-                .get(done.seq)
-                .map(|(path, _)| file_name(path))
-                .unwrap_or_default();
-            failed.push(format!("{name}: {failure}"));
+            failed.push((done.seq, failure));
         }
     }
 

@@ -222,3 +222,43 @@ async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The same topic, filled by `file-bridge --backfill`: before, the backfill never sent smaller
+/// batches, so every large file failed the same way on every try.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_into_a_topic_that_takes_only_small_batches_gets_every_row() {
+    let world = World::new("small_backfill").await;
+    it_tests::services::kafka_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &[
+            "--bootstrap-server",
+            &world.brokers,
+            "--create",
+            "--topic",
+            &world.topic,
+            "--partitions",
+            "3",
+            "--config",
+            "max.message.bytes=16384",
+        ],
+    );
+    let archive = world.dir.path().join("old-archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let mut body = HEADER.to_owned();
+    for n in 0..5000 {
+        body.push_str(&format!("old-{n},1,view,10,1.00,{TIME}\n"));
+    }
+    std::fs::write(archive.join("many.csv"), body).unwrap();
+    let _consumer = world.consumer(&[]);
+    let (status, log) = world.backfill(&archive, &[]);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("publishing those files again in smaller ones"), "{log}");
+    world.wait_for_count(it_tests::EVENTS, 5000, LONG).await;
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM ecommerce_events_rejected")
+            .await,
+        0
+    );
+}

@@ -433,6 +433,18 @@ impl World {
 
     /// Waits until `sql` (a count) reaches `expected`, failing after `timeout`.
     pub async fn wait_for_count(&self, sql: &str, expected: i64, timeout: Duration) {
+        self.wait_for_count_showing(sql, expected, timeout, String::new)
+            .await;
+    }
+
+    /// [`World::wait_for_count`], with what `log` returns (a component's log) in the failure.
+    pub async fn wait_for_count_showing(
+        &self,
+        sql: &str,
+        expected: i64,
+        timeout: Duration,
+        log: impl Fn() -> String,
+    ) {
         let deadline = Instant::now() + timeout;
         // Errors while the database restarts are waited out; the last one is reported.
         let mut last = String::from("no answer");
@@ -444,7 +456,10 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("`{sql}` stayed at {last}, expected {expected} within {timeout:?}");
+        panic!(
+            "`{sql}` stayed at {last}, expected {expected} within {timeout:?}\n{}",
+            log()
+        );
     }
 
     /// Waits until `sql` (a count) is at least `at_least`.

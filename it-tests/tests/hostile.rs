@@ -165,14 +165,8 @@ async fn a_row_too_large_for_one_message_is_quarantined_by_reference() {
         .await;
 }
 
-/// An operator's topic that takes smaller record batches than the producer would send
-/// (`max.message.bytes` below the bridge's batch size, as on clusters tuned for small
-/// messages), which the bridge is not told: every row still lands and the file is archived. A
-/// row too large for the topic alone is quarantined as `too_large`, not retried forever.
-#[cfg_attr(feature = "docker", ignore = "needs host Java")]
-#[tokio::test(flavor = "multi_thread")]
-async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
-    let world = World::new("small_batches").await;
+/// The world's topic, made by an operator to take record batches of 16 kB at most.
+fn create_topic_of_small_batches(world: &World) {
     it_tests::services::kafka_tool(
         "org.apache.kafka.tools.TopicCommand",
         &[
@@ -187,6 +181,17 @@ async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
             "max.message.bytes=16384",
         ],
     );
+}
+
+/// An operator's topic that takes smaller record batches than the producer would send
+/// (`max.message.bytes` below the bridge's batch size, as on clusters tuned for small
+/// messages), which the bridge is not told: every row still lands and the file is archived. A
+/// row too large for the topic alone is quarantined as `too_large`, not retried forever.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
+    let world = World::new("small_batches").await;
+    create_topic_of_small_batches(&world);
     let mut body = HEADER.to_owned();
     for n in 0..5000 {
         body.push_str(&format!("small-{n},1,view,10,1.00,{TIME}\n"));
@@ -229,20 +234,7 @@ async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_into_a_topic_that_takes_only_small_batches_gets_every_row() {
     let world = World::new("small_backfill").await;
-    it_tests::services::kafka_tool(
-        "org.apache.kafka.tools.TopicCommand",
-        &[
-            "--bootstrap-server",
-            &world.brokers,
-            "--create",
-            "--topic",
-            &world.topic,
-            "--partitions",
-            "3",
-            "--config",
-            "max.message.bytes=16384",
-        ],
-    );
+    create_topic_of_small_batches(&world);
     let archive = world.dir.path().join("old-archive");
     std::fs::create_dir_all(&archive).unwrap();
     let mut body = HEADER.to_owned();
@@ -253,7 +245,10 @@ async fn a_backfill_into_a_topic_that_takes_only_small_batches_gets_every_row() 
     let _consumer = world.consumer(&[]);
     let (status, log) = world.backfill(&archive, &[]);
     assert!(status.success(), "{log}");
-    assert!(log.contains("publishing those files again in smaller ones"), "{log}");
+    assert!(
+        log.contains("publishing those files again in smaller ones"),
+        "{log}"
+    );
     world.wait_for_count(it_tests::EVENTS, 5000, LONG).await;
     assert_eq!(
         world

@@ -8,6 +8,29 @@ use it_tests::World;
 use std::time::Duration;
 
 use it_tests::BROKER_FAULT_PATIENCE as LONG;
+
+/// `files` files of 100 events from the generator, seeded.
+fn generate(world: &World, files: &str, seed: &str) {
+    assert!(world
+        .generator(&["--files", files, "--events-per-file", "100", "--seed", seed])
+        .success());
+}
+
+/// Deletes the world's topic, and waits for the deletion to settle.
+async fn delete_topic(world: &World) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .expect("admin");
+    let deleted = admin
+        .delete_topics(&[&world.topic], &AdminOptions::new())
+        .await
+        .expect("delete topic");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
 use it_tests::EVENTS;
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
@@ -15,11 +38,7 @@ use it_tests::EVENTS;
 async fn a_wiped_broker_is_read_again_from_its_start_and_reported() {
     let mut broker = PrivateBroker::start();
     let world = World::on("log_wiped", &broker.address(), &it_tests::server_url()).await;
-    let generate = |files: &str, seed: &str| {
-        assert!(world
-            .generator(&["--files", files, "--events-per-file", "100", "--seed", seed])
-            .success());
-    };
+    let generate = |files: &str, seed: &str| generate(&world, files, seed);
     generate("2", "41");
     world.bridge_once(&[]);
     let consumer = world.consumer(&[]);
@@ -50,14 +69,8 @@ async fn a_wiped_broker_is_read_again_from_its_start_and_reported() {
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_deleted_and_created_again_is_read_from_its_start_and_reported() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
     let world = World::new("topic_recreated").await;
-    let generate = |files: &str, seed: &str| {
-        assert!(world
-            .generator(&["--files", files, "--events-per-file", "100", "--seed", seed])
-            .success());
-    };
+    let generate = |files: &str, seed: &str| generate(&world, files, seed);
     generate("2", "43");
     world.bridge_once(&[]);
     let consumer = world.consumer(&[]);
@@ -65,16 +78,7 @@ async fn a_topic_deleted_and_created_again_is_read_from_its_start_and_reported()
     assert!(consumer.terminate(Duration::from_secs(30)).success());
 
     // Deleted and created again (by the bridge, on its next run): offsets start at 0 again.
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &world.brokers)
-        .create()
-        .expect("admin");
-    let deleted = admin
-        .delete_topics(&[&world.topic], &AdminOptions::new())
-        .await
-        .expect("delete topic");
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    delete_topic(&world).await;
     generate("3", "44");
     world.bridge_once(&[]);
     let consumer = world.consumer(&[]);
@@ -94,42 +98,20 @@ async fn a_topic_deleted_and_created_again_is_read_from_its_start_and_reported()
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_made_again_under_a_running_consumer_is_read_from_its_start_and_reported() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
     let world = World::new("topic_again_live").await;
-    let generate = |files: &str, seed: &str| {
-        assert!(world
-            .generator(&["--files", files, "--events-per-file", "100", "--seed", seed])
-            .success());
-    };
+    let generate = |files: &str, seed: &str| generate(&world, files, seed);
     generate("3", "47");
     world.bridge_once(&[]);
     let mut consumer = world.consumer(&[]);
     world.wait_for_count(EVENTS, 300, LONG).await;
 
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &world.brokers)
-        .create()
-        .expect("admin");
-    let deleted = admin
-        .delete_topics(&[&world.topic], &AdminOptions::new())
-        .await
-        .expect("delete topic");
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    delete_topic(&world).await;
     // One file: about 34 messages a partition where the checkpoints stand near 101.
     generate("1", "48");
     world.bridge_once(&[]);
-    let deadline = std::time::Instant::now() + LONG;
-    while world.count(EVENTS).await != 400 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 400 events stored:\n{}",
-            world.count(EVENTS).await,
-            consumer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world
+        .wait_for_count_showing(EVENTS, 400, LONG, || consumer.log_text())
+        .await;
     let restarted = world
         .count("SELECT count(*) FROM ingest_log_events WHERE kind = 'restarted'")
         .await;

@@ -191,16 +191,9 @@ async fn a_database_that_moves_back_under_a_running_consumer_is_read_again_from_
     world.wait_until_archived(LONG).await;
     let (expected, _) = event_ids_in(&world.archive_dir());
     assert_eq!(expected.len(), 1_500);
-    let deadline = std::time::Instant::now() + LONG;
-    while world.count(EVENTS).await != 1_500 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 1,500 events stored:\n{}",
-            world.count(EVENTS).await,
-            consumer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    world
+        .wait_for_count_showing(EVENTS, 1_500, LONG, || consumer.log_text())
+        .await;
     assert_eq!(world.event_ids().await, expected);
     world.wait_for_at_least(REWOUND, 1, LONG).await;
     let log = consumer.log_text();

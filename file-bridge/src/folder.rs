@@ -152,6 +152,8 @@ pub struct FolderMemory {
     waiting: HashMap<PathBuf, (Wait, Instant)>,
     /// Files whose long wait was reported (once each).
     reported: HashSet<PathBuf>,
+    /// How many names the last look skipped as not data files (warned about once each).
+    ignored: usize,
 }
 
 /// Why a data file in the input folder is not published yet.
@@ -249,6 +251,11 @@ impl FolderMemory {
         self.waiting.len()
     }
 
+    /// How many names in the input folder the last look ignored (not `*.csv`, not a regular file).
+    pub fn ignored(&self) -> usize {
+        self.ignored
+    }
+
     /// The files waiting to be complete and why (for tests and reports).
     pub fn waiting(&self) -> Vec<(PathBuf, Wait)> {
         let mut waiting: Vec<(PathBuf, Wait)> = self
@@ -278,6 +285,7 @@ pub fn ready_files(
     let mut unsettled = false;
     let mut files = Vec::new();
     let mut listed = HashSet::new();
+    memory.ignored = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -285,6 +293,7 @@ pub fn ready_files(
             Ok(EntryKind::Data) => {}
             Ok(EntryKind::Hidden) | Err(_) => continue,
             Ok(kind) => {
+                memory.ignored += 1;
                 if memory.warned.insert(path.clone()) {
                     let why = kind.skipped_because().unwrap_or_default();
                     tracing::warn!(file = %path.display(), why, "ignoring a file in the input folder");

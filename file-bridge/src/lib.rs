@@ -397,7 +397,8 @@ impl<'a> Bridge<'a> {
         let (ready, mut unsettled) = match listed {
             Ok(listed) => {
                 let waiting = self.folder_memory.report_waiting();
-                self.files.metrics.files_waiting(waiting);
+                let ignored = self.folder_memory.ignored();
+                self.files.metrics.input_folder(waiting, ignored);
                 listed
             }
             // Gone since it was checked: noticed and waited for at the next turn.

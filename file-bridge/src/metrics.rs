@@ -18,6 +18,7 @@ pub struct BridgeMetrics {
     rows_published: Counter,
     files_in_flight: Gauge,
     files_waiting: Gauge,
+    files_ignored: Gauge,
 }
 
 impl Default for BridgeMetrics {
@@ -68,6 +69,12 @@ impl BridgeMetrics {
             "files in the input folder not complete yet: being written, or held open for writing",
             files_waiting.clone(),
         );
+        let files_ignored = Gauge::default();
+        registry.register(
+            "files_ignored",
+            "names in the input folder that are not data files (not *.csv, not a regular file), each warned about once",
+            files_ignored.clone(),
+        );
         let readiness = telemetry::Readiness::default();
         readiness.set(telemetry::Check::Broker, Err("not connected yet".into()));
         BridgeMetrics {
@@ -79,12 +86,14 @@ impl BridgeMetrics {
             rows_published,
             files_in_flight,
             files_waiting,
+            files_ignored,
         }
     }
 
-    /// How many files of the input folder wait to be complete.
-    pub fn files_waiting(&self, files: usize) {
-        self.files_waiting.set(files as i64);
+    /// How many files of the input folder wait to be complete, and how many names it ignores.
+    pub fn input_folder(&self, waiting: usize, ignored: usize) {
+        self.files_waiting.set(waiting as i64);
+        self.files_ignored.set(ignored as i64);
     }
 
     pub fn file_seen(&self, in_flight: usize) {

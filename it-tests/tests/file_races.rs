@@ -197,6 +197,8 @@ async fn a_file_held_open_for_writing_waits_with_its_reason_logged_and_counted()
         ))
         .spawn()
         .unwrap();
+    // A name that is not a data file, beside it: ignored, and counted.
+    std::fs::write(world.input_dir().join("notes.txt"), "not data").unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
     let bridge = world.bridge(&["--once", "--metrics-addr", &metrics]);
     let deadline = std::time::Instant::now() + LONG;
@@ -219,8 +221,24 @@ async fn a_file_held_open_for_writing_waits_with_its_reason_logged_and_counted()
             .unwrap();
     assert!(
         text.lines()
-            .any(|line| line == "pipeline_bridge_files_waiting 1"),
+            .any(|line| line == "pipeline_bridge_files_waiting 1")
+            && text
+                .lines()
+                .any(|line| line == "pipeline_bridge_files_ignored 1"),
         "{text}"
+    );
+    // `status` shows both, from the bridge's metrics.
+    let status = std::process::Command::new(it_tests::binary_path("status"))
+        .args(world.topic_args())
+        .args(["--database-url", &world.database_url])
+        .args(["--bridge-metrics-url", &format!("http://{metrics}/metrics")])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        report["input_folder"],
+        serde_json::json!({"files_waiting": 1, "files_ignored": 1})
     );
     assert_eq!(world.count(EVENTS).await, 0, "taken while held open");
 

@@ -84,6 +84,9 @@ struct Report {
     conflicting: (i64, i64),
     log_events: Vec<(i32, String, i64, i64, String)>,
     components: Vec<Component>,
+    /// The bridge's input folder: files waiting to be complete and names ignored, from its
+    /// metrics; `None` when it did not answer.
+    input_folder: Option<InputFolder>,
 }
 
 impl Report {
@@ -178,6 +181,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         conflicting: conflicting_duplicates(&mut db).await,
         log_events,
         components: components(args).await,
+        input_folder: input_folder(&args.bridge_metrics_url).await,
     })
 }
 
@@ -297,12 +301,39 @@ fn as_json(args: &Args, report: &Report) -> serde_json::Value {
         "log_events": report.log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
             "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
         })).collect::<Vec<_>>(),
+        "input_folder": report.input_folder,
         "components": report.components.iter().map(|c| serde_json::json!({
             "name": c.name,
             "url": c.url,
             "state": match &c.ready { None => "down", Some(Ok(())) => "ready", Some(Err(_)) => "not ready" },
             "why": c.ready.as_ref().and_then(|r| r.as_ref().err()),
         })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct InputFolder {
+    files_waiting: i64,
+    files_ignored: i64,
+}
+
+/// The input folder's figures from the bridge's own metrics.
+async fn input_folder(metrics_url: &str) -> Option<InputFolder> {
+    let (200, text) = telemetry::http_get(metrics_url, Duration::from_secs(2))
+        .await
+        .ok()?
+    else {
+        return None;
+    };
+    let gauge = |name: &str| {
+        text.lines().find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse::<i64>().ok())?
+        })
+    };
+    Some(InputFolder {
+        files_waiting: gauge("pipeline_bridge_files_waiting")?,
+        files_ignored: gauge("pipeline_bridge_files_ignored")?,
     })
 }
 
@@ -321,6 +352,12 @@ fn print_text(args: &Args, report: &Report) {
     print_files(report);
     for (partition, kind, from, to, detail) in &report.log_events {
         println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
+    }
+    if let Some(folder) = report.input_folder {
+        println!(
+            "input folder: {} file(s) waiting to be complete, {} name(s) ignored (the bridge's log says which and why)",
+            folder.files_waiting, folder.files_ignored
+        );
     }
     println!("\ncomponents:");
     for component in &report.components {

@@ -394,12 +394,16 @@ impl Publisher {
         };
         let mut file = crate::folder::open_regular(path).map_err(open_error)?;
         let before = Fingerprint::of(&file).map_err(open_error)?;
+        let landed_ms = if self.backfill {
+            before.landed_ms.min(before.modified_ms())
+        } else {
+            before.landed_ms
+        };
         // A file version is its content: the same bytes under another name, or dropped again,
         // are the same file to the consumer (its bad rows are recorded once).
         let content_sha256 = content_sha256(&mut file).map_err(open_error)?;
         let content_id = content_id(&content_sha256);
-        let mut reader =
-            RowReader::with_limits(file, &name, &content_id, before.landed_ms, self.limits);
+        let mut reader = RowReader::with_limits(file, &name, &content_id, landed_ms, self.limits);
         let mut rows: u64 = 0;
         while let Some(view) = reader.next_view()? {
             if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
@@ -423,7 +427,7 @@ impl Publisher {
             file_id: content_id.clone(),
             content_sha256,
             size_bytes: before.len,
-            landed_ms: before.landed_ms,
+            landed_ms,
             rows_read: rows,
             backfill: self.backfill,
             changed_while_read: changed,
@@ -589,11 +593,19 @@ struct Fingerprint {
     /// When the file appeared in the folder: its inode change time, which a rename sets. The
     /// bridge's own claim is such a rename, within the settle time of the landing, so this is
     /// the host's clock, never the writer's: a modification time from a clock years ahead must
-    /// not let events years ahead pass as not `future` and move the watermark.
+    /// not let events years ahead pass as not `future` and move the watermark. A backfill takes
+    /// the earlier of this and the modification time: copying or restoring an archive, or a
+    /// chmod, renews the change time, while `cp -a`, `rsync -a` and `tar x` keep the
+    /// modification time from before the file landed, so the same rows are `future` again.
     landed_ms: i64,
 }
 
 impl Fingerprint {
+    /// The modification time in milliseconds.
+    fn modified_ms(&self) -> i64 {
+        i64::try_from(self.modified_ns / 1_000_000).unwrap_or(i64::MAX)
+    }
+
     fn of(file: &File) -> std::io::Result<Fingerprint> {
         let metadata = file.metadata()?;
         let modified = metadata

@@ -167,3 +167,48 @@ async fn files_stamped_by_a_clock_far_ahead_or_behind_are_each_taken() {
         "every other event is stored"
     );
 }
+
+/// A backfill of an archive copied or restored later (`cp -a`, `rsync -a` and `tar x` keep the
+/// modification time; the change time becomes the copy's): a row that was `future` when its
+/// file landed ten minutes ago is `future` again. Before, the backfill judged it against the
+/// copy's time, stored it and let it move the watermark.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_of_a_copied_archive_judges_future_as_when_its_files_landed() {
+    let world = World::new("copied_archive").await;
+    let archive = world.dir.path().join("restored");
+    std::fs::create_dir_all(&archive).unwrap();
+    let now = chrono::Utc::now();
+    let at = |minutes: i64| {
+        (now + chrono::TimeDelta::minutes(minutes))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let path = archive.join("old.csv");
+    std::fs::write(
+        &path,
+        format!(
+            "{}past-1,1,view,10,1.00,{}\nahead-1,1,view,10,1.00,{}\n",
+            it_tests::HEADER,
+            at(-20),
+            at(-1)
+        ),
+    )
+    .unwrap();
+    // Written and landed ten minutes ago, copied now.
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    let _consumer = world.consumer(&["--max-future", "1m"]);
+    let (status, log) = world.backfill(&archive, &[]);
+    assert!(status.success(), "{log}");
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events_rejected WHERE reason_code = 'future' AND event_id = 'ahead-1'",
+            1,
+            LONG,
+        )
+        .await;
+    world.wait_for_count(it_tests::EVENTS, 1, LONG).await;
+}

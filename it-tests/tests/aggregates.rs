@@ -1,8 +1,12 @@
 //! The live aggregates equal a full scan: after duplicates, replays, late events, a rebalance and
 //! a consumer killed mid-stream; after an operator's deletes, updates and truncate; and after an
-//! online rebuild over events stored before them, while the consumer writes.
+//! online rebuild over events stored before them, while the consumer writes; and when an
+//! operator's deletes race inserts or each other, or two rebuilds overlap.
 
 use it_tests::{World, EVENTS, PATIENCE as LONG, RECONCILED_FILES};
+use sqlx::{Connection, PgConnection};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 const MESSAGES: &str = "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints";
 
@@ -154,4 +158,116 @@ async fn an_online_rebuild_counts_older_events_exactly_while_the_consumer_writes
         .count("SELECT count(*) FROM agg_events_per_minute")
         .await;
     assert_eq!(totals, 0);
+}
+
+/// Stores one event of `user` at `time` (UTC) with the aggregates' triggers, as any writer does.
+const INSERT_ONE: &str = "INSERT INTO ecommerce_events
+    (event_id, user_id, event_type, product_id, price, event_time, source_file, source_line, landed_at)
+    VALUES ($1, $2, 'view', 10, 1.00, $3::timestamptz, 'race.csv', 1, now())";
+
+async fn connect(world: &World) -> PgConnection {
+    PgConnection::connect(&world.database_url).await.unwrap()
+}
+
+async fn insert_one(db: &mut PgConnection, id: &str, user: i32, time: &str) {
+    sqlx::query(INSERT_ONE)
+        .bind(id)
+        .bind(user)
+        .bind(time)
+        .execute(db)
+        .await
+        .unwrap();
+}
+
+/// Runs `sql` in a session of its own and returns once it either finished or waits on a lock
+/// (with the aggregates' serialisation it waits; without, it ran straight through).
+async fn run_beside(world: &World, sql: &'static str) -> JoinHandle<()> {
+    let mut db = connect(world).await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+    });
+    let mut admin = connect(world).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !task.is_finished() && Instant::now() < deadline {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false)
+             FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task
+}
+
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aggregates_stay_exact_when_deletes_race_inserts_and_rebuilds_overlap() {
+    let world = World::new("aggregates_races").await;
+    assert!(world
+        .consumer(&["--migrate-only"])
+        .wait_for_exit(LONG)
+        .success());
+    let mut a = connect(&world).await;
+
+    // An operator's delete of a user's only event of a day while an insert of another event of
+    // that user, stage and day is uncommitted: the user keeps a stored event, so stays counted.
+    insert_one(&mut a, "race-x", 4242, "2026-11-02 10:00:00+00").await;
+    sqlx::query("BEGIN").execute(&mut a).await.unwrap();
+    insert_one(&mut a, "race-y", 4242, "2026-11-02 11:00:00+00").await;
+    let delete = run_beside(
+        &world,
+        "DELETE FROM ecommerce_events WHERE event_id = 'race-x'",
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+    delete.await.unwrap();
+    world.assert_aggregates_exact().await;
+
+    // Two deletes at once of a user's two events of a day: the user leaves the set.
+    insert_one(&mut a, "race-z1", 4343, "2026-11-03 10:00:00+00").await;
+    insert_one(&mut a, "race-z2", 4343, "2026-11-03 11:00:00+00").await;
+    sqlx::raw_sql("BEGIN; DELETE FROM ecommerce_events WHERE event_id = 'race-z1'")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    let delete = run_beside(
+        &world,
+        "DELETE FROM ecommerce_events WHERE event_id = 'race-z2'",
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+    delete.await.unwrap();
+    world.assert_aggregates_exact().await;
+    let users: i64 = world
+        .count("SELECT count(*) FROM agg_stage_users WHERE user_id = 4343")
+        .await;
+    assert_eq!(users, 0, "a user with no stored event is in no set");
+
+    // Two overlapping rebuilds: a start beside a step under way counts nothing twice.
+    for id in 0..50 {
+        insert_one(&mut a, &format!("race-r{id}"), id, "2026-11-04 10:00:00+00").await;
+    }
+    sqlx::raw_sql("SELECT agg_rebuild_start(); BEGIN; SELECT agg_rebuild_step(100000000)")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    let start = run_beside(&world, "SELECT agg_rebuild_start()").await;
+    sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+    start.await.unwrap();
+    while operator_tools::aggregates::rebuild_step(&mut a, 1_000_000)
+        .await
+        .unwrap()
+        > 0
+    {}
+    world.assert_aggregates_exact().await;
 }

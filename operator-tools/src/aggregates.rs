@@ -55,7 +55,7 @@ struct Comparison {
     kept: &'static str,
 }
 
-const COMPARISONS: [Comparison; 6] = [
+const COMPARISONS: [Comparison; 8] = [
     Comparison {
         aggregate: "events per minute and type",
         scanned: "SELECT date_trunc('minute', event_time, 'UTC')::text || ' ' || event_type,
@@ -63,7 +63,8 @@ const COMPARISONS: [Comparison; 6] = [
                                 count(*) FILTER (WHERE is_late), sum(price))
                   FROM counted GROUP BY date_trunc('minute', event_time, 'UTC'), event_type",
         kept: "SELECT minute::text || ' ' || event_type,
-                      format('events=%s late=%s price_sum=%s', sum(events), sum(late), sum(price_sum))
+                      format('events=%s late=%s price_sum=%s', sum(events), sum(late),
+                             round(sum(price_sum), 2))
                FROM agg_events_per_minute GROUP BY minute, event_type
                HAVING sum(events) <> 0 OR sum(late) <> 0 OR sum(price_sum) <> 0",
     },
@@ -75,7 +76,8 @@ const COMPARISONS: [Comparison; 6] = [
                                 coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0.00))
                   FROM counted GROUP BY (ingested_at AT TIME ZONE 'UTC')::date",
         kept: "SELECT ingested_day::text,
-                      format('events=%s late=%s revenue=%s', sum(events), sum(late), sum(revenue))
+                      format('events=%s late=%s revenue=%s', sum(events), sum(late),
+                             round(sum(revenue), 2))
                FROM agg_totals GROUP BY ingested_day
                HAVING sum(events) <> 0 OR sum(late) <> 0 OR sum(revenue) <> 0",
     },
@@ -86,6 +88,22 @@ const COMPARISONS: [Comparison; 6] = [
                   FROM counted GROUP BY (event_time AT TIME ZONE 'UTC')::date, event_type",
         kept: "SELECT day::text || ' ' || event_type, format('users=%s', sum(users))
                FROM agg_stage_users_per_day GROUP BY day, event_type HAVING sum(users) <> 0",
+    },
+    Comparison {
+        aggregate: "events per user, stage and day",
+        scanned: "SELECT (event_time AT TIME ZONE 'UTC')::date::text || ' ' || event_type || ' '
+                         || user_id, format('events=%s', count(*))
+                  FROM counted GROUP BY (event_time AT TIME ZONE 'UTC')::date, event_type, user_id",
+        kept: "SELECT day::text || ' ' || event_type || ' ' || user_id, format('events=%s', events)
+               FROM agg_stage_users WHERE events <> 0",
+    },
+    Comparison {
+        aggregate: "days per user and stage",
+        scanned: "SELECT event_type || ' ' || user_id,
+                         format('days=%s', count(DISTINCT (event_time AT TIME ZONE 'UTC')::date))
+                  FROM counted GROUP BY event_type, user_id",
+        kept: "SELECT event_type || ' ' || user_id, format('days=%s', days)
+               FROM agg_funnel_users WHERE days <> 0",
     },
     Comparison {
         aggregate: "distinct users per stage",
@@ -101,7 +119,7 @@ const COMPARISONS: [Comparison; 6] = [
                   FROM counted WHERE event_type = 'purchase'
                   GROUP BY (event_time AT TIME ZONE 'UTC')::date, product_id",
         kept: "SELECT day::text || ' ' || product_id,
-                      format('purchases=%s revenue=%s', sum(purchases), sum(revenue))
+                      format('purchases=%s revenue=%s', sum(purchases), round(sum(revenue), 2))
                FROM agg_products_per_day GROUP BY day, product_id
                HAVING sum(purchases) <> 0 OR sum(revenue) <> 0",
     },

@@ -20,6 +20,9 @@ pub enum RejectCode {
     FieldTooLarge,
     /// The row's message would be larger than the broker takes; quarantined by reference.
     TooLarge,
+    /// A compressed file's stream does not decode (truncated, corrupt, or not in the format its
+    /// name says): the whole file is this one reject, and none of its rows is published.
+    UndecodableFile,
     /// A value breaks the contract's rules.
     InvalidField,
     /// Older than its partition's watermark, under `--late-policy quarantine`.
@@ -34,7 +37,7 @@ pub enum RejectCode {
 
 impl RejectCode {
     /// Every code, in the order the migrations list them.
-    pub const ALL: [RejectCode; 12] = [
+    pub const ALL: [RejectCode; 13] = [
         RejectCode::MissingColumn,
         RejectCode::FieldCount,
         RejectCode::InvalidUtf8,
@@ -47,6 +50,7 @@ impl RejectCode {
         RejectCode::Undecodable,
         RejectCode::Database,
         RejectCode::MissingHeader,
+        RejectCode::UndecodableFile,
     ];
 
     /// The code as stored in `reason_code` and sent on the wire.
@@ -59,6 +63,7 @@ impl RejectCode {
             RejectCode::RowTooLarge => "row_too_large",
             RejectCode::FieldTooLarge => "field_too_large",
             RejectCode::TooLarge => "too_large",
+            RejectCode::UndecodableFile => "undecodable_file",
             RejectCode::InvalidField => "invalid_field",
             RejectCode::Late => "late",
             RejectCode::Future => "future",
@@ -79,6 +84,7 @@ impl RejectCode {
                 | RejectCode::RowTooLarge
                 | RejectCode::FieldTooLarge
                 | RejectCode::TooLarge
+                | RejectCode::UndecodableFile
         )
     }
 

@@ -13,6 +13,7 @@
 //!   renamed under the old name.
 //! - It opens only regular files, never following a symlink, never blocking on a FIFO.
 
+use crate::content::Compression;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
@@ -89,11 +90,11 @@ impl Writers {
 /// backfill, for which names are files to publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
-    /// A regular file named `*.csv`, any case of the extension: published.
+    /// A regular file named `*.csv`, `*.csv.gz` or `*.csv.zst`, any case: published.
     Data,
     /// A name starting with `.`: a writer's temporary file, the claim folder, a partial archive.
     Hidden,
-    /// A regular file whose name does not end in `.csv`.
+    /// A regular file whose name does not end in `.csv`, `.csv.gz` or `.csv.zst`.
     NotCsv,
     /// A symlink, a folder, a FIFO or a device, whatever its name (never followed or opened).
     NotRegular(&'static str),
@@ -119,10 +120,7 @@ impl EntryKind {
             };
             return Ok(EntryKind::NotRegular(what));
         }
-        let is_csv = Path::new(&*shown)
-            .extension()
-            .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
-        Ok(if is_csv {
+        Ok(if Compression::of_name(&shown).is_some() {
             EntryKind::Data
         } else {
             EntryKind::NotCsv
@@ -134,7 +132,7 @@ impl EntryKind {
         match self {
             EntryKind::Data => None,
             EntryKind::Hidden => Some("hidden name (a temporary file)"),
-            EntryKind::NotCsv => Some("name does not end in .csv"),
+            EntryKind::NotCsv => Some("name does not end in .csv, .csv.gz or .csv.zst"),
             EntryKind::NotRegular(what) => Some(what),
         }
     }
@@ -420,17 +418,27 @@ fn is_complete(
     settle: Duration,
     writer: Option<Writer>,
 ) -> std::io::Result<bool> {
+    // A compressed file's last byte says nothing of its last line: without a close seen, it
+    // waits the long settle.
+    let plain = file_name_of(path)
+        .and_then(|name| Compression::of_name(&name))
+        .is_some_and(Compression::shows_line_ends);
     Ok(match writer {
         Some(Writer::Done) => age >= settle,
         // A writer that never closes (or whose close event was lost) is waited out like an
         // unknown one, but never less than the long settle.
         Some(Writer::Writing) => {
-            age >= UNTERMINATED_SETTLE.max(settle) && ends_with_line_end(path)?
+            age >= UNTERMINATED_SETTLE.max(settle) && (!plain || ends_with_line_end(path)?)
         }
         None => {
-            (age >= settle && ends_with_line_end(path)?) || age >= UNTERMINATED_SETTLE.max(settle)
+            (age >= settle && plain && ends_with_line_end(path)?)
+                || age >= UNTERMINATED_SETTLE.max(settle)
         }
     })
+}
+
+fn file_name_of(path: &Path) -> Option<String> {
+    Some(path.file_name()?.to_string_lossy().into_owned())
 }
 
 fn ends_with_line_end(path: &Path) -> std::io::Result<bool> {
@@ -624,7 +632,8 @@ pub fn claimed_files(claimed: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Moves a published file to the archive folder, never replacing a file there, whoever else
 /// archives into it at the same moment (another bridge, a file of the same name): each name is
-/// taken by an atomic rename that fails if it exists, and the next free `NAME.N.csv` is tried.
+/// taken by an atomic rename that fails if it exists, and the next free `STEM.N.csv` (keeping a
+/// compressed file's suffix, `STEM.N.csv.gz`) is tried.
 /// Across file systems it copies to a temporary name of its own, syncs, and moves that the same
 /// way: a failure at any step leaves no partial file under an archive name.
 pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
@@ -649,20 +658,21 @@ pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
     Ok(target)
 }
 
-/// Renames `source` into `dir` as `name`, or the first free `STEM.N.csv`, never replacing.
+/// Renames `source` into `dir` as `name`, or the first free `STEM.N.SUFFIX`, never replacing.
 fn move_to_a_free_name(
     source: &Path,
     dir: &Path,
     name: &std::ffi::OsStr,
 ) -> std::io::Result<PathBuf> {
-    let stem = Path::new(name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let shown = name.to_string_lossy();
+    let (stem, suffix) = match Compression::split_name(&shown) {
+        Some((stem, suffix, _)) => (stem, suffix),
+        None => (&*shown, ".csv"),
+    };
     for copy in 0u64.. {
         let target = match copy {
             0 => dir.join(name),
-            n => dir.join(format!("{stem}.{n}.csv")),
+            n => dir.join(format!("{stem}.{n}{suffix}")),
         };
         match rename_without_replacing(source, &target) {
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -748,7 +758,15 @@ mod tests {
     fn only_visible_regular_csv_files_are_ready() {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
-        for name in ["b.csv", "a.CSV", ".a.csv.tmp", ".hidden.csv", "notes.txt"] {
+        for name in [
+            "b.csv",
+            "a.CSV",
+            ".a.csv.tmp",
+            ".hidden.csv",
+            "notes.txt",
+            "c.csv.GZ",
+            "d.gz",
+        ] {
             std::fs::write(path(name), "x\n").unwrap();
         }
         std::fs::create_dir(path("folder.csv")).unwrap();
@@ -758,8 +776,11 @@ mod tests {
         let (ready, unsettled) =
             ready_files(dir.path(), Duration::ZERO, &Writers::default(), &mut memory).unwrap();
         assert_eq!(ready, vec![path("a.CSV"), path("b.csv")]);
-        assert!(!unsettled);
+        // A compressed file with no close seen waits the long settle; other names are ignored.
+        assert!(unsettled);
         assert!(memory.warned.contains(&path("folder.csv")));
+        assert!(memory.warned.contains(&path("d.gz")));
+        assert!(!memory.warned.contains(&path("c.csv.GZ")));
     }
 
     #[test]
@@ -848,6 +869,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&second).unwrap(), "two");
         assert!(second.ends_with("e.1.csv"));
         assert!(!file.exists());
+        // A compressed file's copy keeps its suffix, so it is read as what it is.
+        for _ in 0..2 {
+            std::fs::write(input.path().join("f.CSV.gz"), "x").unwrap();
+            archive(&input.path().join("f.CSV.gz"), archive_dir.path()).unwrap();
+        }
+        assert!(archive_dir.path().join("f.1.CSV.gz").exists());
     }
 
     /// The ready files as a bridge that just started sees them: no sightings of its own.

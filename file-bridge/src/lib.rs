@@ -6,6 +6,7 @@
 
 mod backfill;
 mod config;
+pub mod content;
 pub mod folder;
 pub mod metrics;
 pub mod publisher;

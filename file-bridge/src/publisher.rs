@@ -5,6 +5,7 @@
 //! shutdown mid-file) completes with a failure and the file stays where it is, to be published
 //! again in full; the consumer deduplicates the rows that did arrive.
 
+use crate::content::{self, Compression, DecodeError};
 use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, RowView, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -15,6 +16,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{Read, Seek};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -392,6 +394,7 @@ impl Publisher {
             file: path.display().to_string(),
             source,
         };
+        let compression = Compression::of_name(&name).unwrap_or(Compression::Plain);
         let mut file = crate::folder::open_regular(path).map_err(open_error)?;
         let before = Fingerprint::of(&file).map_err(open_error)?;
         let landed_ms = if self.backfill {
@@ -399,34 +402,44 @@ impl Publisher {
         } else {
             before.landed_ms
         };
-        // A file version is its content: the same bytes under another name, or dropped again,
-        // are the same file to the consumer (its bad rows are recorded once).
-        let content_sha256 = content_sha256(&mut file).map_err(open_error)?;
-        let content_id = content_id(&content_sha256);
-        let mut reader = RowReader::with_limits(file, &name, &content_id, landed_ms, self.limits);
-        let mut rows: u64 = 0;
-        while let Some(view) = reader.next_view()? {
-            if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
-                return Err(PublishError::Abandoned { file: name });
+        // A file version is its content: the same rows under another name, dropped again or
+        // compressed, are the same file to the consumer (its bad rows are recorded once). The
+        // content is decoded whole once before any row is sent, so a stream that does not
+        // decode is found before anything of it is published.
+        let decoded = content::reader(file.try_clone().map_err(open_error)?, compression)
+            .and_then(Digest::of);
+        file.rewind().map_err(open_error)?;
+        let (digest, rows) = match decoded {
+            Ok(digest) => {
+                let content_id = content_id(&digest.sha256);
+                let content = content::reader(file, compression).map_err(open_error)?;
+                let rows = self.send_rows(path, content, &content_id, landed_ms, seq, shutdown)?;
+                (digest, rows)
             }
-            self.send_row(path, view, seq)?;
-            rows += 1;
-            process::failpoint::hit_then(process::failpoint::Failpoint::BridgeMidFile, || {
-                self.flush(Duration::from_secs(10));
-            });
-        }
-        warn_of_a_bad_header(&reader, &name, rows);
+            Err(error) => match DecodeError::from_io(&error) {
+                Some(undecodable) => {
+                    let digest = Digest::of(Box::new(file)).map_err(open_error)?;
+                    let content_id = content_id(&digest.sha256);
+                    tracing::warn!(file = %name, error = %undecodable, "the file does not decode; rejected whole");
+                    let reject = undecodable_file(&name, &content_id, landed_ms, undecodable);
+                    self.send_reject(reject, seq)?;
+                    (digest, 1)
+                }
+                None => return Err(open_error(error)),
+            },
+        };
         // Re-open by path: a file replaced or rewritten while we read it must be read again.
         let after = crate::folder::open_regular(path).and_then(|file| Fingerprint::of(&file));
         let changed = after.ok().as_ref() != Some(&before);
         // Last, and part of the file's completion like every row: what the consumer reconciles
         // the file's ledger against. A file published again sends the same numbers again; a
         // file that changed still accounts for the rows of it that were sent.
+        let content_id = content_id(&digest.sha256);
         let end = FileEnd {
             file: name.clone(),
             file_id: content_id.clone(),
-            content_sha256,
-            size_bytes: before.len,
+            content_sha256: digest.sha256,
+            size_bytes: digest.size,
             landed_ms,
             rows_read: rows,
             backfill: self.backfill,
@@ -442,6 +455,44 @@ impl Publisher {
             return Err(PublishError::Changed { file: name });
         }
         Ok(rows)
+    }
+
+    /// Sends every row of `content` (the file `seq`); how many.
+    fn send_rows(
+        &self,
+        path: &Path,
+        content: Box<dyn Read + Send>,
+        content_id: &str,
+        landed_ms: i64,
+        seq: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PublishError> {
+        let name = file_name(path);
+        let mut reader = RowReader::with_limits(content, &name, content_id, landed_ms, self.limits);
+        let mut rows: u64 = 0;
+        while let Some(view) = reader.next_view()? {
+            if rows.is_multiple_of(SHUTDOWN_CHECK_ROWS) && shutdown.is_cancelled() {
+                return Err(PublishError::Abandoned { file: name });
+            }
+            self.send_row(path, view, seq)?;
+            rows += 1;
+            process::failpoint::hit_then(process::failpoint::Failpoint::BridgeMidFile, || {
+                self.flush(Duration::from_secs(10));
+            });
+        }
+        warn_of_a_bad_header(&reader, &name, rows);
+        Ok(rows)
+    }
+
+    /// Sends a whole file's reject in place of its rows.
+    fn send_reject(&self, reject: RawRow, seq: usize) -> Result<(), PublishError> {
+        let key = format!("{}:{}", reject.file, reject.line);
+        self.send_tracked(&key, &reject.encode(self.wire_format), seq)
+            .map_err(|source| PublishError::Send {
+                file: reject.file.clone(),
+                line: reject.line,
+                source,
+            })
     }
 
     /// Sends one row of the file `seq`: as it is, or, when its message would be larger than the
@@ -519,8 +570,25 @@ fn warn_of_a_bad_header<R: std::io::Read>(reader: &RowReader<R>, name: &str, row
     }
 }
 
-/// The row as a `too_large` reject that names where its bytes are: file, line, byte range and
-/// the SHA-256 of those bytes (read again from the file, which is archived as it is).
+/// A file whose compressed stream does not decode, as its one reject: where decoding stopped.
+fn undecodable_file(name: &str, content_id: &str, landed_ms: i64, error: &DecodeError) -> RawRow {
+    RawRow {
+        v: event_model::wire::WIRE_VERSION,
+        file: name.to_owned(),
+        file_id: content_id.to_owned(),
+        line: error.line,
+        landed_ms,
+        values: [const { None }; 6],
+        defect: Some(Defect {
+            code: event_model::RejectCode::UndecodableFile,
+            reason: format!("{error}; no row of the file was published"),
+            raw_hex: String::new(),
+        }),
+    }
+}
+
+/// The row as a `too_large` reject that names where its bytes are: file, line, byte range of
+/// its content and the SHA-256 of those bytes (read again from the file, archived as it is).
 fn too_large_reference(
     path: &Path,
     row: &RowRef,
@@ -545,12 +613,21 @@ fn too_large_reference(
     }
 }
 
-/// The SHA-256 of the file's bytes, in hex; leaves the file positioned at its start.
-fn content_sha256(file: &mut File) -> std::io::Result<String> {
-    use std::io::Seek;
-    let digest = sha256(&mut *file)?;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    Ok(event_model::wire::to_hex(&digest))
+/// A file's content: its SHA-256 (hex) and its size, both of the decompressed bytes.
+struct Digest {
+    sha256: String,
+    size: u64,
+}
+
+impl Digest {
+    fn of(content: Box<dyn Read + Send>) -> std::io::Result<Digest> {
+        let mut counted = content.take(u64::MAX);
+        let digest = sha256(&mut counted)?;
+        Ok(Digest {
+            sha256: event_model::wire::to_hex(&digest),
+            size: u64::MAX - counted.limit(),
+        })
+    }
 }
 
 /// The file's identity: the first 128 bits of its SHA-256. Every message carries it, so it is
@@ -561,11 +638,12 @@ fn content_id(content_sha256: &str) -> String {
     content_sha256[..32].to_owned()
 }
 
+/// The SHA-256 of `range` of the file's content.
 fn checksum_of(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<String> {
-    use std::io::{Read, Seek};
-    let mut file = crate::folder::open_regular(path)?;
-    file.seek(std::io::SeekFrom::Start(range.start))?;
-    let digest = sha256(file.take(range.end - range.start))?;
+    let compression = Compression::of_name(&file_name(path)).unwrap_or(Compression::Plain);
+    let mut content = content::open(path, compression)?;
+    std::io::copy(&mut (&mut content).take(range.start), &mut std::io::sink())?;
+    let digest = sha256(content.take(range.end - range.start))?;
     Ok(event_model::wire::to_hex(&digest))
 }
 

@@ -5,6 +5,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::path::PathBuf;
@@ -135,8 +136,12 @@ impl SetupError {
                             | Code::UnsupportedSASLMechanism
                     )
                 );
+                // Settings librdkafka refuses (`fetch.max.bytes` below `message.max.bytes`, an
+                // unknown property) stay refused however long one waits.
+                let misconfigured = matches!(**source, KafkaError::ClientCreation(_));
                 let said = detail.to_ascii_lowercase();
                 !refused
+                    && !misconfigured
                     && !said.contains("authentication")
                     && !said.contains("certificate")
                     && !said.contains("ssl handshake failed")
@@ -440,6 +445,19 @@ pub fn partitions_of(config: &ClientConfig, topic: &str) -> Result<Option<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_librdkafka_refuses_are_not_waited_out() {
+        let mut config = ClientConfig::new();
+        config.set("fetch.max.bytes", "1024");
+        let refused = config.create::<BaseConsumer>().err().expect("refused");
+        let error = SetupError::Client {
+            brokers: "b".to_owned(),
+            source: Box::new(refused),
+            detail: String::new(),
+        };
+        assert!(!error.is_transient(), "{error}");
+    }
 
     #[test]
     fn options_parse_and_override_defaults() {

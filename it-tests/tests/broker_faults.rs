@@ -307,3 +307,128 @@ fn keys_between(brokers: &str, topic: &str, from: i64, to: i64) -> BTreeSet<Stri
     }
     keys
 }
+
+/// Every message of partition 0 from `from` to the log's end: offset and key.
+fn keys_from(brokers: &str, topic: &str, from: i64) -> Vec<(i64, String)> {
+    let probe: BaseConsumer = client_config(brokers).create().expect("probe");
+    let (_, end) = probe
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Offset(from))
+        .unwrap();
+    probe.assign(&assignment).expect("assign");
+    let mut keys = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = from;
+    while next < end {
+        assert!(Instant::now() < deadline, "read {next} of {end}");
+        if let Some(message) = probe.poll(Duration::from_millis(500)) {
+            let message = message.expect("message");
+            next = message.offset() + 1;
+            let key = message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned());
+            keys.push((message.offset(), key.unwrap_or_default()));
+        }
+    }
+    keys
+}
+
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_overtaking_a_running_consumer_is_recorded_as_a_gap() {
+    let world = World::new("overtaken").await;
+    let one = ["--partitions", "1"];
+    assert!(world
+        .generator(&["--files", "2", "--events-per-file", "100", "--seed", "83"])
+        .success());
+    world.bridge_once(&one);
+    // Small fetches and a small prefetch queue, so the consumer holds little beyond the batch it
+    // writes: retention can overtake where it reads.
+    let small = "message.max.bytes=1000,fetch.max.bytes=1024,max.partition.fetch.bytes=1024,queued.max.messages.kbytes=1,queued.min.messages=1";
+    let consumer = world.consumer_with_env(
+        &["--partitions", "1", "--batch-size", "20"],
+        &[("KAFKA_OPTIONS", small)],
+    );
+    world.wait_for_count(EVENTS, 200, LONG).await;
+    let read = world
+        .count("SELECT next_offset FROM ingest_checkpoints WHERE kafka_partition = 0")
+        .await;
+
+    // The consumer's next write waits behind an operator's lock while 300 more rows arrive and
+    // retention removes most of them, beyond what the consumer can have fetched.
+    let mut lock = sqlx::pool::PoolConnection::detach(world.pool.acquire().await.unwrap());
+    sqlx::raw_sql("BEGIN; LOCK TABLE ingest_checkpoints IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    assert!(world
+        .generator(&["--files", "3", "--events-per-file", "100", "--seed", "84"])
+        .success());
+    // In record batches of a few rows: a fetch returns at least one whole batch.
+    let bridge = world.bridge_with_env(
+        &["--once", "--partitions", "1"],
+        &[("KAFKA_OPTIONS", "batch.size=1000")],
+    );
+    assert!(bridge.wait_for_exit(LONG).success());
+    let written = keys_from(&world.brokers, &world.topic, read);
+    let cut = read + 250;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&world.brokers).create().expect("admin");
+    let mut up_to = TopicPartitionList::new();
+    up_to
+        .add_partition_offset(&world.topic, 0, Offset::Offset(cut))
+        .unwrap();
+    admin
+        .delete_records(&up_to, &AdminOptions::new())
+        .await
+        .expect("delete records");
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+
+    // The gap is recorded from wherever the consumer had read to, up to the new log start.
+    let deadline = Instant::now() + LONG;
+    let (from, to) = loop {
+        let gap: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT from_offset, to_offset FROM ingest_log_events
+             WHERE kind = 'gap' AND kafka_partition = 0",
+        )
+        .fetch_optional(&world.pool)
+        .await
+        .unwrap();
+        if let Some(gap) = gap {
+            break gap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gap recorded:\n{}",
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(to, cut, "the gap ends where the log now starts");
+    let gaps = world
+        .count("SELECT count(*) FROM ingest_log_events WHERE kind = 'gap'")
+        .await;
+    assert_eq!(gaps, 1, "recorded once");
+    assert!(from >= read && from < cut, "the gap starts at {from}");
+    // Everything else is stored: what was read before the gap and what is left after it.
+    let deleted: BTreeSet<String> = written
+        .iter()
+        .filter(|(offset, _)| (from..to).contains(offset))
+        .map(|(_, key)| key.clone())
+        .collect();
+    let (all, _) = event_ids_in(&world.archive_dir());
+    let expected: BTreeSet<String> = all.difference(&deleted).cloned().collect();
+    world
+        .wait_for_count(EVENTS, expected.len() as i64, LONG)
+        .await;
+    assert_eq!(world.event_ids().await, expected);
+    assert!(
+        consumer
+            .log_text()
+            .contains("messages were removed from the log before they were read"),
+        "the gap is logged"
+    );
+}

@@ -55,7 +55,7 @@ struct Comparison {
     kept: &'static str,
 }
 
-const COMPARISONS: [Comparison; 8] = [
+const COMPARISONS: [Comparison; 6] = [
     Comparison {
         aggregate: "events per minute and type",
         scanned: "SELECT date_trunc('minute', event_time, 'UTC')::text || ' ' || event_type,
@@ -88,22 +88,6 @@ const COMPARISONS: [Comparison; 8] = [
                   FROM counted GROUP BY (event_time AT TIME ZONE 'UTC')::date, event_type",
         kept: "SELECT day::text || ' ' || event_type, format('users=%s', sum(users))
                FROM agg_stage_users_per_day GROUP BY day, event_type HAVING sum(users) <> 0",
-    },
-    Comparison {
-        aggregate: "events per user, stage and day",
-        scanned: "SELECT (event_time AT TIME ZONE 'UTC')::date::text || ' ' || event_type || ' '
-                         || user_id, format('events=%s', count(*))
-                  FROM counted GROUP BY (event_time AT TIME ZONE 'UTC')::date, event_type, user_id",
-        kept: "SELECT day::text || ' ' || event_type || ' ' || user_id, format('events=%s', events)
-               FROM agg_stage_users WHERE events <> 0",
-    },
-    Comparison {
-        aggregate: "days per user and stage",
-        scanned: "SELECT event_type || ' ' || user_id,
-                         format('days=%s', count(DISTINCT (event_time AT TIME ZONE 'UTC')::date))
-                  FROM counted GROUP BY event_type, user_id",
-        kept: "SELECT event_type || ' ' || user_id, format('days=%s', days)
-               FROM agg_funnel_users WHERE days <> 0",
     },
     Comparison {
         aggregate: "distinct users per stage",

@@ -22,6 +22,8 @@ pub struct Incoming {
     pub offset: i64,
     pub key: Option<Bytes>,
     pub payload: Option<Bytes>,
+    /// The reject the row fixes, from the message's header (see `event_model::wire::FIXES_HEADER`).
+    pub fixes: Option<i64>,
 }
 
 /// Holds the bytes of received messages, handing out views of them; a new block is taken only
@@ -85,6 +87,8 @@ pub struct EventRow {
     pub late: bool,
     pub source: Source,
     pub landed_ms: i64,
+    /// The quarantined row this event fixes, if its file named one.
+    pub fixes: Option<i64>,
 }
 
 impl EventRow {
@@ -383,6 +387,7 @@ fn event_row(
         late,
         source: Source::of(row, message, sources),
         landed_ms: row.landed_ms,
+        fixes: message.fixes,
     }
 }
 
@@ -559,6 +564,7 @@ mod tests {
             offset,
             key: Some(Bytes::copy_from_slice(id.as_bytes())),
             payload: Some(row.encode(WireFormat::Binary).into()),
+            fixes: None,
         }
     }
 
@@ -598,6 +604,7 @@ mod tests {
                 offset: 7,
                 key: Some(Bytes::from_static(b"k\0")),
                 payload: Some(Bytes::from_static(b"\xffnot json")),
+                fixes: None,
             },
         ];
         let mut states = fresh_states(&[0, 1]);
@@ -652,6 +659,7 @@ mod tests {
                 offset: 1,
                 key: Some(Bytes::from_static(b"ab")),
                 payload: Some(end.encode().into()),
+                fixes: None,
             },
         ];
         let mut states = fresh_states(&[0]);
@@ -798,6 +806,7 @@ mod tests {
                 offset: offset as i64,
                 key: None,
                 payload: payload.map(Bytes::from),
+                fixes: None,
             })
             .collect();
         let batch = classify(&messages, &mut fresh_states(&[2]), &RULES, "t", now());
@@ -837,6 +846,7 @@ mod tests {
                 offset: 0,
                 key: Some(Bytes::from_static(b"victim")),
                 payload: Some(forged.encode(WireFormat::Binary).into()),
+                fixes: None,
             },
             message(0, 1, "victim", "2026-11-25T12:00:00Z"),
         ];

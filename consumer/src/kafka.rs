@@ -156,3 +156,13 @@ fn describe(partitions: &TopicPartitionList) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// The reject a row's message says it fixes (its `event_model::wire::FIXES_HEADER`), if any.
+pub fn fixes_of(message: &impl rdkafka::Message) -> Option<i64> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == event_model::wire::FIXES_HEADER)
+        .and_then(|header| std::str::from_utf8(header.value?).ok()?.parse().ok())
+}

@@ -447,6 +447,7 @@ async fn next_batch(
                         offset: message.offset(),
                         key: message.key().map(|key| buffer.keep(key)),
                         payload: message.payload().map(|payload| buffer.keep(payload)),
+                        fixes: kafka::fixes_of(&message),
                     });
                     if !started {
                         started = true;
@@ -1085,6 +1086,7 @@ mod tests {
                         offset: offset as i64,
                         key: None,
                         payload: None,
+                        fixes: None,
                     });
                 }
             }

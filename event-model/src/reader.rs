@@ -41,6 +41,9 @@ impl Default for Limits {
     }
 }
 
+/// The column of an exported quarantine that names the reject a row fixes.
+pub const REJECT_ID_COLUMN: &str = "reject_id";
+
 /// Fields per record beyond which a record counts as too large.
 const MAX_FIELDS: usize = 4096;
 /// Room past the cap where an oversized record's further bytes are written and overwritten.
@@ -54,6 +57,8 @@ pub struct KeyedRow {
     pub row: RawRow,
     /// Where the row's bytes are in the file (its line end excluded).
     pub bytes: std::ops::Range<u64>,
+    /// The reject this row fixes (see [`RowView::fixes`]).
+    pub fixes: Option<i64>,
 }
 
 /// One row borrowed from the reader: valid until the next read.
@@ -64,6 +69,9 @@ pub struct RowView<'r> {
     pub row: RowRef<'r>,
     /// Where the row's bytes are in the file (its line end excluded).
     pub bytes: std::ops::Range<u64>,
+    /// The quarantined row this one fixes: its `reject_id`, from a file `quarantine export`
+    /// wrote (the column of that name), so a fix resolves a reject that had no event_id.
+    pub fixes: Option<i64>,
 }
 
 impl RowView<'_> {
@@ -72,6 +80,7 @@ impl RowView<'_> {
             key: self.key.into_owned(),
             row: self.row.to_raw_row(),
             bytes: self.bytes,
+            fixes: self.fixes,
         }
     }
 }
@@ -272,6 +281,8 @@ pub struct RowReader<R: Read> {
     landed_ms: i64,
     /// Where each canonical column sits in a record; `None` when the header lacks it.
     positions: [Option<usize>; 6],
+    /// Where the `reject_id` column of an exported quarantine sits, if the header has one.
+    reject_id_position: Option<usize>,
     header: Vec<String>,
     header_read: bool,
     /// The first line names none of the columns: it is data, and every line is rejected.
@@ -300,6 +311,7 @@ impl<R: Read> RowReader<R> {
             file_id: file_id.to_owned(),
             landed_ms,
             positions: [None; 6],
+            reject_id_position: None,
             header: Vec::new(),
             header_read: false,
             headerless: false,
@@ -352,6 +364,8 @@ impl<R: Read> RowReader<R> {
             if let Some(column) = Column::from_header(&cell) {
                 // The first column of a name wins; a repeated name is just an extra column.
                 self.positions[column.index()].get_or_insert(index);
+            } else if cell.trim().eq_ignore_ascii_case(REJECT_ID_COLUMN) {
+                self.reject_id_position.get_or_insert(index);
             }
             self.header.push(cell.trim().to_owned());
         }
@@ -408,10 +422,17 @@ impl<R: Read> RowReader<R> {
             values,
             defect,
         };
+        let fixes = self
+            .reject_id_position
+            .and_then(|index| self.records.field(index))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .and_then(|text| text.trim().parse::<i64>().ok())
+            .filter(|id| *id > 0);
         Ok(Some(RowView {
             key,
             row,
             bytes: self.records.record_range.clone(),
+            fixes,
         }))
     }
 
@@ -728,5 +749,18 @@ mod tests {
         );
         // A header naming only some columns is still a header: its rows lack columns.
         assert!(rows(b"event_id,whatever\ne1,x\n")[0].row.defect.is_none());
+    }
+
+    #[test]
+    fn a_reject_id_column_names_the_reject_a_row_fixes() {
+        let csv = "event_id,user_id,event_type,product_id,price,event_time,Reject_ID\n\
+                   a,1,view,1,1.00,2026-01-01T00:00:00Z,42\n\
+                   b,1,view,1,1.00,2026-01-01T00:00:00Z,\n\
+                   c,1,view,1,1.00,2026-01-01T00:00:00Z,x\n";
+        let mut reader = RowReader::new(csv.as_bytes(), "f.csv", "id", 0);
+        let fixes: Vec<Option<i64>> = std::iter::from_fn(|| reader.next_row().unwrap())
+            .map(|row| row.fixes)
+            .collect();
+        assert_eq!(fixes, [Some(42), None, None]);
     }
 }

@@ -21,6 +21,11 @@ pub const WIRE_VERSION: u32 = 1;
 /// does must still decode as a whole row to be taken for one.
 pub const BINARY_ROW_PREFIX: &[u8; 4] = b"EPW\x02";
 
+/// The Kafka header of a row that fixes a quarantined row: the reject's id, in decimal. A
+/// header, not a field of the row, so every encoding and every consumer version reads the row
+/// as before.
+pub const FIXES_HEADER: &str = "pipeline-fixes-reject";
+
 /// How the bridge encodes rows. Consumers read both, so a rollout upgrades consumers first and
 /// then bridges; bridges stay on `json` while a consumer older than version 2 still runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use crate::content::{self, Compression, DecodeError};
 use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, RowView, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -516,7 +516,8 @@ impl Publisher {
         if let Some(meter) = &self.meter {
             meter.row_sent(view.bytes.end - view.bytes.start);
         }
-        self.send_tracked(&key, &payload, seq)
+        let fixes = view.fixes.map(|id| id.to_string());
+        self.send_tracked_with(&key, &payload, fixes.as_deref(), seq)
             .map_err(|source| PublishError::Send {
                 file: view.row.file.to_owned(),
                 line,
@@ -526,17 +527,40 @@ impl Publisher {
 
     /// Sends a message of the file `seq`, counted as pending until its delivery report.
     fn send_tracked(&self, key: &str, payload: &[u8], seq: usize) -> Result<(), KafkaError> {
+        self.send_tracked_with(key, payload, None, seq)
+    }
+
+    /// [`Publisher::send_tracked`], with the reject the row fixes, if any, as a header.
+    fn send_tracked_with(
+        &self,
+        key: &str,
+        payload: &[u8],
+        fixes: Option<&str>,
+        seq: usize,
+    ) -> Result<(), KafkaError> {
         let tracker = self.producer.context();
         tracker.update(seq, |progress| progress.pending += 1);
-        self.send(key, payload, seq).inspect_err(|_| {
+        self.send(key, payload, fixes, seq).inspect_err(|_| {
             tracker.update(seq, |progress| progress.pending -= 1);
         })
     }
 
-    fn send(&self, key: &str, payload: &[u8], seq: usize) -> Result<(), KafkaError> {
+    fn send(
+        &self,
+        key: &str,
+        payload: &[u8],
+        fixes: Option<&str>,
+        seq: usize,
+    ) -> Result<(), KafkaError> {
         let mut record = BaseRecord::with_opaque_to(&self.topic, seq)
             .key(key)
             .payload(payload);
+        if let Some(id) = fixes {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: event_model::wire::FIXES_HEADER,
+                value: Some(id),
+            }));
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

@@ -56,6 +56,7 @@ fn publish(bodies: &[Vec<u8>], format: WireFormat) -> anyhow::Result<Vec<Incomin
                 offset,
                 key: Some(view.key.as_bytes().to_vec().into()),
                 payload: Some(view.row.encode(format).into()),
+                fixes: None,
             });
         }
     }

@@ -56,6 +56,72 @@ fn fixed(records: &[csv::StringRecord]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rejects_without_a_usable_event_id_are_resolved_by_their_reject_id() {
+    let world = World::new("remedy_ids").await;
+    let long_id = "a".repeat(65);
+    world.drop_csv(
+        "ids.csv",
+        &format!(
+            ",1,view,10,1.00,2026-11-25T12:00:00Z\n\
+             {long_id},1,view,10,1.00,2026-11-25T12:01:00Z\n\
+             fine,1,view,10,1.00,2026-11-25T12:02:00Z\n"
+        ),
+    );
+    // A file without a header: its rows are `missing_header`, their event_id unknown.
+    world.drop_file("headless.csv", b"h1,1,view,10,1.00,2026-11-25T12:03:00Z\n");
+    world.bridge_once(&[]);
+    let _consumer = world.consumer(&[]);
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 3, LONG)
+        .await;
+    let scratch = tempfile::tempdir().unwrap();
+    let records = export(&world, &scratch.path().join("rejects.csv"));
+    assert_eq!(records.len(), 3, "{records:?}");
+
+    // Each given an event_id of its own (the ids the rejects lacked), the rest as exported.
+    let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
+    writer
+        .write_record([
+            "event_id",
+            "user_id",
+            "event_type",
+            "product_id",
+            "price",
+            "event_time",
+            "reject_reason",
+            "reject_id",
+            "original_row",
+        ])
+        .unwrap();
+    for (n, record) in records.iter().enumerate() {
+        let mut fields: Vec<String> = record.iter().map(str::to_owned).collect();
+        fields[0] = format!("fix-{n}");
+        fields[1..6].clone_from_slice(&[
+            "1".into(),
+            "view".into(),
+            "10".into(),
+            "1.00".into(),
+            "2026-11-25T12:05:00Z".into(),
+        ]);
+        writer.write_record(&fields).unwrap();
+    }
+    world.drop_file("fixed.csv", &writer.into_inner().unwrap());
+    world.bridge_once(&[]);
+    world.wait_for_count(RESOLVED, 3, LONG).await;
+    let resolved_by: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT resolved_by_file, resolved_by_line FROM ecommerce_events_rejected ORDER BY id",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert!(
+        resolved_by.iter().all(|(file, _)| file == "fixed.csv"),
+        "{resolved_by:?}"
+    );
+    assert!(export(&world, &scratch.path().join("again.csv")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn exported_rejects_fixed_and_dropped_in_again_are_resolved_once() {
     let world = World::new("remedy").await;
     world.drop_csv(

@@ -25,6 +25,7 @@ fn row(id: &str, product_id: i32, line: i64) -> EventRow {
             offset: line,
         },
         landed_ms: 1_764_072_000_000,
+        fixes: None,
     }
 }
 

@@ -213,6 +213,7 @@ mod tests {
                 offset: 0,
             },
             landed_ms: 0,
+            fixes: None,
         };
         let mut out = Vec::new();
         encode_event(&mut out, &row);

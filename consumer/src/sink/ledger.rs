@@ -178,6 +178,35 @@ pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result
     Ok(resolved.rows_affected())
 }
 
+/// Marks resolved every open reject that a stored event of `events` names as the row it fixes
+/// (the `reject_id` column of an exported quarantine): how a reject without a usable event_id
+/// (none, empty, too long, a row too large) is resolved. The event must be stored, now or
+/// before; the reject names the stored event's file and line.
+pub async fn resolve_fixed_rejects(
+    tx: &mut PgConnection,
+    events: &[EventRow],
+) -> Result<u64, sqlx::Error> {
+    let (rejects, ids): (Vec<i64>, Vec<&str>) = events
+        .iter()
+        .filter_map(|row| Some((row.fixes?, row.event.event_id.as_str())))
+        .unzip();
+    if rejects.is_empty() {
+        return Ok(0);
+    }
+    let resolved = sqlx::query(
+        "UPDATE ecommerce_events_rejected r
+         SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
+         FROM UNNEST($1::int8[], $2::text[]) AS u(reject, id)
+              JOIN ecommerce_events e ON e.event_id = u.id
+         WHERE r.id = u.reject AND r.resolved_at IS NULL",
+    )
+    .bind(&rejects)
+    .bind(&ids)
+    .execute(tx)
+    .await?;
+    Ok(resolved.rows_affected())
+}
+
 const UPSERT_FILES: &str = "INSERT INTO ingest_files AS f
     (content_id, file_name, content_sha256, size_bytes, landed_at, rows_read,
      rows_inserted, rows_duplicate, rows_rejected, rows_late, backfilled_at, changed_while_read,

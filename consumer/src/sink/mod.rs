@@ -392,6 +392,7 @@ impl Sink {
             all_late_rejects: taken.len() == held.late_rejects.len(),
         };
         outcome.count_rejects(&taken, true, &mut delta);
+        ledger::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, stored, delta).await?;
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
         if try_direct && !next_direct {
@@ -435,6 +436,7 @@ impl Sink {
                 outcome.count_reject_codes(&taken, only_if_not_an_event);
             }
         }
+        ledger::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, ledger::Stored::UNKNOWN, delta).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
@@ -625,6 +627,7 @@ async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Err
             offset: 0,
         },
         landed_ms: Utc::now().timestamp_millis(),
+        fixes: None,
     };
     sqlx::query("SAVEPOINT canary").execute(&mut *tx).await?;
     let accepted = insert_through_staging(tx, std::slice::from_ref(&canary))

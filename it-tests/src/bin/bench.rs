@@ -1127,6 +1127,7 @@ async fn sink_alone(input: &[PathBuf], events: usize) -> anyhow::Result<f64> {
                     offset: 0,
                 },
                 landed_ms: 0,
+                fixes: None,
             });
         }
     }

@@ -137,6 +137,27 @@ impl PrivateBroker {
         Self::start_with(BrokerSettings::default())
     }
 
+    /// A node whose clients must use TLS (its certificate signed by `ca`) and SCRAM-SHA-512 as
+    /// one of `users` (name, password); with `authorizer`, each user may do only what ACLs allow.
+    pub fn start_sasl_ssl(
+        ca: &crate::tls::TestCa,
+        users: &[(&str, &str)],
+        authorizer: bool,
+    ) -> PrivateBroker {
+        PrivateBroker::start_with(BrokerSettings {
+            listener: ClientListener::SaslSsl {
+                cert: ca.server_cert(),
+                key: ca.server_key(),
+                users: users
+                    .iter()
+                    .map(|(name, password)| (name.to_string(), password.to_string()))
+                    .collect(),
+            },
+            authorizer,
+            extra: Vec::new(),
+        })
+    }
+
     pub fn start_with(settings: BrokerSettings) -> PrivateBroker {
         let mut broker = Self::prepare(1, settings, None);
         broker.format(&random_cluster_id());

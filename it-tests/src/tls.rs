@@ -1,7 +1,6 @@
 //! TLS for the tests: a certificate authority made with the `openssl` command, server
 //! certificates it signs, and a Kafka node serving SASL_SSL (SCRAM-SHA-512) on its own listener.
 
-use crate::services::{BrokerSettings, ClientListener, PrivateBroker};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -99,24 +98,8 @@ impl TestCa {
     }
 }
 
-/// A Kafka node whose clients must use TLS (its certificate signed by `ca`) and SCRAM-SHA-512 as
-/// one of `users` (name, password); with `authorizer`, each user may do only what ACLs allow.
-pub fn sasl_ssl_broker(ca: &TestCa, users: &[(&str, &str)], authorizer: bool) -> PrivateBroker {
-    PrivateBroker::start_with(BrokerSettings {
-        listener: ClientListener::SaslSsl {
-            cert: ca.server_cert(),
-            key: ca.server_key(),
-            users: users
-                .iter()
-                .map(|(name, password)| (name.to_string(), password.to_string()))
-                .collect(),
-        },
-        authorizer,
-        extra: Vec::new(),
-    })
-}
-
-/// The client options for `sasl_ssl_broker`: TLS trusting `ca`, SCRAM-SHA-512 as `user`.
+/// The client options for a broker of `PrivateBroker::start_sasl_ssl`: TLS trusting `ca`,
+/// SCRAM-SHA-512 as `user`.
 pub fn sasl_ssl_options(ca: &TestCa, user: &str, password: &str) -> Vec<String> {
     [
         "security.protocol=SASL_SSL".to_owned(),

@@ -4,7 +4,7 @@
 //! wrong password and a wrong CA are each refused with an error that says so.
 
 use it_tests::services::{kafka_tool, PrivateBroker, PrivatePostgres};
-use it_tests::tls::{sasl_ssl_broker, sasl_ssl_options, TestCa};
+use it_tests::tls::{sasl_ssl_options, TestCa};
 use it_tests::World;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ fn grant_least_privilege(broker: &PrivateBroker, topic: &str, group: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn events_flow_end_to_end_over_sasl_ssl_with_least_privilege() {
     let ca = TestCa::new("pipeline");
-    let broker = sasl_ssl_broker(&ca, USERS, true);
+    let broker = PrivateBroker::start_sasl_ssl(&ca, USERS, true);
     let postgres = PrivatePostgres::start_tls(&ca);
     let server = postgres_tls_url(&postgres, &ca);
     let world = World::on("tls", &broker.address(), &server).await;
@@ -153,7 +153,7 @@ async fn events_flow_end_to_end_over_sasl_ssl_with_least_privilege() {
 async fn a_wrong_password_or_certificate_authority_is_refused_with_a_clear_error() {
     let ca = TestCa::new("pipeline");
     let wrong = TestCa::new("stranger");
-    let broker = sasl_ssl_broker(&ca, USERS, false);
+    let broker = PrivateBroker::start_sasl_ssl(&ca, USERS, false);
     let postgres = PrivatePostgres::start_tls(&ca);
     let world = World::on(
         "tls_wrong",

@@ -1,40 +1,21 @@
-//! The input and archive folders: which files are ready, waking up when one lands, claiming a
-//! file before it is published, archiving it after.
-//!
-//! Guarantees:
-//! - A file is taken only when complete. One renamed into the folder, or whose writer closed it
-//!   (inotify close-write), is complete. One seen being written (changed, not closed) is not. One
-//!   the bridge saw nothing of (it was there before the bridge started) must be unchanged for the
-//!   settle time and end in a line end, or be unchanged for [`UNTERMINATED_SETTLE`]. Unchanged
-//!   means by its modification time or by the bridge's own sightings, whichever says longer: a
-//!   writer's clock ahead of the host's never holds a file back.
-//! - The bridge claims a file by renaming it into a private folder on the same file system before
-//!   it reads it, so the file it archives is the file it published, whatever is later written or
-//!   renamed under the old name.
-//! - It opens only regular files, never following a symlink, never blocking on a FIFO.
+//! Which files of the input folder are ready: complete, not held open for writing, and the
+//! watcher that wakes the bridge when one lands.
 
+use super::open_regular;
 use crate::content::Compression;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
-/// Name of the private folder, inside the input folder, that holds claimed files.
-pub const CLAIM_DIR: &str = ".claimed";
-
 /// How long a file the bridge saw nothing of, and that does not end in a line end, must stay
 /// unchanged before it is taken: its writer may have paused mid-line.
 pub const UNTERMINATED_SETTLE: Duration = Duration::from_secs(10);
-
-/// How long a bridge taking its claim folder waits for a lock another bridge holds: one adopting
-/// the files of this owner's earlier run holds it only while it moves them.
-const ADOPTION_WAIT: Duration = Duration::from_secs(5);
 
 /// What the file-system events said about a file's writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,269 +434,6 @@ fn ends_with_line_end(path: &Path) -> std::io::Result<bool> {
     Ok(matches!(last[0], b'\n' | b'\r'))
 }
 
-/// Opens `path` for reading only if it is a regular file: a symlink is not followed, a FIFO does
-/// not block the open, and the opened descriptor itself is checked (not the name, which may have
-/// been swapped since it was listed).
-pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    }
-    let file = options.open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    Ok(file)
-}
-
-/// One bridge's claim folder, `input/.claimed/<owner>/`, held through an exclusive lock on
-/// `input/.claimed/<owner>.lock` for as long as the bridge runs: several bridges share an input
-/// folder, each publishing only the files it claimed (a claim is a rename: one bridge wins it).
-/// The kernel drops the lock when its process dies, however it dies, so a live bridge adopts
-/// the files of a dead one (and those an older version left directly in `.claimed/`).
-pub struct ClaimFolder {
-    root: PathBuf,
-    dir: PathBuf,
-    owner: String,
-    /// Held while the bridge runs; `None` only for the moment of [`ClaimFolder::renew`].
-    _lock: Option<File>,
-}
-
-impl ClaimFolder {
-    /// Takes `owner`'s claim folder; fails if a live bridge holds it. The lock comes before the
-    /// folder, so no other bridge adopts a folder being taken; a lock held a moment by a bridge
-    /// adopting the files of this owner's earlier run is waited out. The input folder itself is
-    /// never made here: one removed while the bridge looks stays removed.
-    pub fn take(input: &Path, owner: &str) -> std::io::Result<ClaimFolder> {
-        let root = input.join(CLAIM_DIR);
-        let owner = owner_folder_name(owner);
-        make_folder_in_place(&root)?;
-        let deadline = std::time::Instant::now() + ADOPTION_WAIT;
-        let lock = loop {
-            match try_lock(&root, &owner)? {
-                Some(lock) => break lock,
-                None if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                None => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        format!(
-                            "another running bridge claims files in {} as {owner:?}; give each \
-                             bridge on one input folder its own --instance-id",
-                            root.display()
-                        ),
-                    ))
-                }
-            }
-        };
-        make_folder_in_place(&root.join(&owner))?;
-        Ok(ClaimFolder {
-            dir: root.join(&owner),
-            root,
-            owner,
-            _lock: Some(lock),
-        })
-    }
-
-    /// Takes the claim folder again in `input` (a folder that was removed and made again, or
-    /// replaced): the old lock goes first, since a lock on the same file would refuse the new one.
-    pub fn renew(&mut self, input: &Path) -> std::io::Result<()> {
-        self._lock = None;
-        let renewed = ClaimFolder::take(input, &self.owner)?;
-        *self = renewed;
-        Ok(())
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Moves into this folder the files of claim folders no live bridge holds, and the files an
-    /// older version left directly in `.claimed/`; the files moved.
-    pub fn adopt_orphans(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut adopted = Vec::new();
-        for entry in std::fs::read_dir(&self.root)?.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_file() && !name.ends_with(".lock") {
-                adopted.extend(claim(&entry.path(), &self.dir)?);
-            } else if kind.is_dir() && name != self.owner {
-                // Held by a live bridge: its files are its own.
-                let Some(_lock) = try_lock(&self.root, &name)? else {
-                    continue;
-                };
-                for file in claimed_files(&entry.path())? {
-                    adopted.extend(claim(&file, &self.dir)?);
-                }
-            }
-        }
-        for file in &adopted {
-            tracing::info!(file = %file.display(), "adopted a file claimed by a bridge that is gone");
-        }
-        Ok(adopted)
-    }
-}
-
-/// An owner's name as a folder name: anything but letters, digits, `.`, `_` and `-` replaced.
-fn owner_folder_name(owner: &str) -> String {
-    let name: String = owner
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match name.trim_start_matches('.') {
-        "" => "bridge".to_owned(),
-        name => name.to_owned(),
-    }
-}
-
-/// Makes `dir` unless it exists; its parent must exist (`NotFound` otherwise).
-fn make_folder_in_place(dir: &Path) -> std::io::Result<()> {
-    match std::fs::create_dir(dir) {
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        made => made,
-    }
-}
-
-/// The lock of `owner`'s claim folder, if no live process holds it.
-fn try_lock(root: &Path, owner: &str) -> std::io::Result<Option<File>> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(root.join(format!("{owner}.lock")))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(error)) => Err(error),
-    }
-}
-
-/// Claims `path` by renaming it into `claimed` under its own name. `None` when a claimed file of
-/// that name is still being published: this one waits its turn in the input folder.
-pub fn claim(path: &Path, claimed: &Path) -> std::io::Result<Option<PathBuf>> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("file has no name"))?;
-    let target = claimed.join(name);
-    if target.symlink_metadata().is_ok() {
-        return Ok(None);
-    }
-    std::fs::rename(path, &target)?;
-    Ok(Some(target))
-}
-
-/// Claimed files left by an earlier run (published perhaps in part): taken before new ones.
-pub fn claimed_files(claimed: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(claimed)?
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
-        .map(|entry| entry.path())
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Moves a published file to the archive folder, never replacing a file there, whoever else
-/// archives into it at the same moment (another bridge, a file of the same name): each name is
-/// taken by an atomic rename that fails if it exists, and the next free `STEM.N.csv` (keeping a
-/// compressed file's suffix, `STEM.N.csv.gz`) is tried.
-/// Across file systems it copies to a temporary name of its own, syncs, and moves that the same
-/// way: a failure at any step leaves no partial file under an archive name.
-pub fn archive(file: &Path, archive_dir: &Path) -> std::io::Result<PathBuf> {
-    // The archive folder may have been removed while the bridge ran (a volume re-mounted, an
-    // operator clearing it): made again, as at start-up.
-    std::fs::create_dir_all(archive_dir)?;
-    let name = file
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("file has no name"))?;
-    let target = match move_to_a_free_name(file, archive_dir, name) {
-        Err(error) if error.kind() == std::io::ErrorKind::CrossesDevices => {
-            let copied = copy_beside(file, archive_dir, name)?;
-            let target = move_to_a_free_name(&copied, archive_dir, name).inspect_err(|_| {
-                let _ = std::fs::remove_file(&copied);
-            })?;
-            std::fs::remove_file(file)?;
-            target
-        }
-        moved => moved?,
-    };
-    File::open(archive_dir)?.sync_all()?;
-    Ok(target)
-}
-
-/// Renames `source` into `dir` as `name`, or the first free `STEM.N.SUFFIX`, never replacing.
-fn move_to_a_free_name(
-    source: &Path,
-    dir: &Path,
-    name: &std::ffi::OsStr,
-) -> std::io::Result<PathBuf> {
-    let shown = name.to_string_lossy();
-    let (stem, suffix) = match Compression::split_name(&shown) {
-        Some((stem, suffix, _)) => (stem, suffix),
-        None => (&*shown, ".csv"),
-    };
-    for copy in 0u64.. {
-        let target = match copy {
-            0 => dir.join(name),
-            n => dir.join(format!("{stem}.{n}{suffix}")),
-        };
-        match rename_without_replacing(source, &target) {
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-            moved => return moved.map(|()| target),
-        }
-    }
-    unreachable!("names run out after u64::MAX copies")
-}
-
-/// Copies `file` into `dir` under a hidden name no other process uses, synced.
-fn copy_beside(file: &Path, dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let partial = dir.join(format!(
-        ".{}.{}-{nanos}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let copied = std::fs::copy(file, &partial).and_then(|_| File::open(&partial)?.sync_all());
-    if let Err(error) = copied {
-        let _ = std::fs::remove_file(&partial);
-        return Err(error);
-    }
-    Ok(partial)
-}
-
-/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then), atomically: Linux's
-/// `renameat2(RENAME_NOREPLACE)`, or where a file system lacks it, a hard link (which never
-/// replaces) and the removal of the old name.
-fn rename_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        Err(errno) => Err(errno.into()),
-    }
-}
-
 /// Sends a wake-up whenever a file in `dir` appears, changes or goes, and keeps `writers` up to
 /// date. Wake-ups coalesce: one pending is enough, since each leads to a full rescan.
 pub fn watch(
@@ -753,6 +471,7 @@ fn is_read_only(kind: &EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn only_visible_regular_csv_files_are_ready() {
@@ -856,27 +575,6 @@ mod tests {
         assert!(woken.is_ok(), "not woken by a new file");
     }
 
-    #[test]
-    fn archiving_never_overwrites() {
-        let input = tempfile::tempdir().unwrap();
-        let archive_dir = tempfile::tempdir().unwrap();
-        let file = input.path().join("e.csv");
-        std::fs::write(&file, "one").unwrap();
-        let first = archive(&file, archive_dir.path()).unwrap();
-        std::fs::write(&file, "two").unwrap();
-        let second = archive(&file, archive_dir.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(first).unwrap(), "one");
-        assert_eq!(std::fs::read_to_string(&second).unwrap(), "two");
-        assert!(second.ends_with("e.1.csv"));
-        assert!(!file.exists());
-        // A compressed file's copy keeps its suffix, so it is read as what it is.
-        for _ in 0..2 {
-            std::fs::write(input.path().join("f.CSV.gz"), "x").unwrap();
-            archive(&input.path().join("f.CSV.gz"), archive_dir.path()).unwrap();
-        }
-        assert!(archive_dir.path().join("f.1.CSV.gz").exists());
-    }
-
     /// The ready files as a bridge that just started sees them: no sightings of its own.
     fn ready_at_start(dir: &Path, writers: &Writers) -> (Vec<PathBuf>, bool) {
         ready_files(dir, Duration::ZERO, writers, &mut FolderMemory::default()).unwrap()
@@ -922,120 +620,6 @@ mod tests {
         drop(open);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(writers.of("open.csv".as_ref()), Some(Writer::Done));
-    }
-
-    #[test]
-    fn only_regular_files_open_and_fifos_do_not_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("pipe.csv");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
-        assert!(open_regular(&fifo).is_err());
-        std::fs::write(dir.path().join("real.csv"), "x").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("real.csv"), dir.path().join("link.csv"))
-            .unwrap();
-        assert!(open_regular(&dir.path().join("link.csv")).is_err());
-        assert!(open_regular(&dir.path().join("real.csv")).is_ok());
-    }
-
-    #[test]
-    fn a_claimed_name_is_claimed_once_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let folder = ClaimFolder::take(dir.path(), "one").unwrap();
-        let claimed = folder.dir().to_owned();
-        std::fs::write(dir.path().join("a.csv"), "one").unwrap();
-        let first = claim(&dir.path().join("a.csv"), &claimed).unwrap().unwrap();
-        std::fs::write(dir.path().join("a.csv"), "two").unwrap();
-        assert_eq!(claim(&dir.path().join("a.csv"), &claimed).unwrap(), None);
-        assert_eq!(std::fs::read_to_string(&first).unwrap(), "one");
-        assert_eq!(claimed_files(&claimed).unwrap(), vec![first]);
-    }
-
-    #[test]
-    fn a_claim_folder_has_one_live_owner_and_a_dead_owners_files_are_adopted() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = ClaimFolder::take(dir.path(), "a").unwrap();
-        let error = ClaimFolder::take(dir.path(), "a").err().unwrap();
-        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
-        let b = ClaimFolder::take(dir.path(), "b/../x").unwrap();
-        assert!(b.dir().ends_with(".claimed/b_.._x"), "{:?}", b.dir());
-
-        std::fs::write(a.dir().join("of-a.csv"), "a").unwrap();
-        std::fs::write(dir.path().join(CLAIM_DIR).join("legacy.csv"), "l").unwrap();
-        // a is alive: only the file an older version left is adopted.
-        let adopted = b.adopt_orphans().unwrap();
-        assert_eq!(adopted, vec![b.dir().join("legacy.csv")]);
-        // a is gone (its lock released, as the kernel does when a process dies).
-        drop(a);
-        let adopted = b.adopt_orphans().unwrap();
-        assert_eq!(adopted, vec![b.dir().join("of-a.csv")]);
-        assert_eq!(
-            std::fs::read_to_string(b.dir().join("of-a.csv")).unwrap(),
-            "a"
-        );
-        assert!(b.adopt_orphans().unwrap().is_empty());
-    }
-
-    #[test]
-    fn two_archivers_of_one_name_at_once_never_replace_each_others_files() {
-        let archive_dir = tempfile::tempdir().unwrap();
-        let inputs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        const ROUNDS: usize = 300;
-        let barrier = std::sync::Barrier::new(2);
-        std::thread::scope(|scope| {
-            for (who, input) in inputs.iter().enumerate() {
-                let (barrier, archive_dir) = (&barrier, archive_dir.path());
-                scope.spawn(move || {
-                    for round in 0..ROUNDS {
-                        let file = input.path().join("same.csv");
-                        std::fs::write(&file, format!("{who}-{round}")).unwrap();
-                        barrier.wait();
-                        archive(&file, archive_dir).unwrap();
-                    }
-                });
-            }
-        });
-        let mut contents: Vec<String> = std::fs::read_dir(archive_dir.path())
-            .unwrap()
-            .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
-            .collect();
-        contents.sort();
-        contents.dedup();
-        assert_eq!(contents.len(), 2 * ROUNDS, "an archived file was replaced");
-    }
-
-    #[test]
-    fn taking_a_claim_folder_waits_out_a_bridge_adopting_from_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join(CLAIM_DIR);
-        std::fs::create_dir_all(&root).unwrap();
-        // Another bridge adopting this owner's files holds the lock for a moment.
-        let adopter = try_lock(&root, "a").unwrap().unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            drop(adopter);
-        });
-        let taken = ClaimFolder::take(dir.path(), "a");
-        release.join().unwrap();
-        assert!(taken.is_ok(), "{:?}", taken.err());
-    }
-
-    #[test]
-    fn renewing_the_claim_folder_never_makes_a_removed_input_folder_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("input");
-        std::fs::create_dir(&input).unwrap();
-        let mut claims = ClaimFolder::take(&input, "a").unwrap();
-        std::fs::remove_dir_all(&input).unwrap();
-        let renewed = claims.renew(&input);
-        assert_eq!(
-            renewed.err().map(|error| error.kind()),
-            Some(std::io::ErrorKind::NotFound)
-        );
-        assert!(!input.exists(), "the removed input folder was made again");
     }
 
     #[test]

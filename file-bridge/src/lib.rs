@@ -7,6 +7,7 @@
 mod backfill;
 mod config;
 pub mod content;
+mod files;
 pub mod folder;
 pub mod metrics;
 pub mod publisher;
@@ -14,66 +15,15 @@ pub mod publisher;
 pub use config::Config;
 
 use anyhow::Context;
+use files::{FileSettings, Files};
 use metrics::BridgeMetrics;
-use process::Backoff;
-use publisher::{file_name, Completion, Publisher, PRODUCER_DEFAULTS};
+use publisher::{Completion, Publisher, PRODUCER_DEFAULTS};
 use rdkafka::config::ClientConfig;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// A file being published: which completion is its, and what it was when claimed.
-struct InFlight {
-    seq: usize,
-    started: Instant,
-    /// Size and modification time when publishing began: a file that differs by the time its
-    /// rows are acknowledged was written after it was claimed.
-    claimed_as: Option<(u64, std::time::SystemTime)>,
-}
-
-/// The size and modification time of `path`, if it is there.
-fn size_and_time(path: &Path) -> Option<(u64, std::time::SystemTime)> {
-    let meta = path.symlink_metadata().ok()?;
-    Some((meta.len(), meta.modified().ok()?))
-}
-
-/// Where a claimed file stands between pick-up and archive.
-enum FileState {
-    /// Its rows are being sent; the completion of its `seq` tells how it went.
-    Publishing(InFlight),
-    /// Its publication failed (or it changed after its claim): published again after this.
-    RetryAfter(Instant),
-    /// Published in full, its archiving failed: retried alone (never published again), with
-    /// backoff, until the archive takes it.
-    Archiving(PendingArchive),
-}
-
-/// Files between pick-up and archive, each in one state, and what to do with those that failed.
-struct Files<'a> {
-    config: &'a Config,
-    metrics: BridgeMetrics,
-    states: HashMap<PathBuf, FileState>,
-    /// The last look at which files being published some process holds open for writing.
-    writers_seen: Option<(Instant, folder::OpenForWriting)>,
-    /// Files that could not be published (reported at the end of --once).
-    failed: Vec<String>,
-    archived: u64,
-    /// A delivery failed: the producer's state (connections, and under `-X enable.idempotence=true`
-    /// its producer id and sequences) may no longer match the broker's, so it is replaced once
-    /// nothing is in flight.
-    producer_suspect: bool,
-}
-
-/// A published file waiting to be archived: when to try next, and what its metrics will say.
-struct PendingArchive {
-    at: Instant,
-    backoff: Backoff,
-    rows: u64,
-    started: Instant,
-}
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if let Some(dir) = &config.backfill {
@@ -86,8 +36,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How long a claim folder may be missing from a present input folder before it is made again:
 /// longer than an `rm -rf` of the input folder takes between the two.
 const CLAIM_FOLDER_GRACE: Duration = Duration::from_millis(500);
-/// First delay and cap between attempts to archive a published file.
-const ARCHIVE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// The running bridge: its producer, its view of the folder, and the files between claim and
 /// archive. `run` is the loop; each step is a method.
@@ -115,7 +63,7 @@ struct Bridge<'a> {
     next_seq: usize,
     scanned_once: bool,
     last_progress: Instant,
-    files: Files<'a>,
+    files: Files,
 }
 
 /// Health and readiness answer from the start, while the broker is awaited.
@@ -199,15 +147,14 @@ impl<'a> Bridge<'a> {
             next_seq: 0,
             scanned_once: false,
             last_progress: Instant::now(),
-            files: Files {
-                config,
+            files: Files::new(
+                FileSettings {
+                    archive_dir: config.archive_dir.clone(),
+                    retry_interval: config.retry_interval,
+                    once: config.once,
+                },
                 metrics,
-                states: HashMap::new(),
-                writers_seen: None,
-                failed: Vec::new(),
-                archived: 0,
-                producer_suspect: false,
-            },
+            ),
         })
     }
 
@@ -375,7 +322,7 @@ impl<'a> Bridge<'a> {
         // --once waits for files still being written: they are in the folder now.
         self.scanned_once = !unsettled;
         for path in candidates {
-            let busy = self.files.states.contains_key(&path);
+            let busy = self.files.holds(&path);
             if busy || self.shutdown.is_cancelled() || path.symlink_metadata().is_err() {
                 continue;
             }
@@ -446,15 +393,7 @@ impl<'a> Bridge<'a> {
     async fn publish(&mut self, path: PathBuf) -> anyhow::Result<()> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let in_flight = InFlight {
-            seq,
-            claimed_as: size_and_time(&path),
-            started: Instant::now(),
-        };
-        self.files
-            .states
-            .insert(path.clone(), FileState::Publishing(in_flight));
-        self.files.metrics.file_seen(self.files.publishing());
+        self.files.publishing_as(path.clone(), seq);
         self.publisher
             .publish_file_in_background(path, seq, &self.shutdown)
             .await
@@ -514,13 +453,7 @@ impl<'a> Bridge<'a> {
     /// The end: what could not be published (or archived) is an error under --once.
     fn stop(mut self) -> anyhow::Result<()> {
         // Published but not archived: left claimed, published again (harmlessly) by the next run.
-        let pending: Vec<String> = self
-            .files
-            .states
-            .iter()
-            .filter(|(_, state)| matches!(state, FileState::Archiving(_)))
-            .map(|(path, _)| file_name(path))
-            .collect();
+        let pending = self.files.not_archived();
         self.files.failed.extend(pending);
         if !self.files.failed.is_empty() {
             anyhow::bail!(
@@ -590,165 +523,5 @@ fn report_message_budget(config: &Config, kafka: &ClientConfig) {
             message_budget = budget,
             "rows whose message would exceed the budget are quarantined as too_large by reference"
         );
-    }
-}
-
-/// How long one look at the host's writers serves the files completing after it: looking costs a
-/// `stat` of every open descriptor on the host, too much to repeat for every file.
-const WRITERS_LOOK_SERVES: Duration = Duration::from_secs(1);
-
-impl Files<'_> {
-    /// Whether a claimed file changed while it was published, or is held open for writing now.
-    fn written_since_claimed(&mut self, path: &Path, file: &InFlight) -> bool {
-        if size_and_time(path) != file.claimed_as {
-            return true;
-        }
-        let fresh = self.writers_seen.as_ref().and_then(|(at, seen)| {
-            (at.elapsed() < WRITERS_LOOK_SERVES)
-                .then(|| seen.knows(path))
-                .flatten()
-        });
-        if let Some(held) = fresh {
-            return held;
-        }
-        // One look for this file and every other being published: they complete soon too.
-        let publishing = self
-            .states
-            .iter()
-            .filter(|(_, state)| matches!(state, FileState::Publishing(_)))
-            .map(|(other, _)| other.as_path());
-        let seen = folder::OpenForWriting::of(publishing.chain([path]));
-        let held = seen.holds(path);
-        self.writers_seen = Some((Instant::now(), seen));
-        held
-    }
-
-    /// How many files are being published.
-    fn publishing(&self) -> usize {
-        self.states
-            .values()
-            .filter(|state| matches!(state, FileState::Publishing(_)))
-            .count()
-    }
-
-    /// Forgets the retry delays that ended: those files may be published again.
-    fn retries_due(&mut self) {
-        let now = Instant::now();
-        self.states
-            .retain(|_, state| !matches!(state, FileState::RetryAfter(until) if *until <= now));
-    }
-
-    /// Publishes `path` again once the retry interval is over.
-    fn retry_later(&mut self, path: PathBuf) {
-        let until = Instant::now() + self.config.retry_interval;
-        self.states.insert(path, FileState::RetryAfter(until));
-    }
-
-    /// The file whose publication is `seq`, taken out of its state.
-    fn take_published(&mut self, seq: usize) -> Option<(PathBuf, InFlight)> {
-        let path = self.states.iter().find_map(|(path, state)| match state {
-            FileState::Publishing(file) if file.seq == seq => Some(path.clone()),
-            _ => None,
-        })?;
-        match self.states.remove(&path) {
-            Some(FileState::Publishing(file)) => Some((path, file)),
-            _ => None,
-        }
-    }
-
-    /// Archives a file whose rows were all acknowledged; otherwise leaves it for a later retry.
-    fn finish(&mut self, done: Completion) {
-        let Some((path, file)) = self.take_published(done.seq) else {
-            return;
-        };
-        self.metrics.in_flight(self.publishing());
-        let name = file_name(&path);
-        if let Some(failure) = done.failure {
-            self.metrics
-                .failed(&name, &failure, self.config.retry_interval);
-            self.producer_suspect = true;
-            // A file deleted from the folder meanwhile is not left to anyone to publish again.
-            if self.config.once && path.symlink_metadata().is_ok() {
-                self.failed.push(name);
-            }
-            self.retry_later(path);
-            return;
-        }
-        // Every row acknowledged: the broker is demonstrably there.
-        self.metrics.readiness.set(telemetry::Check::Broker, Ok(()));
-        if self.written_since_claimed(&path, &file) {
-            // A writer the claim did not see (another host, another container) went on writing:
-            // what it wrote is published as a new version of the file once it settles, never
-            // archived unread. The rows already sent are duplicates to the consumer.
-            tracing::warn!(file = %name, "the file was written to after it was claimed; publishing it again");
-            if self.config.once {
-                self.failed.push(name);
-            }
-            self.retry_later(path);
-            return;
-        }
-        process::failpoint::hit(process::failpoint::Failpoint::BridgeBeforeArchive);
-        match folder::archive(&path, &self.config.archive_dir) {
-            Ok(target) => {
-                self.archived += 1;
-                let elapsed_ms = file.started.elapsed().as_millis() as u64;
-                self.metrics.archived(&name, done.rows, elapsed_ms, &target);
-            }
-            // Published in full: only the archiving is retried, never the publishing.
-            Err(error) => {
-                let mut backoff = ARCHIVE_RETRY;
-                let delay = backoff.next_delay();
-                tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
-                let pending = PendingArchive {
-                    at: Instant::now() + delay,
-                    backoff,
-                    rows: done.rows,
-                    started: file.started,
-                };
-                self.states.insert(path, FileState::Archiving(pending));
-            }
-        }
-    }
-
-    /// Tries again to archive published files whose archiving failed, each when its backoff ends;
-    /// one archived here counts in the metrics like any other.
-    fn retry_archives(&mut self) {
-        let now = Instant::now();
-        let due: Vec<PathBuf> = self
-            .states
-            .iter()
-            .filter(
-                |(_, state)| matches!(state, FileState::Archiving(pending) if pending.at <= now),
-            )
-            .map(|(path, _)| path.clone())
-            .collect();
-        for path in due {
-            let name = file_name(&path);
-            let Some(FileState::Archiving(mut pending)) = self.states.remove(&path) else {
-                continue;
-            };
-            match folder::archive(&path, &self.config.archive_dir) {
-                Ok(target) => {
-                    self.archived += 1;
-                    let elapsed_ms = pending.started.elapsed().as_millis() as u64;
-                    self.metrics
-                        .archived(&name, pending.rows, elapsed_ms, &target);
-                    tracing::info!(file = %name, archive = %target.display(), "archived after retrying");
-                }
-                // The claimed file is gone (its folder removed): published in full, nothing left.
-                Err(error)
-                    if error.kind() == std::io::ErrorKind::NotFound
-                        && path.symlink_metadata().is_err() =>
-                {
-                    tracing::warn!(file = %name, "a published file vanished before it was archived");
-                }
-                Err(error) => {
-                    let delay = pending.backoff.next_delay();
-                    tracing::error!(file = %name, %error, retry_in_ms = delay.as_millis() as u64, "failed to archive a published file; will retry");
-                    pending.at = now + delay;
-                    self.states.insert(path, FileState::Archiving(pending));
-                }
-            }
-        }
     }
 }

@@ -228,7 +228,7 @@ impl ConsumerMetrics {
         for (reason, rows) in &outcome.rejected_by_reason {
             self.rows_rejected
                 .get_or_create(&ReasonLabel {
-                    reason: reason.clone(),
+                    reason: reason.as_str().to_owned(),
                 })
                 .inc_by(*rows);
         }

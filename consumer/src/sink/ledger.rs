@@ -6,6 +6,7 @@
 //! the three is recorded once per file version and line, and a counter moves only when a record is
 //! new, so a replay, a republished file or a rebalance counts nothing twice.
 
+use super::rejects::RejectKind;
 use crate::batch::{EventRow, WriteBatch};
 use crate::storable;
 use event_model::FileEnd;
@@ -64,10 +65,10 @@ impl LedgerDelta {
         counts.late += late;
     }
 
-    pub fn rejected(&mut self, file_id: &str, file: &str, late: bool) {
+    pub fn rejected(&mut self, file_id: &str, file: &str, kind: RejectKind) {
         let counts = self.counts(file_id, file);
         counts.rejected += 1;
-        counts.late += i64::from(late);
+        counts.late += i64::from(kind == RejectKind::Late);
     }
 
     fn duplicate(&mut self, file_id: &str, file: &str, conflicting: bool) {
@@ -420,7 +421,7 @@ mod tests {
         assert_ne!(stored, long);
         let mut delta = LedgerDelta::default();
         delta.inserted(&long, "f.csv", false);
-        delta.rejected(&stored, "f.csv", true);
+        delta.rejected(&stored, "f.csv", RejectKind::Late);
         delta.file_ends(&[FileEnd {
             file: "f.csv".into(),
             file_id: long.clone(),

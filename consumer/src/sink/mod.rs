@@ -10,6 +10,7 @@
 //! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
 mod checkpoints;
+pub use checkpoints::StoredCheckpoint;
 /// Public for `it-tests`' per-row cost example, which encodes batches without a database.
 pub mod events;
 mod fault;
@@ -21,12 +22,12 @@ pub use fault::{fault_of, refused_by_database, Fault};
 
 use crate::batch::{Checkpoint, EventRow, RejectRow, Source, WriteBatch};
 use crate::log_check::LogEventKind;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use event_model::RejectCode;
 use ledger::{InsertedRow, LedgerDelta};
-use rejects::Quarantined;
+use rejects::{Quarantined, RejectKind};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -81,40 +82,28 @@ pub struct WriteOutcome {
     pub rejected: u64,
     pub late_quarantined: u64,
     /// Rows that went into the rejected table, by reason code.
-    pub rejected_by_reason: BTreeMap<String, u64>,
-}
-
-/// A partition's checkpoint as stored.
-#[derive(Debug, Clone)]
-pub struct StoredCheckpoint {
-    pub next_offset: i64,
-    pub max_event_time: Option<DateTime<Utc>>,
-    /// Hash of the last message it covers; `None` if written before checkpoints kept it.
-    pub last_message: Option<String>,
+    pub rejected_by_reason: BTreeMap<RejectCode, u64>,
 }
 
 impl WriteOutcome {
     /// Counts quarantined rows the database took, by the codes the insert returned.
-    fn count_reject_codes(&mut self, taken: &[Quarantined], late: bool) {
-        if late {
+    fn count_reject_codes(&mut self, taken: &[Quarantined], kind: RejectKind) {
+        if kind == RejectKind::Late {
             self.late_quarantined += taken.len() as u64;
         } else {
             self.rejected += taken.len() as u64;
         }
         for row in taken {
-            *self
-                .rejected_by_reason
-                .entry(row.reason_code.as_str().to_owned())
-                .or_default() += 1;
+            *self.rejected_by_reason.entry(row.reason_code).or_default() += 1;
         }
     }
 
     /// Counts them here and, those that came from a file, in the file's ledger.
-    fn count_rejects(&mut self, taken: &[Quarantined], late: bool, delta: &mut LedgerDelta) {
-        self.count_reject_codes(taken, late);
+    fn count_rejects(&mut self, taken: &[Quarantined], kind: RejectKind, delta: &mut LedgerDelta) {
+        self.count_reject_codes(taken, kind);
         for row in taken {
             if row.reason_code != RejectCode::Undecodable {
-                delta.rejected(&row.source_file_id, &row.source_file, late);
+                delta.rejected(&row.source_file_id, &row.source_file, kind);
             }
         }
     }
@@ -197,27 +186,8 @@ impl Sink {
         partitions: &[i32],
     ) -> Result<HashMap<i32, StoredCheckpoint>, SinkError> {
         let (group, topic) = (self.group.clone(), self.topic.clone());
-        let rows = sqlx::query(
-            "SELECT kafka_partition, next_offset, max_event_time, last_message
-             FROM ingest_checkpoints
-             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(partitions)
-        .fetch_all(self.connection().await?)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let stored = StoredCheckpoint {
-                    next_offset: row.try_get(1)?,
-                    max_event_time: row.try_get(2)?,
-                    last_message: row.try_get(3)?,
-                };
-                Ok((row.try_get(0)?, stored))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(SinkError::from)
+        let connection = self.connection().await?;
+        Ok(checkpoints::load(connection, &group, &topic, partitions).await?)
     }
 
     /// Moves a partition's checkpoint back to `start` because its log restarted, and records
@@ -232,19 +202,7 @@ impl Sink {
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE ingest_checkpoints SET next_offset = $4, last_message = NULL, updated_at = now()
-             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 AND next_offset = $5",
-        )
-        .bind(&group)
-        .bind(&topic)
-        .bind(partition)
-        .bind(start)
-        .bind(expected)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved != 1 {
+        if !checkpoints::move_back(&mut tx, &group, &topic, partition, expected, start).await? {
             return Err(SinkError::Fenced { partition });
         }
         let event = checkpoints::LogEvent {
@@ -384,14 +342,16 @@ impl Sink {
             inserted,
             ..WriteOutcome::default()
         };
-        let taken = rejects::insert_rejects(&mut tx, &topic, &batch.rejects, false).await?;
-        outcome.count_rejects(&taken, false, &mut delta);
-        let taken = rejects::insert_rejects(&mut tx, &topic, &held.late_rejects, true).await?;
+        let taken =
+            rejects::insert_rejects(&mut tx, &topic, &batch.rejects, RejectKind::Invalid).await?;
+        outcome.count_rejects(&taken, RejectKind::Invalid, &mut delta);
+        let taken =
+            rejects::insert_rejects(&mut tx, &topic, &held.late_rejects, RejectKind::Late).await?;
         let stored = ledger::Stored {
             all_events: inserted == events.len() as u64,
             all_late_rejects: taken.len() == held.late_rejects.len(),
         };
-        outcome.count_rejects(&taken, true, &mut delta);
+        outcome.count_rejects(&taken, RejectKind::Late, &mut delta);
         ledger::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, stored, delta).await?;
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
@@ -416,24 +376,19 @@ impl Sink {
             inserted,
             ..WriteOutcome::default()
         };
-        for (rows, only_if_not_an_event) in [
-            (&batch.rejects[..], false),
-            (&refused[..], false),
-            (&held.late_rejects[..], true),
+        for (rows, kind) in [
+            (&batch.rejects[..], RejectKind::Invalid),
+            (&refused[..], RejectKind::Invalid),
+            (&held.late_rejects[..], RejectKind::Late),
         ] {
             for row in rows {
-                let taken = rejects::insert_reject_or_its_stand_in(
-                    &mut tx,
-                    &topic,
-                    row,
-                    only_if_not_an_event,
-                )
-                .await?;
+                let taken =
+                    rejects::insert_reject_or_its_stand_in(&mut tx, &topic, row, kind).await?;
                 // Counted as the row it stands for, whatever went in for it.
                 if let (Some(file_id), false) = (row.ledger_file_id(), taken.is_empty()) {
-                    delta.rejected(file_id, &row.source.file, only_if_not_an_event);
+                    delta.rejected(file_id, &row.source.file, kind);
                 }
-                outcome.count_reject_codes(&taken, only_if_not_an_event);
+                outcome.count_reject_codes(&taken, kind);
             }
         }
         ledger::resolve_fixed_rejects(&mut tx, &events).await?;
@@ -461,9 +416,9 @@ async fn insert_one_by_one(
     let mut refusals_beyond_data: Option<sqlx::Error> = None;
     let mut data_refused = false;
     for row in events {
-        savepoint(tx).await?;
-        let result = insert_through_staging(tx, std::slice::from_ref(row)).await;
-        match settle_savepoint(tx, result).await? {
+        let mut savepoint = tx.begin().await?;
+        let result = insert_through_staging(&mut savepoint, std::slice::from_ref(row)).await;
+        match settle(savepoint, result).await? {
             Ok(rows) => {
                 count_inserted(tx, &rows, delta).await?;
                 inserted += rows.len() as u64;
@@ -629,13 +584,11 @@ async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Err
         landed_ms: Utc::now().timestamp_millis(),
         fixes: None,
     };
-    sqlx::query("SAVEPOINT canary").execute(&mut *tx).await?;
-    let accepted = insert_through_staging(tx, std::slice::from_ref(&canary))
+    let mut savepoint = tx.begin().await?;
+    let accepted = insert_through_staging(&mut savepoint, std::slice::from_ref(&canary))
         .await
         .is_ok();
-    sqlx::query("ROLLBACK TO SAVEPOINT canary")
-        .execute(&mut *tx)
-        .await?;
+    savepoint.rollback().await?;
     Ok(accepted)
 }
 
@@ -693,27 +646,22 @@ async fn count_inserted(
     ledger::resolve_rejects(tx, &ids).await.map(drop)
 }
 
-/// Opens the savepoint that [`settle_savepoint`] closes.
-pub(super) async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SAVEPOINT one_row").execute(tx).await.map(drop)
-}
-
-/// Closes the savepoint around a step that ended with `result`. A refusal by the database (any
-/// SQLSTATE but a connection or server failure) rolls the savepoint back and is returned as
-/// `Ok(Err(..))`, the transaction still usable; any other error ends the transaction.
-pub(super) async fn settle_savepoint<T>(
-    tx: &mut PgConnection,
+/// Closes `savepoint` (a transaction inside the batch's, begun on its connection) around a step
+/// that ended with `result`: kept when the step succeeded; rolled back when the database refused
+/// it (any SQLSTATE but a connection or server failure), the refusal returned as `Ok(Err(..))`
+/// and the batch's transaction still usable. Any other error ends the batch's transaction; the
+/// savepoint, dropped, rolls back with it.
+pub(super) async fn settle<T>(
+    savepoint: sqlx::Transaction<'_, sqlx::Postgres>,
     result: Result<T, sqlx::Error>,
 ) -> Result<Result<T, sqlx::Error>, sqlx::Error> {
     match result {
         Ok(value) => {
-            sqlx::query("RELEASE SAVEPOINT one_row").execute(tx).await?;
+            savepoint.commit().await?;
             Ok(Ok(value))
         }
         Err(error) if refused_by_database(&error) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT one_row")
-                .execute(tx)
-                .await?;
+            savepoint.rollback().await?;
             Ok(Err(error))
         }
         Err(error) => Err(error),
@@ -737,20 +685,14 @@ async fn copy_direct(
         late = ids_matching(tx, events::LATE_QUARANTINED, &ids).await?;
     }
     let copy = events::encode_events(events, &late);
-    sqlx::query("SAVEPOINT copy_direct")
-        .execute(&mut *tx)
-        .await?;
-    match copy_in(&mut *tx, &events::COPY_DIRECT, &copy).await {
+    let mut savepoint = tx.begin().await?;
+    match copy_in(&mut savepoint, &events::COPY_DIRECT, &copy).await {
         Ok(_) => {
-            sqlx::query("RELEASE SAVEPOINT copy_direct")
-                .execute(&mut *tx)
-                .await?;
+            savepoint.commit().await?;
             Ok(Some(late))
         }
         Err(error) if fault_of(&error) == Fault::Data => {
-            sqlx::query("ROLLBACK TO SAVEPOINT copy_direct")
-                .execute(&mut *tx)
-                .await?;
+            savepoint.rollback().await?;
             Ok(None)
         }
         Err(error) => Err(error.into()),

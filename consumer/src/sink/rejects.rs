@@ -1,11 +1,11 @@
 //! The quarantine: rejected rows in one statement, or one by one with a stand-in for a row the
 //! database refuses even there. Every text is made storable at this one door to the table.
 
-use super::{savepoint, settle_savepoint};
+use super::settle;
 use crate::batch::{RejectRow, Source};
 use crate::storable;
 use event_model::RejectCode;
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 
 const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
     (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
@@ -34,12 +34,12 @@ pub async fn insert_reject_or_its_stand_in(
     tx: &mut PgConnection,
     topic: &str,
     row: &RejectRow,
-    only_if_not_an_event: bool,
+    kind: RejectKind,
 ) -> Result<Vec<Quarantined>, sqlx::Error> {
     let rows = std::slice::from_ref(row);
-    savepoint(tx).await?;
-    let result = insert_rejects(tx, topic, rows, only_if_not_an_event).await;
-    let error = match settle_savepoint(tx, result).await? {
+    let mut savepoint = tx.begin().await?;
+    let result = insert_rejects(&mut savepoint, topic, rows, kind).await;
+    let error = match settle(savepoint, result).await? {
         Ok(codes) => return Ok(codes),
         Err(error) => error,
     };
@@ -78,14 +78,34 @@ pub async fn insert_reject_or_its_stand_in(
         raw: row.raw.clone(),
         kafka_key: row.kafka_key.clone(),
     };
-    insert_rejects(tx, topic, std::slice::from_ref(&stand_in), false).await
+    insert_rejects(
+        tx,
+        topic,
+        std::slice::from_ref(&stand_in),
+        RejectKind::Invalid,
+    )
+    .await
+}
+
+/// What a quarantined row is: invalid (or foreign, or refused), or a valid event quarantined
+/// as late, which is kept out only while its event is not stored (a fix of it may be).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    Invalid,
+    Late,
+}
+
+impl RejectKind {
+    fn only_if_not_an_event(self) -> bool {
+        self == RejectKind::Late
+    }
 }
 
 pub async fn insert_rejects(
     tx: &mut PgConnection,
     topic: &str,
     rows: &[RejectRow],
-    only_if_not_an_event: bool,
+    kind: RejectKind,
 ) -> Result<Vec<Quarantined>, sqlx::Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -111,7 +131,7 @@ pub async fn insert_rejects(
         .bind(storable::text(topic))
         .bind(rows.iter().map(|r| r.source.partition).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.source.offset).collect::<Vec<_>>())
-        .bind(only_if_not_an_event)
+        .bind(kind.only_if_not_an_event())
         .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
         .fetch_all(tx)
         .await

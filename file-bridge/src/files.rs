@@ -28,8 +28,16 @@ pub struct FileSettings {
     pub archive_dir: PathBuf,
     /// How long a file whose publication failed waits before it is published again.
     pub retry_interval: Duration,
-    /// `--once`: a file that could not be published is reported at the end.
-    pub once: bool,
+    /// Under `--once` a file that could not be published is reported at the end.
+    pub mode: RunMode,
+}
+
+/// How the bridge runs: following the folder until stopped, or `--once` (what is there now,
+/// then exit, an error if any file could not be published).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Follow,
+    Once,
 }
 
 /// A file being published: which completion is its, and what it was when claimed.
@@ -149,7 +157,7 @@ impl Files {
                 .failed(&name, &failure, self.settings.retry_interval);
             self.producer_suspect = true;
             // A file deleted from the folder meanwhile is not left to anyone to publish again.
-            if self.settings.once && path.symlink_metadata().is_ok() {
+            if self.settings.mode == RunMode::Once && path.symlink_metadata().is_ok() {
                 self.failed.push(name);
             }
             self.retry_later(path);
@@ -162,7 +170,7 @@ impl Files {
             // what it wrote is published as a new version of the file once it settles, never
             // archived unread. The rows already sent are duplicates to the consumer.
             tracing::warn!(file = %name, "the file was written to after it was claimed; publishing it again");
-            if self.settings.once {
+            if self.settings.mode == RunMode::Once {
                 self.failed.push(name);
             }
             self.retry_later(path);
@@ -298,7 +306,7 @@ mod tests {
         let settings = FileSettings {
             archive_dir: folders.archive.clone(),
             retry_interval: Duration::ZERO,
-            once,
+            mode: if once { RunMode::Once } else { RunMode::Follow },
         };
         Files::new(settings, BridgeMetrics::new())
     }

@@ -15,7 +15,7 @@ pub mod publisher;
 pub use config::Config;
 
 use anyhow::Context;
-use files::{FileSettings, Files};
+use files::{FileSettings, Files, RunMode};
 use metrics::BridgeMetrics;
 use publisher::{Completion, Publisher, PRODUCER_DEFAULTS};
 use rdkafka::config::ClientConfig;
@@ -61,6 +61,7 @@ struct Bridge<'a> {
     unlistable: Option<PathBuf>,
     folder_memory: folder::FolderMemory,
     next_seq: usize,
+    mode: RunMode,
     scanned_once: bool,
     last_progress: Instant,
     files: Files,
@@ -112,6 +113,11 @@ impl<'a> Bridge<'a> {
     async fn start(config: &'a Config, shutdown: CancellationToken) -> anyhow::Result<Bridge<'a>> {
         make_folders(config)?;
         let metrics = serve_health(config, &shutdown).await?;
+        let mode = if config.once {
+            RunMode::Once
+        } else {
+            RunMode::Follow
+        };
         let kafka = connect_to_topic(config, &metrics).await?;
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
@@ -145,13 +151,14 @@ impl<'a> Bridge<'a> {
             claims,
             folder_memory: folder::FolderMemory::default(),
             next_seq: 0,
+            mode,
             scanned_once: false,
             last_progress: Instant::now(),
             files: Files::new(
                 FileSettings {
                     archive_dir: config.archive_dir.clone(),
                     retry_interval: config.retry_interval,
-                    once: config.once,
+                    mode,
                 },
                 metrics,
             ),
@@ -163,14 +170,13 @@ impl<'a> Bridge<'a> {
             self.replace_suspect_producer()?;
             self.files.retry_archives();
             // --once scans a single time: what is in the folder now.
-            let scan = (!self.config.once || !self.scanned_once) && self.follow_input_folder();
+            let scan = !self.scanned_everything() && self.follow_input_folder();
             let unsettled = if scan && !self.shutdown.is_cancelled() {
                 self.scan_and_publish().await?
             } else {
                 false
             };
-            let done_once = self.config.once && self.scanned_once;
-            if self.files.publishing() == 0 && (done_once || self.shutdown.is_cancelled()) {
+            if self.should_exit() {
                 break;
             }
             if self.shutdown.is_cancelled() {
@@ -180,6 +186,17 @@ impl<'a> Bridge<'a> {
             self.wait(unsettled).await;
         }
         self.stop()
+    }
+
+    /// Whether the bridge is done: nothing in flight, and stopped or, under `--once`, everything
+    /// in the folder at its one look published.
+    fn should_exit(&self) -> bool {
+        self.files.publishing() == 0 && (self.scanned_everything() || self.shutdown.is_cancelled())
+    }
+
+    /// Under `--once`, whether its one look found every file complete and took them.
+    fn scanned_everything(&self) -> bool {
+        self.mode == RunMode::Once && self.scanned_once
     }
 
     /// Notices the input folder vanish, come back or be replaced (re-mounted, a symlink to another
@@ -238,7 +255,7 @@ impl<'a> Bridge<'a> {
         folder: PathBuf,
         error: std::io::Error,
     ) -> anyhow::Result<(Vec<PathBuf>, bool)> {
-        if self.config.once {
+        if self.mode == RunMode::Once {
             return Err(error).with_context(|| format!("failed to list {}", folder.display()));
         }
         if self.unlistable.replace(folder.clone()).as_ref() != Some(&folder) {
@@ -405,7 +422,7 @@ impl<'a> Bridge<'a> {
     }
 
     fn report_progress(&mut self) {
-        if self.config.once && self.last_progress.elapsed() >= PROGRESS_EVERY {
+        if self.mode == RunMode::Once && self.last_progress.elapsed() >= PROGRESS_EVERY {
             self.last_progress = Instant::now();
             tracing::info!(
                 archived = self.files.archived,

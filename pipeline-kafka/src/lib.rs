@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("failed to reach Kafka at {brokers}: {source}{detail}")]
+    #[error("{}: {source}{detail}", client_failure(.brokers, .source))]
     Client {
         brokers: String,
         #[source]
@@ -35,6 +35,14 @@ pub enum SetupError {
         brokers: String,
         waited: Duration,
     },
+}
+
+/// What a client error was: settings librdkafka refused, or a broker not reached.
+fn client_failure(brokers: &str, source: &KafkaError) -> String {
+    match source {
+        KafkaError::ClientCreation(_) => "librdkafka refused the Kafka client settings".to_owned(),
+        _ => format!("failed to reach Kafka at {brokers}"),
+    }
 }
 
 /// The Kafka flags every component shares.
@@ -457,6 +465,12 @@ mod tests {
             detail: String::new(),
         };
         assert!(!error.is_transient(), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("librdkafka refused the Kafka client settings"),
+            "{error}"
+        );
     }
 
     #[test]

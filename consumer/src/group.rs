@@ -46,6 +46,14 @@ impl<'a> GroupConsumer<'a> {
                     break;
                 }
             }
+            // A log replaced under us is read again from its start, whether messages came or not.
+            if writer.logs_replaced().await {
+                writer.states.clear();
+                if !writer.position_assigned(consumer, &mut messages).await {
+                    break;
+                }
+                continue;
+            }
             if messages.is_empty() {
                 messages = next_batch(consumer, config, &shutdown).await;
                 continue;
@@ -168,19 +176,15 @@ pub(crate) async fn next_batch(
             },
             // Partitions moved: the caller positions them before anything is read.
             _ = consumer.context().moved(), if !started => break,
-            _ = &mut wait => {
-                if started {
-                    break;
-                }
-                wait.as_mut().reset(tokio::time::Instant::now() + IDLE_WAKEUP);
-            }
+            // Idle, it returns empty every IDLE_WAKEUP: the caller has checks of its own to run.
+            _ = &mut wait => break,
         }
     }
     messages
 }
 
-/// How often an idle receive loop wakes (to notice nothing in particular: shutdown has its own
-/// wakeup); and the most messages a batch reserves room for before any arrive.
+/// How often an idle receive loop returns (the logs' anchors are checked between batches); and
+/// the most messages a batch reserves room for before any arrive.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 const MAX_PREALLOCATED_BATCH: usize = 16_384;
 

@@ -8,6 +8,16 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+/// A message of the partition's log this consumer stands on, by offset and hash, checked now and
+/// then to be still there: a topic deleted and made again under a running consumer, and longer
+/// than where it stood, is told by nothing else (no error, no rebalance, no reset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub offset: i64,
+    pub hash: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct PartitionState {
@@ -21,6 +31,10 @@ pub struct PartitionState {
     recent: HashMap<u64, i64, foldhash::fast::RandomState>,
     fingerprint: foldhash::fast::RandomState,
     capacity: usize,
+    /// The message last checked to be in the log, and when.
+    anchor: Option<(Anchor, Instant)>,
+    /// The last message written (the checkpoint's), the next anchor once the current one holds.
+    latest: Option<Anchor>,
 }
 
 impl PartitionState {
@@ -35,6 +49,36 @@ impl PartitionState {
             recent: HashMap::default(),
             fingerprint: foldhash::fast::RandomState::default(),
             capacity: capacity.max(1),
+            anchor: None,
+            latest: None,
+        }
+    }
+
+    /// The checkpoint's last message (written, or loaded and checked against the log): the
+    /// anchor where there is none yet, the next one otherwise.
+    pub fn wrote(&mut self, last: Anchor) {
+        if self.anchor.is_none() {
+            self.anchor = Some((last.clone(), Instant::now()));
+        }
+        self.latest = Some(last);
+    }
+
+    /// The anchor to check now, if it was last checked `every` ago or more (it counts as checked
+    /// from now, whatever the check finds).
+    pub fn anchor_due(&mut self, every: Duration) -> Option<Anchor> {
+        let (anchor, checked) = self.anchor.as_mut()?;
+        if checked.elapsed() < every {
+            return None;
+        }
+        *checked = Instant::now();
+        Some(anchor.clone())
+    }
+
+    /// The anchor was found in the log: the last message written, before the check, is in the
+    /// same log, and becomes the anchor.
+    pub fn anchor_held(&mut self) {
+        if let (Some((anchor, _)), Some(latest)) = (self.anchor.as_mut(), self.latest.as_ref()) {
+            *anchor = latest.clone();
         }
     }
 
@@ -164,5 +208,24 @@ mod tests {
         assert!(state.seen_before("a", at(30), TEN_MINUTES));
         assert!(state.seen_before("b", at(31), TEN_MINUTES));
         assert!(!state.seen_before("old", at(0), TEN_MINUTES));
+    }
+
+    #[test]
+    fn the_anchor_is_checked_when_due_and_moves_on_only_once_it_held() {
+        let mut state = PartitionState::new(Some(10), None, 8);
+        let at = |offset: i64| Anchor {
+            offset,
+            hash: format!("h{offset}"),
+        };
+        assert_eq!(state.anchor_due(Duration::ZERO), None, "nothing written");
+        state.wrote(at(9));
+        state.wrote(at(19));
+        assert_eq!(state.anchor_due(Duration::from_secs(60)), None, "not due");
+        assert_eq!(state.anchor_due(Duration::ZERO), Some(at(9)));
+        // Not found held (a broker that did not answer): the same anchor next time.
+        assert_eq!(state.anchor_due(Duration::ZERO), Some(at(9)));
+        state.anchor_held();
+        state.wrote(at(29));
+        assert_eq!(state.anchor_due(Duration::ZERO), Some(at(19)));
     }
 }

@@ -5,7 +5,7 @@ use crate::batch::{classify, Incoming, Rules, WriteBatch};
 use crate::kafka::RebalanceWatch;
 use crate::log_check::{LogCheck, LogEventKind, LogProbe};
 use crate::metrics::ConsumerMetrics;
-use crate::partition::PartitionState;
+use crate::partition::{Anchor, PartitionState};
 use crate::sink::{Sink, SinkError, StoredCheckpoint};
 use crate::{clock, Config, RETRY};
 use chrono::TimeDelta;
@@ -15,6 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How often each held partition's anchor is looked for in its log.
+pub(crate) const ANCHOR_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// At most this many anchors are looked for between two batches.
+const ANCHORS_PER_LOOK: usize = 4;
 
 /// What every writer of a batch shares: the settings, the rules, the metrics, the broker probe.
 pub(crate) struct Shared<'a> {
@@ -125,6 +130,79 @@ impl<'a> Writer<'a> {
         match interrupted {
             Some(why) => Err(why),
             None => Ok(offsets),
+        }
+    }
+
+    /// Whether the log of a partition this consumer holds was replaced under it (a topic deleted
+    /// and made again, longer than where it stood: nothing else tells). Each partition's anchor,
+    /// a message it read, is looked for in the log every [`ANCHOR_CHECK_EVERY`]; one that is not
+    /// there any more moves the checkpoint back to the new log's start, recorded, and every
+    /// partition is positioned again. What was written from the new log meanwhile is read again
+    /// (its events are duplicates by id).
+    pub(crate) async fn logs_replaced(&mut self) -> bool {
+        let due = self.anchors(ANCHOR_CHECK_EVERY, &[]);
+        let mut replaced = Vec::new();
+        for (partition, anchor, next) in due.into_iter().take(ANCHORS_PER_LOOK) {
+            if self.log_replaced(partition, anchor, next).await {
+                replaced.push(partition);
+            }
+        }
+        if replaced.is_empty() {
+            return false;
+        }
+        // Most often the whole topic was made again: every other partition is looked at now,
+        // before the positions are taken again from checkpoints that would forget the old log.
+        for (partition, anchor, next) in self.anchors(Duration::ZERO, &replaced) {
+            self.log_replaced(partition, anchor, next).await;
+        }
+        true
+    }
+
+    /// The anchors due (last looked for `every` ago or more) of the partitions held with a
+    /// checkpoint, but `except`; with each partition's checkpoint.
+    fn anchors(&mut self, every: Duration, except: &[i32]) -> Vec<(i32, Anchor, i64)> {
+        self.states
+            .iter_mut()
+            .filter(|(partition, _)| !except.contains(partition))
+            .filter_map(|(&partition, state)| {
+                let next = state.next_offset?;
+                Some((partition, state.anchor_due(every)?, next))
+            })
+            .collect()
+    }
+
+    /// Looks for `anchor` in the partition's log; when it is not there any more, moves the
+    /// checkpoint (`next`) back to the new log's start and records it. Whether it did.
+    async fn log_replaced(&mut self, partition: i32, anchor: Anchor, next: i64) -> bool {
+        let probe = self.shared.probe.clone();
+        let hash = anchor.hash.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            probe.check(partition, anchor.offset + 1, Some(&hash))
+        })
+        .await;
+        match checked {
+            Ok(Ok(LogCheck::Restarted { start, reason })) => {
+                tracing::error!(partition, checkpoint = next, start, %reason, "the partition's log was replaced under this consumer; reading it again from its start");
+                let moved = self.sinks[0]
+                    .restart_checkpoint(partition, next, start, &reason)
+                    .await;
+                if let Err(error) = moved {
+                    tracing::warn!(partition, %error, "could not move the checkpoint back yet; will look again");
+                    return false;
+                }
+                self.shared
+                    .metrics
+                    .log_event(partition, LogEventKind::Restarted);
+                true
+            }
+            // Still there, or removed by retention since: either way the log goes on.
+            Ok(Ok(LogCheck::Continues | LogCheck::Gap { .. })) => {
+                if let Some(state) = self.states.get_mut(&partition) {
+                    state.anchor_held();
+                }
+                false
+            }
+            _ => false,
         }
     }
 
@@ -359,6 +437,15 @@ impl Lane<'_, '_> {
             };
             match result {
                 Ok((batch, outcome)) => {
+                    for checkpoint in &batch.checkpoints {
+                        let state = self.states.get_mut(&checkpoint.partition);
+                        if let (Some(state), false) = (state, checkpoint.last_message.is_empty()) {
+                            state.wrote(Anchor {
+                                offset: checkpoint.next_offset - 1,
+                                hash: checkpoint.last_message.clone(),
+                            });
+                        }
+                    }
                     let lateness = shared.rules.lateness;
                     shared
                         .metrics
@@ -478,10 +565,20 @@ impl Lane<'_, '_> {
                 None => (None, None),
             };
             let capacity = self.shared.dedup_capacity_per_partition();
-            self.states.insert(
-                partition,
-                PartitionState::new(next_offset, max_event_time, capacity),
-            );
+            let mut state = PartitionState::new(next_offset, max_event_time, capacity);
+            // The checkpoint's last message, just checked to be in the log.
+            if let Some(checkpoint) = stored.get(&partition) {
+                if let (Some(hash), true) = (
+                    &checkpoint.last_message,
+                    next_offset == Some(checkpoint.next_offset),
+                ) {
+                    state.wrote(Anchor {
+                        offset: checkpoint.next_offset - 1,
+                        hash: hash.clone(),
+                    });
+                }
+            }
+            self.states.insert(partition, state);
         }
         Ok(())
     }

@@ -118,3 +118,28 @@ async fn a_topic_made_again_under_a_running_consumer_is_read_from_its_start_and_
     assert!(restarted >= 1, "the restart is recorded ({restarted})");
     assert!(consumer.is_running());
 }
+
+/// The same with a new log longer than the old one: the consumer's next fetch offset exists in
+/// the new log, so nothing is reset or refused, yet the messages before it are new.
+#[cfg_attr(feature = "docker", ignore = "needs host Java")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_made_again_longer_under_a_running_consumer_is_read_from_its_start() {
+    let world = World::new("topic_again_longer").await;
+    let generate = |files: &str, seed: &str| generate(&world, files, seed);
+    generate("3", "57");
+    world.bridge_once(&[]);
+    let consumer = world.consumer(&[]);
+    world.wait_for_count(EVENTS, 300, LONG).await;
+
+    delete_topic(&world).await;
+    // Six files: about 200 messages a partition where the checkpoints stand near 101.
+    generate("6", "58");
+    world.bridge_once(&[]);
+    world
+        .wait_for_count_showing(EVENTS, 900, LONG, || consumer.log_text())
+        .await;
+    let restarted = world
+        .count("SELECT count(*) FROM ingest_log_events WHERE kind = 'restarted'")
+        .await;
+    assert!(restarted >= 1, "the restart is recorded ({restarted})");
+}

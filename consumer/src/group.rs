@@ -3,8 +3,8 @@
 
 use crate::batch::{Incoming, MessageBuffer};
 use crate::kafka::RebalanceWatch;
-use crate::writer::{Interrupted, Writer};
-use crate::{Config, LEAVE_TIMEOUT};
+use crate::writer::{ConsumerSettings, Interrupted, Writer};
+use crate::LEAVE_TIMEOUT;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -15,15 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 /// The running consumer: its group membership, the writer of its batches, and the offsets it
 /// committed to PostgreSQL. The same shape as the bridge: `start`, `run`, `leave`.
-pub(crate) struct GroupConsumer<'a> {
+pub(crate) struct GroupConsumer {
     consumer: StreamConsumer<RebalanceWatch>,
-    writer: Writer<'a>,
+    writer: Writer,
     /// Per partition still held, the offset PostgreSQL has: what is committed to Kafka on leaving.
     committed: BTreeMap<i32, i64>,
 }
 
-impl<'a> GroupConsumer<'a> {
-    pub(crate) fn new(consumer: StreamConsumer<RebalanceWatch>, writer: Writer<'a>) -> Self {
+impl GroupConsumer {
+    pub(crate) fn new(consumer: StreamConsumer<RebalanceWatch>, writer: Writer) -> Self {
         GroupConsumer {
             consumer,
             writer,
@@ -35,8 +35,11 @@ impl<'a> GroupConsumer<'a> {
     pub(crate) async fn run(&mut self) {
         let (consumer, writer) = (&self.consumer, &mut self.writer);
         let committed = &mut self.committed;
-        let (config, shutdown) = (writer.shared.config, writer.shared.shutdown.clone());
-        let mut messages = next_batch(consumer, config, &shutdown).await;
+        let (settings, shutdown) = (
+            writer.shared.settings.clone(),
+            writer.shared.shutdown.clone(),
+        );
+        let mut messages = next_batch(consumer, &settings, &shutdown).await;
         while !shutdown.is_cancelled() {
             if consumer.context().take_moved() {
                 // Partitions may have changed hands: trust only Postgres for where each one
@@ -55,7 +58,7 @@ impl<'a> GroupConsumer<'a> {
                 continue;
             }
             if messages.is_empty() {
-                messages = next_batch(consumer, config, &shutdown).await;
+                messages = next_batch(consumer, &settings, &shutdown).await;
                 continue;
             }
             // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
@@ -78,10 +81,10 @@ impl<'a> GroupConsumer<'a> {
                 }
                 let offsets = written?;
                 process::failpoint::hit(process::failpoint::Failpoint::ConsumerAfterDbCommit);
-                commit_offsets(consumer, &config.kafka.topic, &offsets, CommitMode::Async);
+                commit_offsets(consumer, &settings.topic, &offsets, CommitMode::Async);
                 Ok(offsets)
             };
-            let (written, next) = tokio::join!(write, next_batch(consumer, config, &receiving));
+            let (written, next) = tokio::join!(write, next_batch(consumer, &settings, &receiving));
             messages = next;
             match written {
                 Ok(offsets) => {
@@ -108,7 +111,7 @@ impl<'a> GroupConsumer<'a> {
         forget_revoked(&self.consumer, &mut self.committed);
         let consumer = Arc::new(self.consumer);
         let committer = consumer.clone();
-        let topic = self.writer.shared.config.kafka.topic.clone();
+        let topic = self.writer.shared.settings.topic.clone();
         let committed = self.committed;
         let commit = tokio::task::spawn_blocking(move || {
             commit_offsets(&committer, &topic, &committed, CommitMode::Sync);
@@ -142,17 +145,17 @@ fn forget_revoked(consumer: &StreamConsumer<RebalanceWatch>, committed: &mut BTr
 /// Collects up to `batch_size` messages, returning early `batch_timeout` after the first one.
 pub(crate) async fn next_batch(
     consumer: &StreamConsumer<RebalanceWatch>,
-    config: &Config,
+    settings: &ConsumerSettings,
     shutdown: &CancellationToken,
 ) -> Vec<Incoming> {
-    let mut messages = Vec::with_capacity(config.batch_size.min(MAX_PREALLOCATED_BATCH));
+    let mut messages = Vec::with_capacity(settings.batch_size.min(MAX_PREALLOCATED_BATCH));
     let mut buffer = MessageBuffer::default();
     // One timer for the whole batch, moved once when the first message arrives: a timer made
     // per message cost more than the rest of receiving it.
     let wait = tokio::time::sleep(IDLE_WAKEUP);
     tokio::pin!(wait);
     let mut started = false;
-    while messages.len() < config.batch_size {
+    while messages.len() < settings.batch_size {
         // recv() takes a message off the queue only in the poll that returns it, so dropping
         // it on a timeout loses nothing.
         tokio::select! {
@@ -169,7 +172,7 @@ pub(crate) async fn next_batch(
                     });
                     if !started {
                         started = true;
-                        wait.as_mut().reset(tokio::time::Instant::now() + config.batch_timeout);
+                        wait.as_mut().reset(tokio::time::Instant::now() + settings.batch_timeout);
                     }
                 }
                 Err(error) => tracing::warn!(%error, "kafka error"),

@@ -36,7 +36,7 @@ use sink::{Sink, SinkError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use writer::{Shared, Writer};
+use writer::{ConsumerSettings, Shared, Writer};
 
 /// Between attempts to reach the database (migrations, a batch).
 pub(crate) const RETRY: process::Backoff =
@@ -87,7 +87,7 @@ fn rules_of(config: &Config) -> Rules {
 async fn start(
     config: &Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<Option<GroupConsumer<'_>>> {
+) -> anyhow::Result<Option<GroupConsumer>> {
     log_start(config);
     let application_name = format!(
         "{}@{}",
@@ -121,7 +121,7 @@ async fn start(
     let probe = LogProbe::new(&kafka, &config.kafka.topic)
         .context("failed to create the Kafka log probe")?;
     let shared = Shared {
-        config,
+        settings: ConsumerSettings::of(config),
         metrics,
         probe: Arc::new(probe),
         rules: rules_of(config),

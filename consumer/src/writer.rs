@@ -21,9 +21,34 @@ pub(crate) const ANCHOR_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// At most this many anchors are looked for between two batches.
 const ANCHORS_PER_LOOK: usize = 4;
 
+/// What the running consumer needs of its configuration, taken once at start-up.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSettings {
+    pub(crate) topic: String,
+    /// `--writers`: connections a batch's partitions are shared among.
+    pub(crate) writers: usize,
+    pub(crate) stuck_after: Duration,
+    pub(crate) dedup_capacity: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) batch_timeout: Duration,
+}
+
+impl ConsumerSettings {
+    pub(crate) fn of(config: &Config) -> ConsumerSettings {
+        ConsumerSettings {
+            topic: config.kafka.topic.clone(),
+            writers: usize::from(config.writers.max(1)),
+            stuck_after: config.stuck_after,
+            dedup_capacity: config.dedup_capacity,
+            batch_size: config.batch_size,
+            batch_timeout: config.batch_timeout,
+        }
+    }
+}
+
 /// What every writer of a batch shares: the settings, the rules, the metrics, the broker probe.
-pub(crate) struct Shared<'a> {
-    pub(crate) config: &'a Config,
+pub(crate) struct Shared {
+    pub(crate) settings: ConsumerSettings,
     pub(crate) metrics: ConsumerMetrics,
     pub(crate) probe: Arc<LogProbe>,
     pub(crate) rules: Rules,
@@ -51,8 +76,8 @@ pub(crate) enum Continuity {
 
 /// Turns batches of messages into committed transactions; owns the connections and what it
 /// knows of each partition.
-pub(crate) struct Writer<'a> {
-    pub(crate) shared: Shared<'a>,
+pub(crate) struct Writer {
+    pub(crate) shared: Shared,
     /// One connection per writer (`--writers`). PostgreSQL's work on a batch runs on one core
     /// per connection, so a batch's partitions are shared among them and written at once.
     pub(crate) sinks: Vec<Sink>,
@@ -61,15 +86,15 @@ pub(crate) struct Writer<'a> {
 
 /// One writer's part of a batch: its connection and the states of the partitions it writes. A
 /// partition is in one part only, so the parts' transactions never fence each other.
-pub(crate) struct Lane<'w, 'a> {
-    pub(crate) shared: &'w Shared<'a>,
+pub(crate) struct Lane<'w> {
+    pub(crate) shared: &'w Shared,
     pub(crate) sink: &'w mut Sink,
     pub(crate) states: HashMap<i32, PartitionState>,
 }
 
-impl<'a> Writer<'a> {
-    pub(crate) fn new(shared: Shared<'a>, sink: Sink) -> Writer<'a> {
-        let writers = usize::from(shared.config.writers.max(1));
+impl Writer {
+    pub(crate) fn new(shared: Shared, sink: Sink) -> Writer {
+        let writers = shared.settings.writers;
         let others: Vec<Sink> = (1..writers).map(|_| sink.another()).collect();
         let sinks = std::iter::once(sink).chain(others).collect();
         Writer {
@@ -80,7 +105,7 @@ impl<'a> Writer<'a> {
     }
 
     /// The first writer's connection, for what is not part of a batch (checkpoints, findings).
-    pub(crate) fn lane(&mut self, states: HashMap<i32, PartitionState>) -> Lane<'_, 'a> {
+    pub(crate) fn lane(&mut self, states: HashMap<i32, PartitionState>) -> Lane<'_> {
         Lane {
             shared: &self.shared,
             sink: &mut self.sinks[0],
@@ -217,7 +242,7 @@ impl<'a> Writer<'a> {
         consumer: &StreamConsumer<RebalanceWatch>,
         in_hand: &mut Vec<Incoming>,
     ) -> bool {
-        let topic = self.shared.config.kafka.topic.clone();
+        let topic = self.shared.settings.topic.clone();
         let Ok(assignment) = consumer.assignment() else {
             return true;
         };
@@ -296,7 +321,7 @@ impl<'a> Writer<'a> {
     }
 }
 
-impl Shared<'_> {
+impl Shared {
     /// Without the seek, reading would go on from Kafka's position: never trust it. False when
     /// shutdown came first.
     pub(crate) async fn seek(
@@ -305,7 +330,7 @@ impl Shared<'_> {
         partition: i32,
         start: i64,
     ) -> bool {
-        let topic = &self.config.kafka.topic;
+        let topic = &self.settings.topic;
         let mut backoff = SEEK_RETRY;
         while let Err(error) = consumer.seek(topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
         {
@@ -348,7 +373,7 @@ impl Shared<'_> {
     /// Each held partition's share of the one dedup budget: memory stays bounded however many
     /// partitions this consumer takes over (the states are made again on every rebalance).
     pub(crate) fn dedup_capacity_per_partition(&self) -> usize {
-        (self.config.dedup_capacity / self.partitions_held.max(1)).max(1)
+        (self.settings.dedup_capacity / self.partitions_held.max(1)).max(1)
     }
 
     /// A watermark more than a year beyond --max-future was left by a version without that rule (one event dated
@@ -373,7 +398,7 @@ impl Shared<'_> {
     }
 }
 
-impl Lane<'_, '_> {
+impl Lane<'_> {
     /// Writes the share, retrying through database outages and fencing, until it is in Postgres.
     /// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
     /// A share that takes longer than `--stuck-after` (failing, or blocked on a lock) marks its
@@ -383,7 +408,10 @@ impl Lane<'_, '_> {
         messages: &[Incoming],
         partitions: &[i32],
     ) -> Result<WriteBatch, Interrupted> {
-        let (metrics, stuck_after) = (self.shared.metrics.clone(), self.shared.config.stuck_after);
+        let (metrics, stuck_after) = (
+            self.shared.metrics.clone(),
+            self.shared.settings.stuck_after,
+        );
         let write = self.write_with_retry(messages, partitions);
         tokio::pin!(write);
         tokio::select! {
@@ -426,7 +454,7 @@ impl Lane<'_, '_> {
                 Ok(Continuity::MovedBack) => return Err(Interrupted::MovedBack),
                 Ok(Continuity::Continues) => {
                     let now = clock::now();
-                    let topic = &shared.config.kafka.topic;
+                    let topic = &shared.settings.topic;
                     let batch = classify(messages, &mut self.states, &shared.rules, topic, now);
                     self.sink
                         .write(&batch)

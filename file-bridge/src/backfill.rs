@@ -76,7 +76,7 @@ impl Round {
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
             kafka,
-            config,
+            &config.publisher_settings(),
             completions_tx,
             telemetry::Readiness::default(),
         )?

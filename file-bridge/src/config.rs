@@ -72,4 +72,13 @@ impl Config {
             max_field_bytes: self.max_field_bytes,
         }
     }
+
+    /// What a publisher needs of these settings.
+    pub fn publisher_settings(&self) -> crate::publisher::PublisherSettings {
+        crate::publisher::PublisherSettings {
+            topic: self.kafka.topic.clone(),
+            limits: self.limits(),
+            wire_format: self.wire_format,
+        }
+    }
 }

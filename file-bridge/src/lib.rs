@@ -122,7 +122,7 @@ impl<'a> Bridge<'a> {
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let publisher = Publisher::new(
             &kafka,
-            config,
+            &config.publisher_settings(),
             completions_tx.clone(),
             metrics.readiness.clone(),
         )?;
@@ -322,7 +322,7 @@ impl<'a> Bridge<'a> {
         }
         let fresh = Publisher::new(
             &self.kafka,
-            self.config,
+            &self.config.publisher_settings(),
             self.completions_tx.clone(),
             self.files.metrics.readiness.clone(),
         )?;

@@ -273,12 +273,20 @@ pub enum Shrunk {
 /// Room for a record's framing (headers, timestamps, lengths) within `message.max.bytes`.
 const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
+/// What a publisher needs of the bridge's settings.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    pub topic: String,
+    pub limits: Limits,
+    pub wire_format: WireFormat,
+}
+
 impl Publisher {
     /// A producer made from `kafka`, publishing to the topic, under the row limits and in the
-    /// wire format `bridge` names.
+    /// wire format of `settings`.
     pub fn new(
         kafka: &ClientConfig,
-        bridge: &crate::Config,
+        settings: &PublisherSettings,
         completions: UnboundedSender<Completion>,
         readiness: telemetry::Readiness,
     ) -> Result<Publisher, PublishError> {
@@ -297,10 +305,10 @@ impl Publisher {
             .map_err(PublishError::Producer)?;
         Ok(Publisher {
             producer,
-            topic: bridge.kafka.topic.clone(),
-            limits: bridge.limits(),
+            topic: settings.topic.clone(),
+            limits: settings.limits,
             max_message_bytes: Self::message_budget(kafka),
-            wire_format: bridge.wire_format,
+            wire_format: settings.wire_format,
             backfill: false,
             meter: None,
         })

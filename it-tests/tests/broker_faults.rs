@@ -284,28 +284,11 @@ async fn messages_deleted_before_they_were_read_are_recorded_as_a_gap_and_the_re
 
 /// The keys (event ids) of partition 0's messages in `from..to`.
 fn keys_between(brokers: &str, topic: &str, from: i64, to: i64) -> BTreeSet<String> {
-    let probe: BaseConsumer = client_config(brokers).create().expect("probe");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(from))
-        .unwrap();
-    probe.assign(&assignment).expect("assign");
-    let mut keys = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut next = from;
-    while next < to {
-        assert!(Instant::now() < deadline, "read {next} of {to}");
-        if let Some(message) = probe.poll(Duration::from_millis(500)) {
-            let message = message.expect("message");
-            next = message.offset() + 1;
-            if message.offset() < to {
-                if let Some(key) = message.key() {
-                    keys.insert(String::from_utf8_lossy(key).into_owned());
-                }
-            }
-        }
-    }
-    keys
+    keys_from(brokers, topic, from)
+        .into_iter()
+        .filter(|(offset, _)| *offset < to)
+        .map(|(_, key)| key)
+        .collect()
 }
 
 /// Every message of partition 0 from `from` to the log's end: offset and key.

@@ -24,6 +24,27 @@ fn export(world: &World, path: &std::path::Path) -> Vec<csv::StringRecord> {
     reader.records().map(Result::unwrap).collect()
 }
 
+/// Publishes the input folder, waits for `rejects` quarantined rows and exports them into a
+/// scratch folder; the consumer (kept running), the folder and the exported rows.
+async fn published_and_exported(
+    world: &World,
+    rejects: i64,
+) -> (it_tests::Proc, tempfile::TempDir, Vec<csv::StringRecord>) {
+    world.bridge_once(&[]);
+    let consumer = world.consumer(&[]);
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM ecommerce_events_rejected",
+            rejects,
+            LONG,
+        )
+        .await;
+    let scratch = tempfile::tempdir().unwrap();
+    let records = export(world, &scratch.path().join("rejects.csv"));
+    assert_eq!(records.len() as i64, rejects, "{records:?}");
+    (consumer, scratch, records)
+}
+
 /// What an operator would do to the exported rows: mend the bad values, rebuild the short row.
 fn fixed(records: &[csv::StringRecord]) -> String {
     let mut out = String::from(
@@ -69,14 +90,7 @@ async fn rejects_without_a_usable_event_id_are_resolved_by_their_reject_id() {
     );
     // A file without a header: its rows are `missing_header`, their event_id unknown.
     world.drop_file("headless.csv", b"h1,1,view,10,1.00,2026-11-25T12:03:00Z\n");
-    world.bridge_once(&[]);
-    let _consumer = world.consumer(&[]);
-    world
-        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 3, LONG)
-        .await;
-    let scratch = tempfile::tempdir().unwrap();
-    let records = export(&world, &scratch.path().join("rejects.csv"));
-    assert_eq!(records.len(), 3, "{records:?}");
+    let (_consumer, scratch, records) = published_and_exported(&world, 3).await;
 
     // Each given an event_id of its own (the ids the rejects lacked), the rest as exported.
     let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
@@ -131,14 +145,7 @@ async fn exported_rejects_fixed_and_dropped_in_again_are_resolved_once() {
              r3,1,click,10,1.00,2026-11-25T12:02:00Z\n\
              r4,1,view\n",
     );
-    world.bridge_once(&[]);
-    let _consumer = world.consumer(&[]);
-    world
-        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 3, LONG)
-        .await;
-    let scratch = tempfile::tempdir().unwrap();
-    let records = export(&world, &scratch.path().join("rejects.csv"));
-    assert_eq!(records.len(), 3, "{records:?}");
+    let (_consumer, scratch, records) = published_and_exported(&world, 3).await;
     assert!(records[0][6].starts_with("invalid_field: "), "{records:?}");
 
     // Fixed, dropped in, published: every reject resolved by the row that brought its event.

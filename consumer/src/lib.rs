@@ -128,6 +128,7 @@ async fn start(
         shutdown,
         partitions_held: 1,
         rewinds: Default::default(),
+        restarts: Default::default(),
     };
     let writer = Writer::new(shared, sink);
     Ok(Some(GroupConsumer::new(consumer, writer)))

@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     pub(crate) partitions_held: usize,
     /// Per partition, the checkpoint the last move back read again from.
     pub(crate) rewinds: std::sync::Mutex<HashMap<i32, i64>>,
+    /// Per partition, the start of the new log its checkpoint was last moved back to: Kafka's
+    /// committed offset, of the old log, is ahead of it without anything having been lost.
+    pub(crate) restarts: std::sync::Mutex<HashMap<i32, i64>>,
 }
 
 /// Why a batch was not written.
@@ -218,6 +221,7 @@ impl Writer {
                 self.shared
                     .metrics
                     .log_event(partition, LogEventKind::Restarted);
+                self.shared.restarted(partition, start);
                 true
             }
             // Still there, or removed by retention since: either way the log goes on.
@@ -273,7 +277,9 @@ impl Writer {
                 .iter()
                 .find(|m| m.partition == partition)
                 .map(|m| m.offset);
-            if let Some(&ahead) = committed.get(&partition).filter(|&&c| c > start) {
+            let ahead = committed.get(&partition).filter(|&&c| c > start);
+            // Behind Kafka because the log restarted: recorded as that, not as a rewind.
+            if let (Some(&ahead), false) = (ahead, self.shared.restarted_at(partition, start)) {
                 self.record_rewind(partition, ahead, start).await;
             }
             if first_in_hand == Some(start) {
@@ -347,6 +353,22 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(partition, checkpoint);
+    }
+
+    pub(crate) fn restarted(&self, partition: i32, start: i64) {
+        self.restarts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(partition, start);
+    }
+
+    /// Whether the checkpoint `start` is where the partition's log was found restarted; forgets it.
+    pub(crate) fn restarted_at(&self, partition: i32, start: i64) -> bool {
+        let mut restarts = self
+            .restarts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        restarts.remove(&partition) == Some(start)
     }
 
     pub(crate) fn rewound_to(&self, partition: i32) -> Option<i64> {
@@ -643,6 +665,7 @@ impl Lane<'_> {
                     .restart_checkpoint(partition, next, start, &reason)
                     .await?;
                 metrics.log_event(partition, LogEventKind::Restarted);
+                self.shared.restarted(partition, start);
                 Ok(start)
             }
             // The broker cannot be asked now: keep the checkpoint; the next assignment asks again.

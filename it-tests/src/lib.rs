@@ -408,6 +408,42 @@ impl World {
         self.spawn("file-bridge", &args).wait_with_log(PATIENCE)
     }
 
+    /// Every row accounted for, the shared ending of a test whose events all came from files:
+    /// every file of the ledger reconciled (rows read = inserted + duplicates + rejected), and
+    /// the stored events and quarantined rows those the ledger counts.
+    pub async fn assert_every_row_accounted(&self) {
+        let open: Vec<(String, Option<i64>, i64, i64, i64)> = sqlx::query_as(
+            "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_rejected
+             FROM ingest_files WHERE reconciled_at IS NULL ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("the ledger");
+        assert!(open.is_empty(), "files not reconciled: {open:?}");
+        let (events, counted): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ecommerce_events),
+                    (SELECT coalesce(sum(rows_inserted), 0)::int8 FROM ingest_files)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("events");
+        assert_eq!(
+            events, counted,
+            "stored events against the ledger's inserted rows"
+        );
+        let (rejects, counted): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ecommerce_events_rejected WHERE reason_code <> 'undecodable'),
+                    (SELECT coalesce(sum(rows_rejected), 0)::int8 FROM ingest_files)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("rejects");
+        assert_eq!(
+            rejects, counted,
+            "quarantined rows against the ledger's rejected rows"
+        );
+    }
+
     /// The live aggregates count every stored event and equal a full scan of the tables.
     pub async fn assert_aggregates_exact(&self) {
         let mut db = self.pool.acquire().await.expect("a connection");

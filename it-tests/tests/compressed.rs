@@ -102,6 +102,7 @@ async fn gzip_and_zstd_files_are_read_as_their_content_and_equal_the_same_rows_p
         0
     );
     world.assert_aggregates_exact().await;
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -154,6 +155,7 @@ async fn a_compressed_file_that_does_not_decode_is_one_reject_that_says_where() 
         std::fs::read(world.archive_dir().join("cut.csv.gz")).unwrap(),
         truncated
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -193,4 +195,5 @@ async fn a_large_compressed_file_is_streamed_within_the_bridges_memory() {
         .count("SELECT count(*) FROM ecommerce_events_rejected WHERE reason_code = 'row_too_large'")
         .await;
     assert_eq!(rejected, 1);
+    world.assert_every_row_accounted().await;
 }

@@ -133,6 +133,8 @@ async fn rejects_without_a_usable_event_id_are_resolved_by_their_reject_id() {
         "{resolved_by:?}"
     );
     assert!(export(&world, &scratch.path().join("again.csv")).is_empty());
+    world.wait_for_count(RECONCILED_FILES, 3, LONG).await;
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -30,6 +30,7 @@ use group::GroupConsumer;
 use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
 use log_check::LogProbe;
 use metrics::ConsumerMetrics;
+use process::{Attempt, Stopped};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use sink::{Sink, SinkError};
@@ -141,26 +142,25 @@ async fn prepare_database(
     sink: &mut Sink,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
-    let mut backoff = RETRY;
-    loop {
-        match sink.migrate().await {
-            Ok(()) => return Ok(true),
-            Err(SinkError::Database(error)) => {
-                tracing::error!(%error, "database not reachable; will retry");
-                sink.reset();
-                if !backoff.wait(shutdown).await {
-                    return Ok(false);
-                }
-            }
-            Err(error) => {
-                return Err(error).with_context(|| {
-                    format!(
-                        "failed to prepare the database at {}",
-                        redact_url(&config.database_url)
-                    )
-                })
-            }
+    let migrated = process::retry(RETRY, shutdown, async || match sink.migrate().await {
+        Ok(()) => Ok(()),
+        Err(SinkError::Database(error)) => {
+            tracing::error!(%error, "database not reachable; will retry");
+            sink.reset();
+            Err(Attempt::Retry(SinkError::Database(error)))
         }
+        Err(error) => Err(Attempt::Fail(error)),
+    })
+    .await;
+    match migrated {
+        Ok(()) => Ok(true),
+        Err(Stopped::Shutdown) => Ok(false),
+        Err(Stopped::Failed(error)) => Err(error).with_context(|| {
+            format!(
+                "failed to prepare the database at {}",
+                redact_url(&config.database_url)
+            )
+        }),
     }
 }
 
@@ -181,23 +181,27 @@ async fn join_group(
     if let Some(instance) = &config.instance_id {
         kafka.set("group.instance.id", instance);
     }
-    let mut backoff = RETRY;
-    loop {
+    let ensured = process::retry(RETRY, shutdown, async || {
         match config.kafka.ensure_topic(&kafka).await {
-            Ok(()) => break,
+            Ok(()) => Ok(()),
             Err(error) if error.is_transient() => {
-                let error = process::causes(&anyhow::Error::new(error));
-                tracing::error!(%error, "Kafka not reachable; will retry");
+                let error = anyhow::Error::new(error);
+                let shown = process::causes(&error);
+                tracing::error!(error = %shown, "Kafka not reachable; will retry");
                 metrics.readiness.set(
                     telemetry::Check::Broker,
-                    Err(format!("Kafka not reachable: {error}")),
+                    Err(format!("Kafka not reachable: {shown}")),
                 );
-                if !backoff.wait(shutdown).await {
-                    return Ok(None);
-                }
+                Err(Attempt::Retry(error))
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => Err(Attempt::Fail(anyhow::Error::new(error))),
         }
+    })
+    .await;
+    match ensured {
+        Ok(()) => {}
+        Err(Stopped::Shutdown) => return Ok(None),
+        Err(Stopped::Failed(error)) => return Err(error),
     }
     // The topic's metadata came back: a working broker connection, whatever the statistics
     // (every few seconds) will say later.

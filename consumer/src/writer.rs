@@ -9,6 +9,7 @@ use crate::partition::{Anchor, PartitionState};
 use crate::sink::{Sink, SinkError, StoredCheckpoint};
 use crate::{clock, Config, RETRY};
 use chrono::TimeDelta;
+use process::Attempt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -299,18 +300,17 @@ impl Writer {
     pub(crate) async fn load_all_states(&mut self, partitions: &[i32]) -> bool {
         let states = std::mem::take(&mut self.states);
         let mut lane = self.lane(states);
-        let mut backoff = RETRY;
-        let mut loaded = true;
-        while let Err(error) = lane.load_states(partitions).await {
-            tracing::error!(%error, "checkpoints not readable; will retry before reading");
-            lane.sink.reset();
-            if !backoff.wait(&lane.shared.shutdown).await {
-                loaded = false;
-                break;
-            }
-        }
+        let shutdown = lane.shared.shutdown.clone();
+        let loaded = process::retry(RETRY, &shutdown, async || {
+            lane.load_states(partitions).await.map_err(|error| {
+                tracing::error!(%error, "checkpoints not readable; will retry before reading");
+                lane.sink.reset();
+                Attempt::Retry(error)
+            })
+        })
+        .await;
         self.states = lane.states;
-        loaded
+        loaded.is_ok()
     }
 
     pub(crate) async fn record_rewind(&mut self, partition: i32, committed: i64, checkpoint: i64) {
@@ -337,15 +337,17 @@ impl Shared {
         start: i64,
     ) -> bool {
         let topic = &self.settings.topic;
-        let mut backoff = SEEK_RETRY;
-        while let Err(error) = consumer.seek(topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
-        {
-            tracing::warn!(partition, start, %error, "could not move to the checkpoint yet; will retry");
-            if !backoff.wait(&self.shutdown).await {
-                return false;
-            }
-        }
-        true
+        let seek = async || {
+            consumer
+                .seek(topic, partition, Offset::Offset(start), SEEK_TIMEOUT)
+                .map_err(|error| {
+                    tracing::warn!(partition, start, %error, "could not move to the checkpoint yet; will retry");
+                    Attempt::Retry(error)
+                })
+        };
+        process::retry(SEEK_RETRY, &self.shutdown, seek)
+            .await
+            .is_ok()
     }
 
     pub(crate) fn rewound(&self, partition: i32, checkpoint: i64) {

@@ -7,5 +7,8 @@ pub mod failpoint;
 mod lifecycle;
 mod secrets;
 
-pub use lifecycle::{causes, exit, init_logging, shutdown_token, Backoff, LogArgs, LogFormat};
+pub use lifecycle::{
+    causes, exit, init_logging, retry, shutdown_token, Attempt, Backoff, LogArgs, LogFormat,
+    Stopped,
+};
 pub use secrets::redact_url;

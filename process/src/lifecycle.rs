@@ -133,6 +133,40 @@ impl Backoff {
     }
 }
 
+/// How an attempt of [`retry`] failed: worth another try after the backoff, or not.
+#[derive(Debug)]
+pub enum Attempt<E> {
+    Retry(E),
+    Fail(E),
+}
+
+/// Why [`retry`] gave up: shutdown came first, or an attempt failed for good.
+#[derive(Debug)]
+pub enum Stopped<E> {
+    Shutdown,
+    Failed(E),
+}
+
+/// Runs `attempt` until it succeeds, sleeping `backoff` between tries; an attempt says whether
+/// its failure is worth another try (and logs it: only it knows what to say).
+pub async fn retry<T, E>(
+    mut backoff: Backoff,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut attempt: impl AsyncFnMut() -> Result<T, Attempt<E>>,
+) -> Result<T, Stopped<E>> {
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Attempt::Fail(error)) => return Err(Stopped::Failed(error)),
+            Err(Attempt::Retry(_)) => {
+                if !backoff.wait(shutdown).await {
+                    return Err(Stopped::Shutdown);
+                }
+            }
+        }
+    }
+}
+
 /// A token cancelled on the first SIGINT or SIGTERM.
 pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
@@ -186,5 +220,29 @@ mod tests {
         assert_eq!(delays, [250, 500, 1000, 1000, 1000]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn retry_tries_again_until_success_or_a_failure_for_good_or_shutdown() {
+        let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut tries = 0;
+        let done = retry(backoff, &shutdown, async || {
+            tries += 1;
+            if tries < 3 {
+                Err(Attempt::Retry("not yet"))
+            } else {
+                Ok(tries)
+            }
+        })
+        .await;
+        assert!(matches!(done, Ok(3)));
+        let failed: Result<(), _> =
+            retry(backoff, &shutdown, async || Err(Attempt::Fail("never"))).await;
+        assert!(matches!(failed, Err(Stopped::Failed("never"))));
+        shutdown.cancel();
+        let stopped: Result<(), _> =
+            retry(backoff, &shutdown, async || Err(Attempt::Retry("down"))).await;
+        assert!(matches!(stopped, Err(Stopped::Shutdown)));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The running consumer: its group membership, the writer of its batches, and the offsets it
-/// committed to PostgreSQL. The same shape as the bridge: `start`, `run`, `leave`.
+/// committed to PostgreSQL. The same shape as the bridge: started (`lib.rs`), `run`, `leave`.
 pub(crate) struct GroupConsumer {
     consumer: StreamConsumer<RebalanceWatch>,
     writer: Writer,

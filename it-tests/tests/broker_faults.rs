@@ -249,16 +249,7 @@ async fn messages_deleted_before_they_were_read_are_recorded_as_a_gap_and_the_re
     world.bridge_once(&one);
     let cut = checkpoint + 120;
     let deleted = keys_between(&world.brokers, &world.topic, checkpoint, cut);
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(&world.brokers).create().expect("admin");
-    let mut up_to = TopicPartitionList::new();
-    up_to
-        .add_partition_offset(&world.topic, 0, Offset::Offset(cut))
-        .unwrap();
-    admin
-        .delete_records(&up_to, &AdminOptions::new())
-        .await
-        .expect("delete records");
+    delete_records_before(&world, cut).await;
 
     let consumer = world.consumer(&one);
     let (all, _) = event_ids_in(&world.archive_dir());
@@ -280,6 +271,20 @@ async fn messages_deleted_before_they_were_read_are_recorded_as_a_gap_and_the_re
             .contains("messages were removed from the log before they were read"),
         "the gap is logged"
     );
+}
+
+/// Deletes partition 0's messages before `cut` (DeleteRecords, as retention would).
+async fn delete_records_before(world: &World, cut: i64) {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&world.brokers).create().expect("admin");
+    let mut up_to = TopicPartitionList::new();
+    up_to
+        .add_partition_offset(&world.topic, 0, Offset::Offset(cut))
+        .unwrap();
+    admin
+        .delete_records(&up_to, &AdminOptions::new())
+        .await
+        .expect("delete records");
 }
 
 /// The keys (event ids) of partition 0's messages in `from..to`.
@@ -358,16 +363,7 @@ async fn retention_overtaking_a_running_consumer_is_recorded_as_a_gap() {
     assert!(bridge.wait_for_exit(LONG).success());
     let written = keys_from(&world.brokers, &world.topic, read);
     let cut = read + 250;
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(&world.brokers).create().expect("admin");
-    let mut up_to = TopicPartitionList::new();
-    up_to
-        .add_partition_offset(&world.topic, 0, Offset::Offset(cut))
-        .unwrap();
-    admin
-        .delete_records(&up_to, &AdminOptions::new())
-        .await
-        .expect("delete records");
+    delete_records_before(&world, cut).await;
     sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
 
     // The gap is recorded from wherever the consumer had read to, up to the new log start.

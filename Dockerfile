@@ -6,7 +6,7 @@
 #   release (the default, last)  builds from source in RUST_IMAGE
 #   prebuilt                     takes binaries built on the host (same Debian release) from
 #                                BINARIES, a folder in the build context; seconds, not minutes:
-#     cargo build --release --bins && mkdir -p target/docker/bin && cp target/release/{generator,file-bridge,consumer,status,explain,quarantine,aggregates} target/docker/bin/
+#     cargo build --release --bins && mkdir -p target/docker/bin && cp target/release/{generator,file-bridge,consumer,status,explain,quarantine,aggregates,retention} target/docker/bin/
 #     docker build --target prebuilt -t ecommerce-pipeline:latest .
 # The classic builder runs every stage up to its target, so prebuilt comes before the build stage.
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -42,7 +42,7 @@ RUN cargo build --release --locked --bins \
     && mkdir -p /out \
     && cp target/release/generator target/release/file-bridge target/release/consumer \
           target/release/status target/release/explain target/release/quarantine \
-          target/release/aggregates /out/ \
+          target/release/aggregates target/release/retention /out/ \
     && rm -rf target
 
 FROM runtime AS release

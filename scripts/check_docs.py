@@ -10,8 +10,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
-BINARIES = ["generator", "file-bridge", "consumer", "status", "explain", "quarantine", "aggregates", "chaos", "bench"]
-SUBCOMMANDS = {"quarantine": ["export"], "aggregates": ["check", "rebuild"]}
+BINARIES = ["generator", "file-bridge", "consumer", "status", "explain", "quarantine", "aggregates", "retention", "chaos", "bench"]
+SUBCOMMANDS = {"quarantine": ["export"], "aggregates": ["check", "rebuild"], "retention": ["apply", "show"]}
 # Cargo's and the scripts' own, cited beside ours.
 FOREIGN_FLAGS = {"--features", "--locked", "--release", "--bins", "--all-targets", "--build", "--scale", "--profile"}
 SOURCE_DIRS = ["consumer", "file-bridge", "generator", "event-model", "it-tests", "operator-tools",

@@ -101,7 +101,7 @@ stage_pipeline_binaries() {
     local profile="${PIPELINE_PROFILE:-debug}" bin="$ROOT/target/docker/bin" name
     if [ "$profile" = release ]; then cargo build --release --bins; else cargo build --bins; fi
     rm -rf "$bin" && mkdir -p "$bin"
-    for name in generator file-bridge consumer status explain quarantine aggregates; do
+    for name in generator file-bridge consumer status explain quarantine aggregates retention; do
         objcopy --strip-debug "$ROOT/target/$profile/$name" "$bin/$name"
     done
 }

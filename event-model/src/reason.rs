@@ -33,11 +33,13 @@ pub enum RejectCode {
     Undecodable,
     /// Valid by the contract, refused by the database (a constraint an operator added, say).
     Database,
+    /// Dated before the retention horizon: events of that time were dropped by retention.
+    Expired,
 }
 
 impl RejectCode {
     /// Every code, in the order the migrations list them.
-    pub const ALL: [RejectCode; 13] = [
+    pub const ALL: [RejectCode; 14] = [
         RejectCode::MissingColumn,
         RejectCode::FieldCount,
         RejectCode::InvalidUtf8,
@@ -51,6 +53,7 @@ impl RejectCode {
         RejectCode::Database,
         RejectCode::MissingHeader,
         RejectCode::UndecodableFile,
+        RejectCode::Expired,
     ];
 
     /// The code as stored in `reason_code` and sent on the wire.
@@ -69,6 +72,7 @@ impl RejectCode {
             RejectCode::Future => "future",
             RejectCode::Undecodable => "undecodable",
             RejectCode::Database => "database",
+            RejectCode::Expired => "expired",
         }
     }
 

@@ -410,7 +410,8 @@ impl World {
 
     /// Every row accounted for, the shared ending of a test whose events all came from files:
     /// every file of the ledger reconciled (rows read = inserted + duplicates + rejected), and
-    /// the stored events and quarantined rows those the ledger counts.
+    /// the stored events and quarantined rows those the ledger counts (inserted rows retention
+    /// dropped since are not stored).
     pub async fn assert_every_row_accounted(&self) {
         let open: Vec<(String, Option<i64>, i64, i64, i64)> = sqlx::query_as(
             "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_rejected
@@ -422,7 +423,7 @@ impl World {
         assert!(open.is_empty(), "files not reconciled: {open:?}");
         let (events, counted): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM ecommerce_events),
-                    (SELECT coalesce(sum(rows_inserted), 0)::int8 FROM ingest_files)",
+                    (SELECT coalesce(sum(rows_inserted - rows_expired), 0)::int8 FROM ingest_files)",
         )
         .fetch_one(&self.pool)
         .await

@@ -1,10 +1,11 @@
-//! What operators look at, apart from the services that do the work: the live dashboard (served
-//! by a consumer, or by `consumer --dashboard-only`) and the `status`, `explain` and `quarantine`
-//! commands. They read what the consumer writes to PostgreSQL; the dashboard also shows the
-//! figures of the consumer serving it.
+//! What operators look at and do, apart from the services that do the work: the live dashboard
+//! (served by a consumer, or by `consumer --dashboard-only`), the `status`, `explain` and
+//! `quarantine` commands, and `retention`. They read what the consumer writes to PostgreSQL; the
+//! dashboard also shows the figures of the consumer serving it.
 
 pub mod aggregates;
 pub mod dashboard;
+pub mod retention;
 
 /// The pipeline's database, as every operator command is told it.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,8 +1,9 @@
-//! Human durations for flags: `250ms`, `5s`, `10m`, `1h`.
+//! Human durations for flags: `250ms`, `5s`, `10m`, `1h`, `30d`.
 
 use std::time::Duration;
 
-/// Parses `250ms`, `5s`, `10m` or `1h` (a bare number is seconds); for clap's `value_parser`.
+/// Parses `250ms`, `5s`, `10m`, `1h` or `30d` (a bare number is seconds); for clap's
+/// `value_parser`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -11,13 +12,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (digits, unit) = text.split_at(split);
     let amount: u64 = digits
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 10m or 1h"))?;
+        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 10m, 1h or 30d"))?;
     let millis = match unit {
         "ms" => Some(amount),
         "" | "s" => amount.checked_mul(1_000),
         "m" => amount.checked_mul(60_000),
         "h" => amount.checked_mul(3_600_000),
-        _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+        "d" => amount.checked_mul(86_400_000),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit; use ms, s, m, h or d"
+            ))
+        }
     };
     millis
         .map(Duration::from_millis)
@@ -35,6 +41,7 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use fault::{fault_of, refused_by_database, Fault};
 
 use crate::batch::{Checkpoint, EventRow, RejectRow, Source, WriteBatch};
 use crate::log_check::LogEventKind;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use ledger::{InsertedRow, LedgerDelta};
 use rejects::{Quarantined, RejectKind};
@@ -346,6 +346,9 @@ impl Sink {
             rejects::insert_rejects(&mut tx, &topic, &batch.rejects, RejectKind::Invalid).await?;
         outcome.count_rejects(&taken, RejectKind::Invalid, &mut delta);
         let taken =
+            rejects::insert_rejects(&mut tx, &topic, &held.expired, RejectKind::Invalid).await?;
+        outcome.count_rejects(&taken, RejectKind::Invalid, &mut delta);
+        let taken =
             rejects::insert_rejects(&mut tx, &topic, &held.late_rejects, RejectKind::Late).await?;
         let stored = ledger::Stored {
             all_events: inserted == events.len() as u64,
@@ -379,6 +382,7 @@ impl Sink {
         for (rows, kind) in [
             (&batch.rejects[..], RejectKind::Invalid),
             (&refused[..], RejectKind::Invalid),
+            (&held.expired[..], RejectKind::Invalid),
             (&held.late_rejects[..], RejectKind::Late),
         ] {
             for row in rows {
@@ -462,6 +466,10 @@ struct HeldBack {
     events: Vec<EventRow>,
     /// The late rows to quarantine.
     late_rejects: Vec<RejectRow>,
+    /// Events dated before it are quarantined `expired`; none before any retention ran.
+    horizon: Option<DateTime<Utc>>,
+    /// The events dated before the horizon, as their rejects.
+    expired: Vec<RejectRow>,
 }
 
 const STORED_OR_KEPT_LATE: &str =
@@ -474,13 +482,39 @@ const OPEN_REJECTS: &str = "SELECT DISTINCT event_id FROM ecommerce_events_rejec
 
 impl HeldBack {
     async fn decide(tx: &mut PgConnection, batch: &WriteBatch) -> Result<HeldBack, sqlx::Error> {
+        // First: the horizon holds until this transaction commits.
+        let horizon = sqlx::query_scalar("SELECT retention_horizon_held()")
+            .fetch_one(&mut *tx)
+            .await?;
         let mut held = HeldBack {
             events: Vec::new(),
             late_rejects: Vec::with_capacity(batch.late_rejects.len()),
+            horizon,
+            expired: Vec::new(),
         };
         held.sort_late_rows(tx, batch).await?;
         held.store_unconfirmed_duplicates(tx, batch).await?;
+        held.expire(&batch.events);
         Ok(held)
+    }
+
+    /// Whether retention dropped the events of this one's time.
+    fn is_expired(&self, row: &EventRow) -> bool {
+        self.horizon
+            .is_some_and(|horizon| row.event.event_time < horizon)
+    }
+
+    /// The events dated before the horizon, the batch's and those decided here, as rejects.
+    fn expire(&mut self, events: &[EventRow]) {
+        let Some(horizon) = self.horizon else {
+            return;
+        };
+        self.expired = events
+            .iter()
+            .chain(&self.events)
+            .filter(|row| self.is_expired(row))
+            .map(|row| expired_row(row, horizon))
+            .collect();
     }
 
     /// Late rows whose id has an open reject are its fix, stored; the others are quarantined.
@@ -548,14 +582,31 @@ impl HeldBack {
         Ok(())
     }
 
-    /// The batch's events and those decided here, borrowed when there are none of the latter.
+    /// The batch's events and those decided here, but the expired; borrowed when nothing was
+    /// decided or expired.
     fn events_with<'a>(&self, events: &'a [EventRow]) -> std::borrow::Cow<'a, [EventRow]> {
-        if self.events.is_empty() {
+        if self.events.is_empty() && self.expired.is_empty() {
             return std::borrow::Cow::Borrowed(events);
         }
-        let mut all = events.to_vec();
-        all.extend(self.events.iter().cloned());
-        std::borrow::Cow::Owned(all)
+        let all = events.iter().chain(&self.events);
+        std::borrow::Cow::Owned(all.filter(|row| !self.is_expired(row)).cloned().collect())
+    }
+}
+
+/// An event dated before the retention horizon, as its `expired` reject.
+fn expired_row(row: &EventRow, horizon: DateTime<Utc>) -> RejectRow {
+    RejectRow {
+        source: row.source.clone(),
+        code: RejectCode::Expired,
+        field: Some("event_time"),
+        reason: format!(
+            "field `event_time`: {} is before the retention horizon {}: events dated before it were dropped",
+            row.event.event_time.to_rfc3339(),
+            horizon.to_rfc3339()
+        ),
+        event_id: Some(row.event.event_id.clone()),
+        raw: row.canonical_csv(),
+        kafka_key: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! (a partition stuck, the database unreachable), 1 when it cannot tell (no database).
 
 use clap::Parser;
+use operator_tools::retention::Retention;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
@@ -87,6 +88,8 @@ struct Report {
     /// The bridge's input folder: files waiting to be complete and names ignored, from its
     /// metrics; `None` when it did not answer.
     input_folder: Option<InputFolder>,
+    /// None before any retention was set.
+    retention: Option<Retention>,
 }
 
 impl Report {
@@ -182,6 +185,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
         log_events,
         components: components(args).await,
         input_folder: input_folder(&args.bridge_metrics_url).await,
+        retention: Retention::read(&mut db).await.unwrap_or_default(),
     })
 }
 
@@ -302,6 +306,7 @@ fn as_json(args: &Args, report: &Report) -> serde_json::Value {
             "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
         })).collect::<Vec<_>>(),
         "input_folder": report.input_folder,
+        "retention": report.retention,
         "components": report.components.iter().map(|c| serde_json::json!({
             "name": c.name,
             "url": c.url,
@@ -421,6 +426,17 @@ fn print_rows(report: &Report) {
     );
     for (reason, open, resolved) in &report.resolution {
         println!("  {reason}: {open} unresolved, {resolved} resolved");
+    }
+    if let Some(retention) = &report.retention {
+        let state = match retention.completed_at {
+            Some(_) => "dropped",
+            None => "still dropping",
+        };
+        println!(
+            "retention: events dated before {} {state} (set {}); arrivals dated before it are quarantined `expired`",
+            retention.horizon.format("%Y-%m-%d %H:%M:%S UTC"),
+            retention.set_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        );
     }
     if report.conflicting.0 > 0 {
         println!(

@@ -130,6 +130,16 @@ async fn retention_drops_a_time_range_and_an_event_of_it_arriving_again_is_expir
     );
     assert!(report["retention"]["completed_at"].is_string(), "{text}");
 
+    let explained = Command::new(binary_path("explain"))
+        .args(["old-20", "--database-url", &world.database_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        text.contains("retention dropped the events dated before 2026-11-01"),
+        "{text}"
+    );
+
     let shown = succeeded(&retention(&world, &["show"]));
     assert!(shown.contains("none before the horizon is left"), "{shown}");
     let back = retention(&world, &["apply", "--before", "2026-10-15T00:00:00Z"]);

@@ -3,6 +3,7 @@
 //! quarantined rows that carry its id.
 
 use clap::Parser;
+use operator_tools::retention::Retention;
 
 /// Prints the lineage of one event.
 #[derive(Parser)]
@@ -98,7 +99,15 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
                 (written - landed).num_milliseconds()
             );
         }
-        None => println!("event {} is not in ecommerce_events", args.event_id),
+        None => {
+            println!("event {} is not in ecommerce_events", args.event_id);
+            if let Some(retention) = Retention::read(&mut db).await? {
+                println!(
+                    "  retention dropped the events dated before {} (set {}): one of them is not kept",
+                    retention.horizon, retention.set_at
+                );
+            }
+        }
     }
     println!("  {}", duplicates_line(&duplicates));
     for (reason, file, line, why) in &rejects {

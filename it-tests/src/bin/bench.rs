@@ -4,6 +4,9 @@
 //! own round trip with bare rdkafka clients. Then each of our stages on the same input, with its
 //! ratio to the ceiling it passes through, freshness at two rates, and peak memory per component.
 
+#[path = "bench/curve.rs"]
+mod curve;
+
 use anyhow::Context;
 use clap::Parser;
 use consumer::batch::{Checkpoint, EventRow, Source, WriteBatch};
@@ -44,6 +47,19 @@ struct Args {
     /// the aggregates on ingestion (0 skips that stage).
     #[arg(long, env = "BENCH_STORED_EVENTS", default_value_t = 10_000_000)]
     stored_events: usize,
+    /// Table sizes (stored events) at which the curve stage measures a drain and an end-to-end
+    /// run of the input; a size that would not fit in the free disk is skipped (none skips the
+    /// stage).
+    #[arg(
+        long,
+        env = "BENCH_CURVE_SIZES",
+        value_delimiter = ',',
+        default_value = "0,10000000,50000000"
+    )]
+    curve_sizes: Vec<usize>,
+    /// Only generate the input and measure the curve.
+    #[arg(long)]
+    curve_only: bool,
     /// Where the figures go as JSON.
     #[arg(long, env = "BENCH_JSON", default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -91,6 +107,10 @@ async fn main() -> anyhow::Result<()> {
     describe_machine(events, files, &mut figures);
     let input = Input::generate(&args, files, events).await?;
     println!("{:-<100}", "");
+    if args.curve_only {
+        curve_figures(&args, &input, events, files, &mut figures).await?;
+        return write_figures(&args, &figures);
+    }
     let ceilings = ceilings(&input, events, &mut figures).await?;
     let ours = our_stages(&input, events, &ceilings, &mut figures).await?;
     partition_figures(&args, &input.kept, events, &mut figures).await?;
@@ -103,6 +123,31 @@ async fn main() -> anyhow::Result<()> {
         aggregates_figures(&measured, args.stored_events, &mut figures);
     }
     backlog_figures(&args, &ceilings, &mut figures).await?;
+    curve_figures(&args, &input, events, files, &mut figures).await?;
+    write_figures(&args, &figures)
+}
+
+async fn curve_figures(
+    args: &Args,
+    input: &Input,
+    events: usize,
+    files: usize,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    if args.curve_sizes.is_empty() {
+        return Ok(());
+    }
+    let mut sizes = args.curve_sizes.clone();
+    sizes.sort_unstable();
+    let input = curve::CurveInput {
+        kept: &input.kept,
+        rows: events,
+        messages: events + files,
+    };
+    curve::curve_stage(&input, &sizes, figures).await
+}
+
+fn write_figures(args: &Args, figures: &Figures) -> anyhow::Result<()> {
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }

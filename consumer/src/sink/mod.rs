@@ -14,18 +14,21 @@ pub use checkpoints::StoredCheckpoint;
 /// Public for `it-tests`' per-row cost example, which encodes batches without a database.
 pub mod events;
 mod fault;
+mod held_back;
 mod ledger;
 mod rejects;
+mod row_by_row;
 mod session;
 
 pub use fault::{fault_of, refused_by_database, Fault};
 
-use crate::batch::{Checkpoint, EventRow, RejectRow, Source, WriteBatch};
+use crate::batch::{Checkpoint, EventRow, WriteBatch};
 use crate::log_check::LogEventKind;
-use chrono::{DateTime, Utc};
 use event_model::RejectCode;
+use held_back::HeldBack;
 use ledger::{InsertedRow, LedgerDelta};
 use rejects::{Quarantined, RejectKind};
+use row_by_row::{insert_one_by_one, OneByOne};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -399,248 +402,6 @@ impl Sink {
         ledger::account(&mut tx, batch, ledger::Stored::UNKNOWN, delta).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
-}
-
-/// What [`insert_one_by_one`] did: how many rows went in, and the refused ones as rejects.
-struct OneByOne {
-    inserted: u64,
-    refused: Vec<RejectRow>,
-}
-
-/// Inserts `events` one by one, each in a savepoint: a row the database refuses becomes a
-/// `database` reject and the rest go in. Fails only when the database refuses every row, none
-/// for its data, and a harmless row of ours too: then the database, not these rows, is wrong.
-async fn insert_one_by_one(
-    tx: &mut PgConnection,
-    events: &[EventRow],
-    delta: &mut LedgerDelta,
-) -> Result<OneByOne, SinkError> {
-    let (mut inserted, mut refused) = (0, Vec::new());
-    // Refusals outside the data classes may not be the rows' doing: kept to decide below.
-    let mut refusals_beyond_data: Option<sqlx::Error> = None;
-    let mut data_refused = false;
-    for row in events {
-        let mut savepoint = tx.begin().await?;
-        let result = insert_through_staging(&mut savepoint, std::slice::from_ref(row)).await;
-        match settle(savepoint, result).await? {
-            Ok(rows) => {
-                count_inserted(tx, &rows, delta).await?;
-                inserted += rows.len() as u64;
-            }
-            Err(error) => {
-                tracing::warn!(event_id = %row.event.event_id, file = %row.source.file, line = row.source.line, %error, "row quarantined: the database refused it");
-                data_refused |= fault_of(&error) == Fault::Data;
-                refused.push(refused_row(row, &error));
-                refusals_beyond_data.get_or_insert(error);
-            }
-        }
-    }
-    if let Some(error) = refusals_beyond_data {
-        let every_row_refused = inserted == 0 && refused.len() == events.len();
-        if every_row_refused && !data_refused && !accepts_a_harmless_row(tx).await? {
-            return Err(SinkError::Database(error));
-        }
-    }
-    Ok(OneByOne { inserted, refused })
-}
-
-/// The event the database refused, as a `database` reject with the database's words.
-fn refused_row(row: &EventRow, error: &sqlx::Error) -> RejectRow {
-    RejectRow {
-        source: row.source.clone(),
-        code: RejectCode::Database,
-        field: None,
-        reason: format!("the database refused the row: {error}"),
-        event_id: Some(row.event.event_id.clone()),
-        raw: row.canonical_csv(),
-        kafka_key: None,
-    }
-}
-
-/// What the in-memory rules held back, decided by the database in the batch's transaction:
-/// memory only suggests. A window duplicate whose id is not stored (nor in this batch, nor kept
-/// as late) is stored after all, or quarantined as late under that policy; a late row whose id
-/// has an open reject is that reject's fix, and stored (marked late).
-struct HeldBack {
-    /// Events to store besides the batch's own.
-    events: Vec<EventRow>,
-    /// The late rows to quarantine.
-    late_rejects: Vec<RejectRow>,
-    /// Events dated before it are quarantined `expired`; none before any retention ran.
-    horizon: Option<DateTime<Utc>>,
-    /// The events dated before the horizon, as their rejects.
-    expired: Vec<RejectRow>,
-}
-
-const STORED_OR_KEPT_LATE: &str =
-    "SELECT event_id::text FROM ecommerce_events WHERE event_id = ANY($1::text[])
-    UNION SELECT event_id FROM ecommerce_events_rejected
-          WHERE reason_code = 'late' AND event_id = ANY($1::text[])";
-
-const OPEN_REJECTS: &str = "SELECT DISTINCT event_id FROM ecommerce_events_rejected
-    WHERE event_id = ANY($1::text[]) AND resolved_at IS NULL AND reason_code <> 'late'";
-
-impl HeldBack {
-    async fn decide(tx: &mut PgConnection, batch: &WriteBatch) -> Result<HeldBack, sqlx::Error> {
-        // First: the horizon holds until this transaction commits.
-        let horizon = sqlx::query_scalar("SELECT retention_horizon_held()")
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut held = HeldBack {
-            events: Vec::new(),
-            late_rejects: Vec::with_capacity(batch.late_rejects.len()),
-            horizon,
-            expired: Vec::new(),
-        };
-        held.sort_late_rows(tx, batch).await?;
-        held.store_unconfirmed_duplicates(tx, batch).await?;
-        held.expire(&batch.events);
-        Ok(held)
-    }
-
-    /// Whether retention dropped the events of this one's time.
-    fn is_expired(&self, row: &EventRow) -> bool {
-        self.horizon
-            .is_some_and(|horizon| row.event.event_time < horizon)
-    }
-
-    /// The events dated before the horizon, the batch's and those decided here, as rejects.
-    fn expire(&mut self, events: &[EventRow]) {
-        let Some(horizon) = self.horizon else {
-            return;
-        };
-        self.expired = events
-            .iter()
-            .chain(&self.events)
-            .filter(|row| self.is_expired(row))
-            .map(|row| expired_row(row, horizon))
-            .collect();
-    }
-
-    /// Late rows whose id has an open reject are its fix, stored; the others are quarantined.
-    async fn sort_late_rows(
-        &mut self,
-        tx: &mut PgConnection,
-        batch: &WriteBatch,
-    ) -> Result<(), sqlx::Error> {
-        if batch.late_rejects.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = batch
-            .late_rejects
-            .iter()
-            .map(|late| late.event.event.event_id.as_str())
-            .collect();
-        let fixes = ids_matching(tx, OPEN_REJECTS, &ids).await?;
-        for late in &batch.late_rejects {
-            if fixes.contains(&late.event.event.event_id) {
-                self.events.push(late.event.clone());
-            } else {
-                self.late_rejects.push(late.reject.clone());
-            }
-        }
-        Ok(())
-    }
-
-    /// Window duplicates whose id is neither stored, kept as late, nor in this batch: stored (or
-    /// quarantined as late), the first of several rows with one id.
-    async fn store_unconfirmed_duplicates(
-        &mut self,
-        tx: &mut PgConnection,
-        batch: &WriteBatch,
-    ) -> Result<(), sqlx::Error> {
-        if batch.duplicates.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = batch
-            .duplicates
-            .iter()
-            .map(|d| d.event.event.event_id.as_str())
-            .collect();
-        let mut known = ids_matching(tx, STORED_OR_KEPT_LATE, &ids).await?;
-        let in_batch = batch.events.iter().map(|row| &row.event.event_id).chain(
-            batch
-                .late_rejects
-                .iter()
-                .map(|late| &late.event.event.event_id),
-        );
-        known.extend(in_batch.cloned());
-        let mut not_stored = 0;
-        for duplicate in &batch.duplicates {
-            if !known.insert(duplicate.event.event.event_id.clone()) {
-                continue;
-            }
-            not_stored += 1;
-            match &duplicate.late_reject {
-                Some(reject) => self.late_rejects.push(reject.clone()),
-                None => self.events.push(duplicate.event.clone()),
-            }
-        }
-        if not_stored > 0 {
-            tracing::warn!(rows = not_stored, "the dedup window remembered ids the database does not hold (its tables emptied, events deleted): stored as new");
-        }
-        Ok(())
-    }
-
-    /// The batch's events and those decided here, but the expired; borrowed when nothing was
-    /// decided or expired.
-    fn events_with<'a>(&self, events: &'a [EventRow]) -> std::borrow::Cow<'a, [EventRow]> {
-        if self.events.is_empty() && self.expired.is_empty() {
-            return std::borrow::Cow::Borrowed(events);
-        }
-        let all = events.iter().chain(&self.events);
-        std::borrow::Cow::Owned(all.filter(|row| !self.is_expired(row)).cloned().collect())
-    }
-}
-
-/// An event dated before the retention horizon, as its `expired` reject.
-fn expired_row(row: &EventRow, horizon: DateTime<Utc>) -> RejectRow {
-    RejectRow {
-        source: row.source.clone(),
-        code: RejectCode::Expired,
-        field: Some("event_time"),
-        reason: format!(
-            "field `event_time`: {} is before the retention horizon {}: events dated before it were dropped",
-            row.event.event_time.to_rfc3339(),
-            horizon.to_rfc3339()
-        ),
-        event_id: Some(row.event.event_id.clone()),
-        raw: row.canonical_csv(),
-        kafka_key: None,
-    }
-}
-
-/// Whether the events table takes a harmless, valid row of our own, tried in a savepoint and
-/// rolled back whatever happens: tells rows the database refuses from a database that refuses
-/// everything (a missing privilege, a broken schema, a trigger that raises for any row).
-async fn accepts_a_harmless_row(tx: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let canary = EventRow {
-        event: event_model::Event {
-            // Never committed: an id already stored would still be taken (ON CONFLICT DO NOTHING).
-            event_id: "pipeline-canary".to_owned(),
-            user_id: 1,
-            event_type: event_model::EventType::View,
-            product_id: 1,
-            price_cents: 100,
-            event_time: Utc::now(),
-        },
-        late: false,
-        source: Source {
-            file: Arc::from("pipeline-canary"),
-            file_id: Arc::from("pipeline-canary"),
-            line: 1,
-            partition: 0,
-            offset: 0,
-        },
-        landed_ms: Utc::now().timestamp_millis(),
-        fixes: None,
-    };
-    let mut savepoint = tx.begin().await?;
-    let accepted = insert_through_staging(&mut savepoint, std::slice::from_ref(&canary))
-        .await
-        .is_ok();
-    savepoint.rollback().await?;
-    Ok(accepted)
 }
 
 /// The event_ids among `ids` that `query` (taking them as `$1`) returns.

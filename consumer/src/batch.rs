@@ -69,6 +69,19 @@ pub struct Source {
 }
 
 impl Source {
+    /// A place that is not a file's line: a message kept under its Kafka identity, where
+    /// `source_file` names the topic (`kafka:<topic>`) and `file_id` tells it from the others
+    /// at that offset.
+    pub fn kafka(topic: &str, file_id: String, line: i64, partition: i32, offset: i64) -> Source {
+        Source {
+            file: format!("kafka:{topic}").into(),
+            file_id: file_id.into(),
+            line,
+            partition,
+            offset,
+        }
+    }
+
     fn of(row: &RowRef, message: &Incoming, sources: &mut SourceNames) -> Source {
         let (file, file_id) = sources.of(row);
         Source {
@@ -501,19 +514,19 @@ fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
     let key = message.key.as_deref().unwrap_or_default();
     let payload = message.payload.as_deref().unwrap_or_default();
     let content = [&(key.len() as u64).to_be_bytes()[..], key, payload].concat();
+    let identity = format!(
+        "partition-{}:{}",
+        message.partition,
+        crate::storable::short_hash(&content, 16)
+    );
     RejectRow {
-        source: Source {
-            file: format!("kafka:{topic}").into(),
-            file_id: format!(
-                "partition-{}:{}",
-                message.partition,
-                crate::storable::short_hash(&content, 16)
-            )
-            .into(),
-            line: message.offset,
-            partition: message.partition,
-            offset: message.offset,
-        },
+        source: Source::kafka(
+            topic,
+            identity,
+            message.offset,
+            message.partition,
+            message.offset,
+        ),
         code: RejectCode::Undecodable,
         field: None,
         reason,

@@ -1,9 +1,9 @@
-//! The group side of the consumer: receiving batches, handing them to the writer, committing
+//! The group side of the consumer: receiving batches, handing them to the writers, committing
 //! offsets to Kafka after PostgreSQL, and leaving the group cleanly.
 
 use crate::batch::{Incoming, MessageBuffer};
 use crate::kafka::RebalanceWatch;
-use crate::writer::{ConsumerSettings, Interrupted, Writer};
+use crate::writer::{ConsumerSettings, Interrupted, Writers};
 use crate::LEAVE_TIMEOUT;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -13,46 +13,46 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The running consumer: its group membership, the writer of its batches, and the offsets it
+/// The running consumer: its group membership, the writers of its batches, and the offsets it
 /// committed to PostgreSQL. The same shape as the bridge: started (`lib.rs`), `run`, `leave`.
 pub(crate) struct GroupConsumer {
     consumer: StreamConsumer<RebalanceWatch>,
-    writer: Writer,
+    writers: Writers,
     /// Per partition still held, the offset PostgreSQL has: what is committed to Kafka on leaving.
     committed: BTreeMap<i32, i64>,
 }
 
 impl GroupConsumer {
-    pub(crate) fn new(consumer: StreamConsumer<RebalanceWatch>, writer: Writer) -> Self {
+    pub(crate) fn new(consumer: StreamConsumer<RebalanceWatch>, writers: Writers) -> Self {
         GroupConsumer {
             consumer,
-            writer,
+            writers,
             committed: BTreeMap::new(),
         }
     }
 
     /// Receives, writes and commits batches until shutdown.
     pub(crate) async fn run(&mut self) {
-        let (consumer, writer) = (&self.consumer, &mut self.writer);
+        let (consumer, writers) = (&self.consumer, &mut self.writers);
         let committed = &mut self.committed;
         let (settings, shutdown) = (
-            writer.shared.settings.clone(),
-            writer.shared.shutdown.clone(),
+            writers.shared.settings.clone(),
+            writers.shared.shutdown.clone(),
         );
         let mut messages = next_batch(consumer, &settings, &shutdown).await;
         while !shutdown.is_cancelled() {
             if consumer.context().take_moved() {
                 // Partitions may have changed hands: trust only Postgres for where each one
                 // stands, and start reading each exactly there.
-                writer.states.clear();
-                if !writer.position_assigned(consumer, &mut messages).await {
+                writers.states.clear();
+                if !writers.position_assigned(consumer, &mut messages).await {
                     break;
                 }
             }
             // A log replaced under us is read again from its start, whether messages came or not.
-            if writer.logs_replaced().await {
-                writer.states.clear();
-                if !writer.position_assigned(consumer, &mut messages).await {
+            if writers.logs_replaced().await {
+                writers.states.clear();
+                if !writers.position_assigned(consumer, &mut messages).await {
                     break;
                 }
                 continue;
@@ -62,7 +62,7 @@ impl GroupConsumer {
                 continue;
             }
             // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
-            writer
+            writers
                 .shared
                 .metrics
                 .readiness
@@ -75,7 +75,7 @@ impl GroupConsumer {
             // more may be read before every partition is positioned again.
             let receiving = shutdown.child_token();
             let write = async {
-                let written = writer.write_until_done(in_hand).await;
+                let written = writers.write_until_done(in_hand).await;
                 if written.is_err() {
                     receiving.cancel();
                 }
@@ -95,8 +95,8 @@ impl GroupConsumer {
                 // PostgreSQL is behind what was read: every partition starts again exactly at
                 // its checkpoint, as after a rebalance.
                 Err(Interrupted::MovedBack) => {
-                    writer.states.clear();
-                    if !writer.position_assigned(consumer, &mut messages).await {
+                    writers.states.clear();
+                    if !writers.position_assigned(consumer, &mut messages).await {
                         break;
                     }
                 }
@@ -111,7 +111,7 @@ impl GroupConsumer {
         forget_revoked(&self.consumer, &mut self.committed);
         let consumer = Arc::new(self.consumer);
         let committer = consumer.clone();
-        let topic = self.writer.shared.settings.topic.clone();
+        let topic = self.writers.shared.settings.topic.clone();
         let committed = self.committed;
         let commit = tokio::task::spawn_blocking(move || {
             commit_offsets(&committer, &topic, &committed, CommitMode::Sync);

@@ -37,7 +37,7 @@ use sink::{Sink, SinkError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use writer::{ConsumerSettings, Shared, Writer};
+use writer::{ConsumerSettings, Shared, Writers};
 
 /// Between attempts to reach the database (migrations, a batch).
 pub(crate) const RETRY: process::Backoff =
@@ -131,8 +131,8 @@ async fn start(
         rewinds: Default::default(),
         restarts: Default::default(),
     };
-    let writer = Writer::new(shared, sink);
-    Ok(Some(GroupConsumer::new(consumer, writer)))
+    let writers = Writers::new(shared, sink);
+    Ok(Some(GroupConsumer::new(consumer, writers)))
 }
 
 /// Applies the migrations, waiting for a database that is not up yet (or full); a broken

@@ -78,9 +78,9 @@ pub(crate) enum Continuity {
     MovedBack,
 }
 
-/// Turns batches of messages into committed transactions; owns the connections and what it
-/// knows of each partition.
-pub(crate) struct Writer {
+/// The `--writers` writers: turns batches of messages into committed transactions; owns their
+/// connections and what it knows of each partition.
+pub(crate) struct Writers {
     pub(crate) shared: Shared,
     /// One connection per writer (`--writers`). PostgreSQL's work on a batch runs on one core
     /// per connection, so a batch's partitions are shared among them and written at once.
@@ -88,20 +88,21 @@ pub(crate) struct Writer {
     pub(crate) states: HashMap<i32, PartitionState>,
 }
 
-/// One writer's part of a batch: its connection and the states of the partitions it writes. A
-/// partition is in one part only, so the parts' transactions never fence each other.
-pub(crate) struct Lane<'w> {
+/// One writer (of `--writers`) at work on its part of a batch: its connection and the states of
+/// the partitions it writes. A partition is in one part only, so the parts' transactions never
+/// fence each other.
+pub(crate) struct Writer<'w> {
     pub(crate) shared: &'w Shared,
     pub(crate) sink: &'w mut Sink,
     pub(crate) states: HashMap<i32, PartitionState>,
 }
 
-impl Writer {
-    pub(crate) fn new(shared: Shared, sink: Sink) -> Writer {
+impl Writers {
+    pub(crate) fn new(shared: Shared, sink: Sink) -> Writers {
         let writers = shared.settings.writers;
         let others: Vec<Sink> = (1..writers).map(|_| sink.another()).collect();
         let sinks = std::iter::once(sink).chain(others).collect();
-        Writer {
+        Writers {
             shared,
             sinks,
             states: HashMap::new(),
@@ -109,8 +110,8 @@ impl Writer {
     }
 
     /// The first writer's connection, for what is not part of a batch (checkpoints, findings).
-    pub(crate) fn lane(&mut self, states: HashMap<i32, PartitionState>) -> Lane<'_> {
-        Lane {
+    pub(crate) fn first_writer(&mut self, states: HashMap<i32, PartitionState>) -> Writer<'_> {
+        Writer {
             shared: &self.shared,
             sink: &mut self.sinks[0],
             states,
@@ -133,7 +134,7 @@ impl Writer {
             .filter(|(_, share)| !share.is_empty());
         let writes = writes.map(|(sink, share)| {
             let partitions = partitions_of(&share);
-            let mut lane = Lane {
+            let mut writer = Writer {
                 shared,
                 sink,
                 states: partitions
@@ -142,8 +143,8 @@ impl Writer {
                     .collect(),
             };
             async move {
-                let written = lane.write_until_done(&share, &partitions).await;
-                (lane.states, written)
+                let written = writer.write_until_done(&share, &partitions).await;
+                (writer.states, written)
             }
         });
         let mut offsets = BTreeMap::new();
@@ -299,17 +300,17 @@ impl Writer {
     /// came first.
     pub(crate) async fn load_all_states(&mut self, partitions: &[i32]) -> bool {
         let states = std::mem::take(&mut self.states);
-        let mut lane = self.lane(states);
-        let shutdown = lane.shared.shutdown.clone();
+        let mut writer = self.first_writer(states);
+        let shutdown = writer.shared.shutdown.clone();
         let loaded = process::retry(RETRY, &shutdown, async || {
-            lane.load_states(partitions).await.map_err(|error| {
+            writer.load_states(partitions).await.map_err(|error| {
                 tracing::error!(%error, "checkpoints not readable; will retry before reading");
-                lane.sink.reset();
+                writer.sink.reset();
                 Attempt::Retry(error)
             })
         })
         .await;
-        self.states = lane.states;
+        self.states = writer.states;
         loaded.is_ok()
     }
 
@@ -422,7 +423,7 @@ impl Shared {
     }
 }
 
-impl Lane<'_> {
+impl Writer<'_> {
     /// Writes the share, retrying through database outages and fencing, until it is in Postgres.
     /// Returns `None` when shutdown came first (nothing committed, nothing lost: it is replayed).
     /// A share that takes longer than `--stuck-after` (failing, or blocked on a lock) marks its

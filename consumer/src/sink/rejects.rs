@@ -61,12 +61,7 @@ pub async fn insert_reject_or_its_stand_in(
         ),
     };
     let stand_in = RejectRow {
-        source: Source {
-            file: format!("kafka:{topic}").into(),
-            file_id: file_id.into(),
-            line,
-            ..row.source.clone()
-        },
+        source: Source::kafka(topic, file_id, line, row.source.partition, row.source.offset),
         code: RejectCode::Database,
         field: None,
         // Nothing the row carried goes into the text again: it may be what was refused.

@@ -188,9 +188,15 @@ pub async fn curve_stage(
     Sink::new(&stage.database_url, "bench", "bench")
         .migrate()
         .await?;
-    let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        .execute(&stage.pool)
-        .await;
+    // Nested statements too: the aggregate triggers' statements run inside each `COPY`, whose
+    // time includes theirs.
+    for statement in [
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET pg_stat_statements.track = all',
+                                    current_database()); END $$",
+    ] {
+        let _ = sqlx::query(statement).execute(&stage.pool).await;
+    }
     publish(&stage, kept).await?;
     let prefilled = stage.topic.clone();
     let mut stored = 0;

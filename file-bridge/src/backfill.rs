@@ -188,7 +188,7 @@ impl Progress {
     fn file_done(&mut self, done: Completion, failed: &mut Vec<(usize, String)>) {
         self.files_done += 1;
         if let Some(failure) = done.failure {
-            failed.push((done.seq, failure));
+            failed.push((done.seq, failure.to_string()));
         }
     }
 

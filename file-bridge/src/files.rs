@@ -284,6 +284,7 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publisher::FileFailure;
 
     struct Folders {
         _dir: tempfile::TempDir,
@@ -311,12 +312,17 @@ mod tests {
         Files::new(settings, BridgeMetrics::new())
     }
 
-    fn published(seq: usize, failure: Option<&str>) -> Completion {
+    fn published(seq: usize, failure: Option<FileFailure>) -> Completion {
         Completion {
             seq,
             rows: 3,
-            failure: failure.map(str::to_owned),
+            failure,
         }
+    }
+
+    fn broker_down() -> FileFailure {
+        let code = rdkafka::error::RDKafkaErrorCode::BrokerTransportFailure;
+        FileFailure::Delivery(rdkafka::error::KafkaError::MessageProduction(code))
     }
 
     fn claimed_file(folders: &Folders, name: &str) -> PathBuf {
@@ -346,7 +352,7 @@ mod tests {
         let mut files = files(&folders, true);
         let path = claimed_file(&folders, "b.csv");
         files.publishing_as(path.clone(), 1);
-        files.finish(published(1, Some("broker down")));
+        files.finish(published(1, Some(broker_down())));
         assert!(files.holds(&path) && files.producer_suspect);
         assert_eq!(files.failed, ["b.csv"]);
         assert!(path.exists() && !folders.archive.join("b.csv").exists());

@@ -1,6 +1,7 @@
 //! The bridge's telemetry: one place per event that both logs and counts. Every metric is
 //! declared here once, with its help text, on prometheus-client.
 
+use crate::publisher::FileFailure;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::path::Path;
@@ -111,7 +112,7 @@ impl BridgeMetrics {
         self.rows_published.inc_by(rows);
     }
 
-    pub fn failed(&self, name: &str, failure: &str, retry_in: std::time::Duration) {
+    pub fn failed(&self, name: &str, failure: &FileFailure, retry_in: std::time::Duration) {
         tracing::warn!(file = %name, %failure, ?retry_in, "file kept for another try");
         self.files_failed.inc();
     }

@@ -81,7 +81,18 @@ pub struct Completion {
     pub seq: usize,
     pub rows: u64,
     /// Why the file must not be archived; `None` when every row was acknowledged.
-    pub failure: Option<String>,
+    pub failure: Option<FileFailure>,
+}
+
+/// Why a file was not published whole: the first of its failures, as it was.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FileFailure {
+    /// The broker did not take a row (the rows after it may have gone).
+    #[error("delivery failed: {0}")]
+    Delivery(KafkaError),
+    /// Reading or sending stopped (shared: the error is not `Clone`).
+    #[error(transparent)]
+    Publish(Arc<PublishError>),
 }
 
 #[derive(Default)]
@@ -89,7 +100,7 @@ struct Progress {
     pending: u64,
     rows: u64,
     sealed: bool,
-    failure: Option<String>,
+    failure: Option<FileFailure>,
 }
 
 pub struct DeliveryTracker {
@@ -138,8 +149,8 @@ impl DeliveryTracker {
         }
     }
 
-    fn fail(progress: &mut Progress, reason: String) {
-        progress.failure.get_or_insert(reason);
+    fn fail(progress: &mut Progress, failure: FileFailure) {
+        progress.failure.get_or_insert(failure);
     }
 }
 
@@ -162,7 +173,7 @@ impl ProducerContext for DeliveryTracker {
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
                     self.record_too_large(message.payload_len() + message.key_len());
                 }
-                Self::fail(progress, format!("delivery failed: {error}"));
+                Self::fail(progress, FileFailure::Delivery(error.clone()));
             }
         });
     }
@@ -361,14 +372,14 @@ impl Publisher {
         path: &Path,
         seq: usize,
         shutdown: &CancellationToken,
-    ) -> Result<u64, PublishError> {
+    ) -> Result<u64, Arc<PublishError>> {
         let tracker = self.producer.context();
-        let result = self.enqueue_rows(path, seq, shutdown);
+        let result = self.enqueue_rows(path, seq, shutdown).map_err(Arc::new);
         tracker.update(seq, |progress| {
             progress.sealed = true;
             match &result {
                 Ok(rows) => progress.rows = *rows,
-                Err(error) => DeliveryTracker::fail(progress, error.to_string()),
+                Err(error) => DeliveryTracker::fail(progress, FileFailure::Publish(error.clone())),
             }
         });
         result

@@ -118,6 +118,23 @@ stop_kafka() {
     rm -f "$dir/kafka.pid"
 }
 
+# Settings for a table of tens of millions of events, for the local server the scripts start (a
+# server already running is left as it is): the hot indexes in memory (a quarter of the RAM, at
+# most 4 GB of shared buffers), full-page images compressed and rarer (docs/performance.md, "As
+# the table grows"). Written once into the cluster's conf.d; an operator's file there wins.
+tune_local_postgres() {
+    local version="$1" conf ram_mb buffers_mb
+    conf="/etc/postgresql/$version/main/conf.d/ecommerce-pipeline.conf"
+    [ -d "$(dirname "$conf")" ] && [ ! -e "$conf" ] || return 0
+    ram_mb=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)
+    buffers_mb=$((ram_mb / 4 > 4096 ? 4096 : ram_mb / 4))
+    [ "$buffers_mb" -ge 128 ] || return 0
+    log "PostgreSQL $version: ${buffers_mb} MB of shared buffers, WAL compression (local server, for a large table)"
+    printf '%s\n' "# Written by the ecommerce pipeline's scripts (scripts/lib.sh, tune_local_postgres)." \
+        "shared_buffers = '${buffers_mb}MB'" "wal_compression = on" "max_wal_size = '4GB'" \
+        "checkpoint_timeout = '15min'" | as_root tee "$conf" >/dev/null
+}
+
 # PostgreSQL at $DATABASE_URL, or the local server; on a machine with none, install and start one.
 # Debian's server (installed but stopped on a fresh machine) asks for passwords on loopback: the
 # local cluster is set to trust loopback, as a development server, and gets the `test` database.
@@ -136,6 +153,7 @@ ensure_postgres() {
         log "PostgreSQL $version: trusting loopback connections (local development server)"
         as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
     fi
+    tune_local_postgres "$version"
     if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         log "starting the local PostgreSQL $version"
         as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true

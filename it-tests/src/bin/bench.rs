@@ -802,24 +802,7 @@ async fn seed_events(world: &World, stored: usize) -> anyhow::Result<()> {
     sqlx::query("ALTER TABLE ecommerce_events DISABLE TRIGGER agg_events_inserted")
         .execute(&world.pool)
         .await?;
-    let chunk = 1_000_000;
-    for start in (0..stored).step_by(chunk) {
-        let end = (start + chunk).min(stored);
-        sqlx::query(
-            "INSERT INTO ecommerce_events
-                 (event_id, user_id, event_type, product_id, price, event_time, is_late,
-                  source_file, source_line, landed_at)
-             SELECT md5(g::text), 1 + (g * 7919) % 20000,
-                    (ARRAY['view', 'view', 'view', 'add_to_cart', 'remove_from_cart', 'purchase'])[1 + g % 6],
-                    1000 + (g * 31) % 200, ((g * 13) % 20000) / 100.0 + 0.99,
-                    now() - (g % 2592000) * interval '1 second', false, 'stored', g, now()
-             FROM generate_series($1::int8, $2::int8) g",
-        )
-        .bind(start as i64 + 1)
-        .bind(end as i64)
-        .execute(&world.pool)
-        .await?;
-    }
+    curve::grow(world, 0, stored).await?;
     for statement in [
         "ALTER TABLE ecommerce_events ENABLE TRIGGER agg_events_inserted",
         "UPDATE agg_state SET counted_up_to = ''",

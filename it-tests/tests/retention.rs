@@ -234,3 +234,43 @@ async fn a_writer_judged_by_the_old_horizon_is_waited_for_and_its_rows_dropped()
     assert_eq!(world.count(BEFORE_HORIZON).await, 0);
     world.assert_aggregates_exact().await;
 }
+
+/// `--every` keeps the command up, applying `--older-than` by the database's clock each round,
+/// until it is asked to stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_every_interval_keeps_dropping_what_grows_old_until_stopped() {
+    let world = World::new("retention_every").await;
+    let _consumer = world.consumer(&[]);
+    let _bridge = world.bridge(&[]);
+    let now = chrono::Utc::now();
+    let days_ago = |days: i64| {
+        (now - chrono::TimeDelta::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    world.drop_csv("old.csv", &rows("old", 0..20, &days_ago(60), 1));
+    world.drop_csv("recent.csv", &rows("recent", 0..20, &days_ago(2), 1));
+    world.wait_for_count(RECONCILED_FILES, 2, PATIENCE).await;
+
+    let url = world.database_url.clone();
+    let args = ["apply", "--older-than", "30d", "--every", "1s"];
+    let kept_up = world.spawn(
+        "retention",
+        &[&args[..], &["--database-url", &url]].concat(),
+    );
+    let old = "SELECT count(*) FROM ecommerce_events WHERE event_id LIKE 'old-%'";
+    world.wait_for_count(old, 0, PATIENCE).await;
+    // A later arrival of the same age goes by the horizon, and the next round finds nothing.
+    world.drop_csv("late.csv", &rows("late", 0..5, &days_ago(45), 1));
+    world.wait_for_count(RECONCILED_FILES, 3, PATIENCE).await;
+    assert_eq!(world.count(EXPIRED).await, 5);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(world.count(EVENTS).await, 20, "the recent events stay");
+    kept_up.signal("TERM");
+    let (status, log) = kept_up.wait_with_log(PATIENCE);
+    assert!(status.success(), "{log}");
+    assert!(
+        log.matches("retention horizon moved from").count() >= 2,
+        "{log}"
+    );
+    world.assert_every_row_accounted().await;
+    world.assert_aggregates_exact().await;
+}

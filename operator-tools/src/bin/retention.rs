@@ -79,12 +79,21 @@ async fn main() {
 
 async fn run(args: &Args, apply: &Apply) -> anyhow::Result<()> {
     let shutdown = process::shutdown_token();
-    let mut db = args.database.connect().await?;
+    let Some(every) = apply.every else {
+        let mut db = args.database.connect().await?;
+        return apply_once(&mut db, apply, &shutdown).await;
+    };
+    // Kept up: a round that fails (the database restarting, say) is said and tried again at the
+    // next one, on a new connection.
     loop {
-        apply_once(&mut db, apply, &shutdown).await?;
-        let Some(every) = apply.every else {
-            return Ok(());
+        let round = async {
+            let mut db = args.database.connect().await?;
+            apply_once(&mut db, apply, &shutdown).await
         };
+        if let Err(error) = round.await {
+            let error = process::causes(&error);
+            tracing::warn!(%error, next_in = ?every, "retention round failed");
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(every) => {}

@@ -83,7 +83,7 @@ struct Report {
     unreconciled: Vec<Unreconciled>,
     /// Duplicates whose values differ from the stored event's: how many, in how many files.
     conflicting: (i64, i64),
-    log_events: Vec<(i32, String, i64, i64, String)>,
+    log_events: Vec<LogEvent>,
     components: Vec<Component>,
     /// The bridge's input folder: files waiting to be complete and names ignored, from its
     /// metrics; `None` when it did not answer.
@@ -111,6 +111,25 @@ impl Report {
     }
 }
 
+/// Where the group's checkpoint of a partition stands in PostgreSQL.
+#[derive(sqlx::FromRow)]
+struct StoredCheckpoint {
+    kafka_partition: i32,
+    next_offset: i64,
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A finding about a partition's log (`ingest_log_events`): a gap, a rewind, a restart.
+#[derive(sqlx::FromRow, serde::Serialize)]
+struct LogEvent {
+    #[serde(rename = "partition")]
+    kafka_partition: i32,
+    kind: String,
+    from_offset: i64,
+    to_offset: i64,
+    detail: String,
+}
+
 /// A file of the ledger whose rows are not all accounted for yet.
 #[derive(sqlx::FromRow, serde::Serialize)]
 struct Unreconciled {
@@ -136,7 +155,7 @@ async fn report(args: &Args) -> anyhow::Result<bool> {
 
 async fn gather(args: &Args) -> anyhow::Result<Report> {
     let mut db = args.database.connect().await?;
-    let checkpoints: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+    let checkpoints: Vec<StoredCheckpoint> = sqlx::query_as(
         "SELECT kafka_partition, next_offset, updated_at FROM ingest_checkpoints
          WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
     )
@@ -175,7 +194,7 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     Ok(Report {
         kafka_error: offsets.as_ref().err().map(|e| format!("{e:#}")),
         partitions: lag_per_partition(offsets.as_deref().unwrap_or_default(), &checkpoints),
-        last_batch: checkpoints.iter().filter_map(|c| c.2).max(),
+        last_batch: checkpoints.iter().filter_map(|c| c.updated_at).max(),
         rows_today: today,
         rows_total: total,
         rejected,
@@ -233,12 +252,15 @@ async fn conflicting_duplicates(db: &mut sqlx::PgConnection) -> (i64, i64) {
 /// Per partition: end offset, Kafka's committed offset, PostgreSQL's checkpoint, and the lag.
 fn lag_per_partition(
     offsets: &[(i32, i64, Option<i64>)],
-    checkpoints: &[(i32, i64, Option<chrono::DateTime<chrono::Utc>>)],
+    checkpoints: &[StoredCheckpoint],
 ) -> Vec<serde_json::Value> {
     offsets
         .iter()
         .map(|(partition, end, committed)| {
-            let checkpoint = checkpoints.iter().find(|c| c.0 == *partition).map(|c| c.1);
+            let checkpoint = checkpoints
+                .iter()
+                .find(|c| c.kafka_partition == *partition)
+                .map(|c| c.next_offset);
             let done = checkpoint.unwrap_or(0).max(committed.unwrap_or(0));
             serde_json::json!({
                 "partition": partition,
@@ -302,9 +324,7 @@ fn as_json(args: &Args, report: &Report) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "unreconciled_files": report.unreconciled,
         "conflicting_duplicates": { "rows": report.conflicting.0, "files": report.conflicting.1 },
-        "log_events": report.log_events.iter().map(|(p, kind, from, to, detail)| serde_json::json!({
-            "partition": p, "kind": kind, "from_offset": from, "to_offset": to, "detail": detail,
-        })).collect::<Vec<_>>(),
+        "log_events": report.log_events,
         "input_folder": report.input_folder,
         "retention": report.retention,
         "components": report.components.iter().map(|c| serde_json::json!({
@@ -355,8 +375,11 @@ fn print_text(args: &Args, report: &Report) {
     print_partitions(report);
     print_rows(report);
     print_files(report);
-    for (partition, kind, from, to, detail) in &report.log_events {
-        println!("log {kind} on partition {partition} ({from} -> {to}): {detail}");
+    for event in &report.log_events {
+        println!(
+            "log {} on partition {} ({} -> {}): {}",
+            event.kind, event.kafka_partition, event.from_offset, event.to_offset, event.detail
+        );
     }
     if let Some(folder) = report.input_folder {
         println!(

@@ -379,12 +379,7 @@ async fn end_to_end(
     let bridge = e2e.bridge(&[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let started = Instant::now();
-    for file in sorted_files(kept)? {
-        std::fs::rename(
-            &file,
-            e2e.input_dir().join(file.file_name().context("file name")?),
-        )?;
-    }
+    curve::move_input(kept, &e2e.input_dir())?;
     e2e.wait_for_count(EVENTS_COUNT, events as i64, LONG).await;
     let e2e_rate = rate(events, started.elapsed());
     figures.add(
@@ -660,15 +655,7 @@ async fn partition_stage(
     events: usize,
 ) -> anyhow::Result<(f64, u64)> {
     let world = World::new(&format!("bench_{partitions}_partitions")).await;
-    std::fs::create_dir_all(world.input_dir())?;
-    for file in sorted_files(kept)? {
-        std::fs::copy(
-            &file,
-            world
-                .input_dir()
-                .join(file.file_name().context("file name")?),
-        )?;
-    }
+    curve::copy_input(kept, &world.input_dir())?;
     let (status, _) = world
         .bridge(&["--once", "--partitions", &partitions.to_string()])
         .wait_with_peak_rss(Duration::from_secs(1200));

@@ -244,7 +244,16 @@ async fn publish(stage: &World, kept: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn copy_input(kept: &Path, input: &Path) -> anyhow::Result<()> {
+/// The files of `from` moved into the watched folder `input`, in name order, each a rename.
+pub fn move_input(from: &Path, input: &Path) -> anyhow::Result<()> {
+    for file in sorted_files(from)? {
+        std::fs::rename(&file, input.join(file.file_name().context("file name")?))?;
+    }
+    Ok(())
+}
+
+/// The generated files copied into `input`, the folder made if need be.
+pub fn copy_input(kept: &Path, input: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(input)?;
     for file in sorted_files(kept)? {
         std::fs::copy(&file, input.join(file.file_name().context("file name")?))?;
@@ -327,14 +336,7 @@ async fn end_to_end(stage: &mut World, kept: &Path, rows: usize) -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs(4)).await;
     let probe = Probe::start(stage).await?;
     let started = Instant::now();
-    for file in sorted_files(&staged)? {
-        std::fs::rename(
-            &file,
-            stage
-                .input_dir()
-                .join(file.file_name().context("file name")?),
-        )?;
-    }
+    move_input(&staged, &stage.input_dir())?;
     let reconciled = "SELECT coalesce(sum(rows_read), 0)::int8 FROM ingest_files
                       WHERE reconciled_at IS NOT NULL";
     stage.wait_for_count(reconciled, rows as i64, LONG).await;

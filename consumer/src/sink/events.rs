@@ -61,14 +61,15 @@ pub static COPY_STAGING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// From staging into the table: rows already there are dropped by the primary key, and a late
+/// From staging into the table: rows already there are dropped by the primary key (a digest of
+/// the id, `migrations/0018_compact_event_key.sql`), and a late
 /// event quarantined earlier keeps its id (a later copy is a duplicate, not a new event).
 pub static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO ecommerce_events ({}) SELECT {} FROM ingest_staging s
          WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
                            WHERE r.reason_code = 'late' AND r.event_id = s.event_id)
-         ON CONFLICT (event_id) DO NOTHING
+         ON CONFLICT (event_key) DO NOTHING
          RETURNING event_id::text, source_file, source_file_id, is_late",
         names(""),
         names("s.")

@@ -22,8 +22,8 @@ pub(super) struct HeldBack {
     pub(super) expired: Vec<RejectRow>,
 }
 
-const STORED_OR_KEPT_LATE: &str =
-    "SELECT event_id::text FROM ecommerce_events WHERE event_id = ANY($1::text[])
+const STORED_OR_KEPT_LATE: &str = "SELECT e.event_id::text FROM UNNEST($1::text[]) AS u(id)
+         JOIN ecommerce_events e ON e.event_key = event_key_of(u.id) AND e.event_id = u.id
     UNION SELECT event_id FROM ecommerce_events_rejected
           WHERE reason_code = 'late' AND event_id = ANY($1::text[])";
 

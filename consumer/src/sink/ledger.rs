@@ -92,17 +92,19 @@ const RECORD_DUPLICATES: &str = "INSERT INTO ingest_duplicates
      conflicting_fields)
 SELECT u.fid, u.l, u.f, u.e, u.p, u.o,
        (SELECT NULLIF(array_remove(ARRAY[
+                   CASE WHEN ev.event_id <> u.e THEN 'event_id' END,
                    CASE WHEN ev.user_id <> u.uid THEN 'user_id' END,
                    CASE WHEN ev.event_type <> u.et THEN 'event_type' END,
                    CASE WHEN ev.product_id <> u.pid THEN 'product_id' END,
                    CASE WHEN ev.price <> u.cents::numeric / 100 THEN 'price' END,
                    CASE WHEN ev.event_time <> u.t THEN 'event_time' END], NULL), '{}')
-        FROM ecommerce_events ev WHERE ev.event_id = u.e)
+        FROM ecommerce_events ev WHERE ev.event_key = event_key_of(u.e))
 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[],
             $7::int4[], $8::text[], $9::int4[], $10::int8[], $11::timestamptz[])
      AS u(fid, l, f, e, p, o, uid, et, pid, cents, t)
 WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events ev
-                  WHERE ev.event_id = u.e AND ev.source_file_id = u.fid AND ev.source_line = u.l)
+                  WHERE ev.event_key = event_key_of(u.e)
+                    AND ev.source_file_id = u.fid AND ev.source_line = u.l)
   AND NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
                   WHERE r.source_file_id = u.fid AND r.source_line = u.l)
 ON CONFLICT DO NOTHING
@@ -170,7 +172,8 @@ pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result
     let resolved = sqlx::query(
         "UPDATE ecommerce_events_rejected r
          SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
-         FROM UNNEST($1::text[]) AS u(id) JOIN ecommerce_events e ON e.event_id = u.id
+         FROM UNNEST($1::text[]) AS u(id) JOIN ecommerce_events e
+                ON e.event_key = event_key_of(u.id) AND e.event_id = u.id
          WHERE r.event_id = u.id AND r.resolved_at IS NULL",
     )
     .bind(inserted)
@@ -198,7 +201,8 @@ pub async fn resolve_fixed_rejects(
         "UPDATE ecommerce_events_rejected r
          SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
          FROM UNNEST($1::int8[], $2::text[]) AS u(reject, id)
-              JOIN ecommerce_events e ON e.event_id = u.id
+              JOIN ecommerce_events e
+                ON e.event_key = event_key_of(u.id) AND e.event_id = u.id
          WHERE r.id = u.reject AND r.resolved_at IS NULL",
     )
     .bind(&rejects)

@@ -6,7 +6,7 @@
 //! caught in memory, replays by the checkpoint). Should one be there already (a duplicate beyond
 //! the dedup window, a new group replaying the topic), the COPY fails, is rolled back to the
 //! savepoint, and the batch goes through a temporary staging table and
-//! `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING` instead; the sink stays on that path
+//! `INSERT ... SELECT ... ON CONFLICT (event_key) DO NOTHING` instead; the sink stays on that path
 //! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
 mod checkpoints;

@@ -14,7 +14,8 @@ SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o, u.k
 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::bytea[], $10::int4[], $11::int8[], $13::bytea[])
      AS u(f, fid, l, c, fld, r, e, raw, p, o, k)
-WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev WHERE ev.event_id = u.e)
+WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev
+                            WHERE ev.event_key = event_key_of(u.e) AND ev.event_id = u.e)
 ON CONFLICT DO NOTHING
 RETURNING reason_code, source_file_id, source_file";
 

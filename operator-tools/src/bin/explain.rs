@@ -64,7 +64,7 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
     let lineage: Option<Lineage> = sqlx::query_as(
         "SELECT source_file, source_file_id, source_line, kafka_partition, kafka_offset,
                 landed_at, ingested_at
-         FROM ecommerce_events WHERE event_id = $1",
+         FROM ecommerce_events WHERE event_key = event_key_of($1) AND event_id = $1",
     )
     .bind(&args.event_id)
     .fetch_optional(&mut db)

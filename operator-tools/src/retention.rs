@@ -49,16 +49,25 @@ impl Horizon {
     }
 }
 
-/// Sets the horizon (forward only, unless `back`), once every batch judged by the old one has
-/// committed; returns the old one.
+/// Which ways a horizon may move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moves {
+    /// Only later: an earlier instant leaves it where it is.
+    ForwardOnly,
+    /// Earlier too (events dated after it that arrive from now on are kept; dropped ones stay
+    /// dropped).
+    BackToo,
+}
+
+/// Sets the horizon, once every batch judged by the old one has committed; returns the old one.
 pub async fn move_horizon(
     db: &mut PgConnection,
     horizon: DateTime<Utc>,
-    back: bool,
+    moves: Moves,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar("SELECT retention_move($1, $2)")
         .bind(horizon)
-        .bind(back)
+        .bind(moves == Moves::BackToo)
         .fetch_one(db)
         .await
 }

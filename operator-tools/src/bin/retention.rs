@@ -5,7 +5,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use operator_tools::retention::{self, Horizon, Retention};
+use operator_tools::retention::{self, Horizon, Moves, Retention};
 use process::{Attempt, Backoff, Stopped};
 use sqlx::PgConnection;
 use std::time::{Duration, Instant};
@@ -53,6 +53,14 @@ struct Apply {
 }
 
 impl Apply {
+    fn moves(&self) -> Moves {
+        if self.move_back {
+            Moves::BackToo
+        } else {
+            Moves::ForwardOnly
+        }
+    }
+
     fn horizon(&self) -> Horizon {
         match (self.before, self.older_than) {
             (Some(at), _) => Horizon::At(at),
@@ -109,7 +117,7 @@ async fn apply_once(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let horizon = apply.horizon().resolve(db).await?;
-    let old = retention::move_horizon(db, horizon, apply.move_back)
+    let old = retention::move_horizon(db, horizon, apply.moves())
         .await
         .context("failed to set the retention horizon")?;
     match old {

@@ -7,11 +7,13 @@
 //! new, so a replay, a republished file or a rebalance counts nothing twice.
 
 use super::rejects::RejectKind;
+use super::unnest::{names, unnest, Input};
 use crate::batch::{EventRow, WriteBatch};
 use crate::storable;
 use event_model::FileEnd;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// A row that went into `ecommerce_events` in this transaction.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -87,28 +89,52 @@ impl LedgerDelta {
     }
 }
 
-const RECORD_DUPLICATES: &str = "INSERT INTO ingest_duplicates
-    (source_file_id, source_line, source_file, event_id, kafka_partition, kafka_offset,
-     conflicting_fields)
-SELECT u.fid, u.l, u.f, u.e, u.p, u.o,
-       (SELECT NULLIF(array_remove(ARRAY[
-                   CASE WHEN ev.event_id <> u.e THEN 'event_id' END,
-                   CASE WHEN ev.user_id <> u.uid THEN 'user_id' END,
-                   CASE WHEN ev.event_type <> u.et THEN 'event_type' END,
-                   CASE WHEN ev.product_id <> u.pid THEN 'product_id' END,
-                   CASE WHEN ev.price <> u.cents::numeric / 100 THEN 'price' END,
-                   CASE WHEN ev.event_time <> u.t THEN 'event_time' END], NULL), '{}')
-        FROM ecommerce_events ev WHERE ev.event_key = event_key_of(u.e))
-FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[],
-            $7::int4[], $8::text[], $9::int4[], $10::int8[], $11::timestamptz[])
-     AS u(fid, l, f, e, p, o, uid, et, pid, cents, t)
-WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events ev
-                  WHERE ev.event_key = event_key_of(u.e)
-                    AND ev.source_file_id = u.fid AND ev.source_line = u.l)
-  AND NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
-                  WHERE r.source_file_id = u.fid AND r.source_line = u.l)
-ON CONFLICT DO NOTHING
-RETURNING source_file_id, source_file, conflicting_fields IS NOT NULL";
+/// The columns of a duplicate [`record_duplicates`] binds one array each of, in its order; then
+/// the values it is compared by with the stored event (`price` in cents).
+const DUPLICATE_COLUMNS: [Input; 6] = [
+    ("source_file_id", "text"),
+    ("source_line", "int8"),
+    ("source_file", "text"),
+    ("event_id", "text"),
+    ("kafka_partition", "int4"),
+    ("kafka_offset", "int8"),
+];
+const COMPARED: [Input; 5] = [
+    ("user_id", "int4"),
+    ("event_type", "text"),
+    ("product_id", "int4"),
+    ("cents", "int8"),
+    ("event_time", "timestamptz"),
+];
+
+static RECORD_DUPLICATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO ingest_duplicates ({columns}, conflicting_fields)
+         SELECT {values},
+                (SELECT NULLIF(array_remove(ARRAY[
+                            CASE WHEN ev.event_id <> u.event_id THEN 'event_id' END,
+                            CASE WHEN ev.user_id <> u.user_id THEN 'user_id' END,
+                            CASE WHEN ev.event_type <> u.event_type THEN 'event_type' END,
+                            CASE WHEN ev.product_id <> u.product_id THEN 'product_id' END,
+                            CASE WHEN ev.price <> u.cents::numeric / 100 THEN 'price' END,
+                            CASE WHEN ev.event_time <> u.event_time THEN 'event_time' END],
+                        NULL), '{{}}')
+                 FROM ecommerce_events ev WHERE ev.event_key = event_key_of(u.event_id))
+         FROM {unnest}
+         WHERE NOT EXISTS (SELECT 1 FROM ecommerce_events ev
+                           WHERE ev.event_key = event_key_of(u.event_id)
+                             AND ev.source_file_id = u.source_file_id
+                             AND ev.source_line = u.source_line)
+           AND NOT EXISTS (SELECT 1 FROM ecommerce_events_rejected r
+                           WHERE r.source_file_id = u.source_file_id
+                             AND r.source_line = u.source_line)
+         ON CONFLICT DO NOTHING
+         RETURNING source_file_id, source_file, conflicting_fields IS NOT NULL",
+        columns = names(&DUPLICATE_COLUMNS, ""),
+        values = names(&DUPLICATE_COLUMNS, "u."),
+        unnest = unnest(&[DUPLICATE_COLUMNS.as_slice(), &COMPARED].concat()),
+    )
+});
 
 /// Records, among `candidates` (valid rows that did not become an event or a quarantined row in
 /// this transaction), those that are duplicates: a row that is the source of a stored event or of
@@ -132,7 +158,7 @@ async fn record_duplicates(
     let event = |f: fn(&event_model::Event) -> i32| {
         candidates.iter().map(|c| f(&c.event)).collect::<Vec<_>>()
     };
-    let recorded: Vec<(String, String, bool)> = sqlx::query_as(RECORD_DUPLICATES)
+    let recorded: Vec<(String, String, bool)> = sqlx::query_as(&RECORD_DUPLICATES)
         .bind(text(|c| &c.source.file_id))
         .bind(number(|c| c.source.line))
         .bind(text(|c| &c.source.file))
@@ -212,19 +238,35 @@ pub async fn resolve_fixed_rejects(
     Ok(resolved.rows_affected())
 }
 
-const UPSERT_FILES: &str = "INSERT INTO ingest_files AS f
+/// The arrays [`apply`] binds, in its order: a file version's row of the ledger.
+const FILE_INPUTS: [Input; 13] = [
+    ("content_id", "text"),
+    ("file_name", "text"),
+    ("content_sha256", "text"),
+    ("size_bytes", "int8"),
+    ("landed_ms", "int8"),
+    ("rows_read", "int8"),
+    ("rows_inserted", "int8"),
+    ("rows_duplicate", "int8"),
+    ("rows_rejected", "int8"),
+    ("rows_late", "int8"),
+    ("backfill", "bool"),
+    ("changed", "bool"),
+    ("rows_conflicting", "int8"),
+];
+
+static UPSERT_FILES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO ingest_files AS f
     (content_id, file_name, content_sha256, size_bytes, landed_at, rows_read,
      rows_inserted, rows_duplicate, rows_rejected, rows_late, backfilled_at, changed_while_read,
      rows_conflicting)
-SELECT u.id, u.name, u.sha, u.size, to_timestamp(u.landed_ms / 1000.0), u.read,
-       u.ins, u.dup, u.rej, u.late, CASE WHEN u.backfill THEN now() END, coalesce(u.changed, false),
-       u.conflicting
-FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-            $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bool[],
-            $13::int8[])
-     AS u(id, name, sha, size, landed_ms, read, ins, dup, rej, late, backfill, changed,
-          conflicting)
-ORDER BY u.id
+SELECT u.content_id, u.file_name, u.content_sha256, u.size_bytes,
+       to_timestamp(u.landed_ms / 1000.0), u.rows_read, u.rows_inserted, u.rows_duplicate,
+       u.rows_rejected, u.rows_late, CASE WHEN u.backfill THEN now() END,
+       coalesce(u.changed, false), u.rows_conflicting
+FROM {}
+ORDER BY u.content_id
 ON CONFLICT (content_id) DO UPDATE SET
     content_sha256 = coalesce(excluded.content_sha256, f.content_sha256),
     size_bytes     = coalesce(excluded.size_bytes, f.size_bytes),
@@ -241,16 +283,31 @@ ON CONFLICT (content_id) DO UPDATE SET
     rows_rejected  = f.rows_rejected + excluded.rows_rejected,
     rows_late      = f.rows_late + excluded.rows_late,
     backfilled_at  = coalesce(excluded.backfilled_at, f.backfilled_at),
-    updated_at     = now()";
+    updated_at     = now()",
+        unnest(&FILE_INPUTS)
+    )
+});
 
-const UPSERT_NAMES: &str = "INSERT INTO ingest_file_names AS n
-    (content_id, file_name, rows_read, landed_at)
-SELECT u.id, u.name, u.read, to_timestamp(u.landed_ms / 1000.0)
-FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(id, name, read, landed_ms)
-ORDER BY u.id, u.name
+/// The arrays [`record_names`] binds, in its order.
+const NAME_INPUTS: [Input; 4] = [
+    ("content_id", "text"),
+    ("file_name", "text"),
+    ("rows_read", "int8"),
+    ("landed_ms", "int8"),
+];
+
+static UPSERT_NAMES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO ingest_file_names AS n (content_id, file_name, rows_read, landed_at)
+SELECT u.content_id, u.file_name, u.rows_read, to_timestamp(u.landed_ms / 1000.0)
+FROM {}
+ORDER BY u.content_id, u.file_name
 ON CONFLICT (content_id, file_name) DO UPDATE SET
     rows_read = greatest(excluded.rows_read, n.rows_read),
-    landed_at = coalesce(n.landed_at, excluded.landed_at)";
+    landed_at = coalesce(n.landed_at, excluded.landed_at)",
+        unnest(&NAME_INPUTS)
+    )
+});
 
 const RECONCILE: &str = "UPDATE ingest_files SET reconciled_at = now()
 WHERE content_id = ANY($1) AND reconciled_at IS NULL
@@ -276,7 +333,7 @@ async fn apply(tx: &mut PgConnection, delta: LedgerDelta) -> Result<(), sqlx::Er
             .unwrap_or_default();
         columns.push(name, counted.map(|c| c.1).unwrap_or_default(), end);
     }
-    sqlx::query(UPSERT_FILES)
+    sqlx::query(&UPSERT_FILES)
         .bind(&ids)
         .bind(columns.names)
         .bind(columns.sha)
@@ -314,7 +371,7 @@ async fn record_names(
         .values()
         .map(|end| storable_millis(end.landed_ms))
         .collect();
-    sqlx::query(UPSERT_NAMES)
+    sqlx::query(&UPSERT_NAMES)
         .bind(ids)
         .bind(files)
         .bind(read)

@@ -19,6 +19,7 @@ mod ledger;
 mod rejects;
 mod row_by_row;
 mod session;
+mod unnest;
 
 pub use fault::{fault_of, refused_by_database, Fault};
 

@@ -2,22 +2,45 @@
 //! database refuses even there. Every text is made storable at this one door to the table.
 
 use super::settle;
+use super::unnest::{names, scalar, unnest, Input};
 use crate::batch::{RejectRow, Source};
 use crate::storable;
 use event_model::RejectCode;
 use sqlx::{Connection, PgConnection};
+use std::sync::LazyLock;
 
-const INSERT_REJECTS: &str = "INSERT INTO ecommerce_events_rejected
-    (source_file, source_file_id, source_line, reason_code, field, reason, event_id, raw,
-     kafka_topic, kafka_partition, kafka_offset, kafka_key)
-SELECT u.f, u.fid, u.l, u.c, u.fld, u.r, u.e, u.raw, $9, u.p, u.o, u.k
-FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::bytea[], $10::int4[], $11::int8[], $13::bytea[])
-     AS u(f, fid, l, c, fld, r, e, raw, p, o, k)
-WHERE NOT $12 OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev
-                            WHERE ev.event_key = event_key_of(u.e) AND ev.event_id = u.e)
-ON CONFLICT DO NOTHING
-RETURNING reason_code, source_file_id, source_file";
+/// The columns [`insert_rejects`] binds one array each of, in its order; then the topic, and
+/// whether a row is kept only while its event is not stored.
+const COLUMNS: [Input; 11] = [
+    ("source_file", "text"),
+    ("source_file_id", "text"),
+    ("source_line", "int8"),
+    ("reason_code", "text"),
+    ("field", "text"),
+    ("reason", "text"),
+    ("event_id", "text"),
+    ("raw", "bytea"),
+    ("kafka_partition", "int4"),
+    ("kafka_offset", "int8"),
+    ("kafka_key", "bytea"),
+];
+
+static INSERT_REJECTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO ecommerce_events_rejected ({columns}, kafka_topic)
+         SELECT {values}, {topic} FROM {unnest}
+         WHERE NOT {only_if_not_an_event}
+            OR NOT EXISTS (SELECT 1 FROM ecommerce_events ev
+                           WHERE ev.event_key = event_key_of(u.event_id) AND ev.event_id = u.event_id)
+         ON CONFLICT DO NOTHING
+         RETURNING reason_code, source_file_id, source_file",
+        columns = names(&COLUMNS, ""),
+        values = names(&COLUMNS, "u."),
+        unnest = unnest(&COLUMNS),
+        topic = scalar(&COLUMNS, 0),
+        only_if_not_an_event = scalar(&COLUMNS, 1),
+    )
+});
 
 /// A quarantined row the database took (not one it already held).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -109,7 +132,7 @@ pub async fn insert_rejects(
     // Every text made storable here, at the one door to the table: NUL escaped, indexed values
     // bounded. The bytes as they were stay in `raw` and `kafka_key`.
     let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    sqlx::query_as(INSERT_REJECTS)
+    sqlx::query_as(&INSERT_REJECTS)
         .bind(column(|r| Some(storable::key(&r.source.file).into_owned())))
         .bind(column(|r| {
             Some(storable::key(&r.source.file_id).into_owned())
@@ -124,11 +147,11 @@ pub async fn insert_rejects(
                 .map(|id| storable::key(id).into_owned())
         }))
         .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
-        .bind(storable::text(topic))
         .bind(rows.iter().map(|r| r.source.partition).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.source.offset).collect::<Vec<_>>())
-        .bind(kind.only_if_not_an_event())
         .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
+        .bind(storable::text(topic))
+        .bind(kind.only_if_not_an_event())
         .fetch_all(tx)
         .await
 }

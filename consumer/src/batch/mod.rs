@@ -1,9 +1,16 @@
 //! Turns a batch of messages into what one Postgres transaction writes: events, quarantined rows
 //! and the new checkpoint of each partition. Synchronous and free of I/O.
 
+mod incoming;
+mod rows;
+
+pub use incoming::{Incoming, MessageBuffer};
+pub use rows::{
+    BatchStats, Checkpoint, EventRow, LateRow, RejectRow, Source, WindowDuplicate, WriteBatch,
+};
+
 use crate::config::LatePolicy;
 use crate::partition::PartitionState;
-use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, TimeDelta, Utc};
 use event_model::validate::parse_event_id;
 use event_model::wire::from_hex;
@@ -13,194 +20,6 @@ use event_model::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-/// A message as read from the topic. Key and payload are views into one buffer per batch (see
-/// [`MessageBuffer`]): no allocation per message.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Bytes>,
-    pub payload: Option<Bytes>,
-    /// The reject the row fixes, from the message's header (see `event_model::wire::FIXES_HEADER`).
-    pub fixes: Option<i64>,
-}
-
-/// Holds the bytes of received messages, handing out views of them; a new block is taken only
-/// when one fills up, and is freed when the last message in it is dropped.
-#[derive(Debug)]
-pub struct MessageBuffer {
-    block: BytesMut,
-}
-
-/// Large enough that a batch of the default size takes a few blocks.
-const BLOCK_BYTES: usize = 1 << 20;
-
-impl Default for MessageBuffer {
-    fn default() -> Self {
-        MessageBuffer {
-            block: BytesMut::with_capacity(BLOCK_BYTES),
-        }
-    }
-}
-
-impl MessageBuffer {
-    /// A view of a copy of `bytes`.
-    pub fn keep(&mut self, bytes: &[u8]) -> Bytes {
-        if self.block.capacity() < bytes.len() {
-            // Not `reserve`: the old block stays with the messages that point into it.
-            self.block = BytesMut::with_capacity(BLOCK_BYTES.max(bytes.len()));
-        }
-        self.block.extend_from_slice(bytes);
-        self.block.split().freeze()
-    }
-}
-
-/// Where a row came from: its file version and line, and its place in the log. Travels with
-/// every stored or quarantined row, so each lands with its lineage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    /// Shared by the rows of one file in a batch: two allocations a row fewer.
-    pub file: Arc<str>,
-    pub file_id: Arc<str>,
-    pub line: i64,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl Source {
-    /// A place that is not a file's line: a message kept under its Kafka identity, where
-    /// `source_file` names the topic (`kafka:<topic>`) and `file_id` tells it from the others
-    /// at that offset.
-    pub fn kafka(topic: &str, file_id: String, line: i64, partition: i32, offset: i64) -> Source {
-        Source {
-            file: format!("kafka:{topic}").into(),
-            file_id: file_id.into(),
-            line,
-            partition,
-            offset,
-        }
-    }
-
-    fn of(row: &RowRef, message: &Incoming, sources: &mut SourceNames) -> Source {
-        let (file, file_id) = sources.of(row);
-        Source {
-            file,
-            file_id,
-            line: row.line as i64,
-            partition: message.partition,
-            offset: message.offset,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    pub event: Event,
-    pub late: bool,
-    pub source: Source,
-    pub landed_ms: i64,
-    /// The quarantined row this event fixes, if its file named one.
-    pub fixes: Option<i64>,
-}
-
-impl EventRow {
-    /// The event as one CSV line in canonical column order, for quarantine.
-    pub fn canonical_csv(&self) -> Vec<u8> {
-        let event = &self.event;
-        let (user_id, product_id) = (event.user_id.to_string(), event.product_id.to_string());
-        let price = event_model::event::format_price(event.price_cents);
-        let time = event
-            .event_time
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        event_model::wire::canonical_csv([
-            &event.event_id,
-            &user_id,
-            event.event_type.as_str(),
-            &product_id,
-            &price,
-            &time,
-        ])
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RejectRow {
-    pub source: Source,
-    pub code: RejectCode,
-    pub field: Option<&'static str>,
-    pub reason: String,
-    pub event_id: Option<String>,
-    pub raw: Vec<u8>,
-    /// The message's key, kept for messages that are not pipeline rows.
-    pub kafka_key: Option<Vec<u8>>,
-}
-
-impl RejectRow {
-    /// The file version whose ledger counts this row; none for a message that is not a row.
-    pub fn ledger_file_id(&self) -> Option<&str> {
-        (self.code != RejectCode::Undecodable).then_some(&*self.source.file_id)
-    }
-}
-
-/// A late event under `--late-policy quarantine`: quarantined as `late`, unless it is the fix of
-/// a row quarantined before (an exported reject corrected and dropped in again), which is stored
-/// (marked late) and resolves that reject, whatever the watermark says now.
-#[derive(Debug, Clone)]
-pub struct LateRow {
-    pub event: EventRow,
-    pub reject: RejectRow,
-}
-
-/// A valid event whose id the in-memory dedup saw before. Memory only suggests: it is a
-/// duplicate once the database confirms its id is stored; if not (the tables were emptied for a
-/// backfill, the event deleted), it is stored like a new event, or quarantined as late when the
-/// policy says so.
-#[derive(Debug, Clone)]
-pub struct WindowDuplicate {
-    pub event: EventRow,
-    pub late_reject: Option<RejectRow>,
-}
-
-/// A partition's checkpoint after this batch, and the one it must replace (the fence: a consumer
-/// that lost the partition to another finds the checkpoint moved and writes nothing).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub partition: i32,
-    pub expected: Option<i64>,
-    pub next_offset: i64,
-    pub max_event_time: Option<DateTime<Utc>>,
-    /// Hash of the message at `next_offset - 1`: what ties the checkpoint to its log.
-    pub last_message: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    pub rows: u64,
-    /// Already in Postgres by the checkpoint (a replay after a crash or a rebalance).
-    pub replayed: u64,
-    /// Dropped by the in-memory dedup set; the database adds its own count on insert.
-    pub duplicates: u64,
-    pub rejected: u64,
-    pub late: u64,
-}
-
-#[derive(Debug, Default)]
-pub struct WriteBatch {
-    pub events: Vec<EventRow>,
-    pub rejects: Vec<RejectRow>,
-    /// Late events under `--late-policy quarantine`; written only if not already an event.
-    pub late_rejects: Vec<LateRow>,
-    pub checkpoints: Vec<Checkpoint>,
-    /// Valid events the in-memory dedup saw before: duplicates, or the same rows delivered again,
-    /// once the database confirms their ids are stored.
-    pub duplicates: Vec<WindowDuplicate>,
-    /// The bridge's end-of-file messages: how many rows each file had.
-    pub file_ends: Vec<FileEnd>,
-    /// Per partition, the offset to commit to Kafka once the transaction committed.
-    pub commit_offsets: BTreeMap<i32, i64>,
-    pub stats: BatchStats,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
@@ -538,7 +357,9 @@ fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
 
 #[cfg(test)]
 mod tests {
+    use super::incoming::BLOCK_BYTES;
     use super::*;
+    use bytes::Bytes;
     use event_model::wire::WIRE_VERSION;
     use event_model::{RawRow, WireFormat};
 

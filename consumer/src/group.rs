@@ -45,14 +45,22 @@ impl GroupConsumer {
                 // Partitions may have changed hands: trust only Postgres for where each one
                 // stands, and start reading each exactly there.
                 writers.states.clear();
-                if !writers.position_assigned(consumer, &mut messages).await {
+                if writers
+                    .position_assigned(consumer, &mut messages)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
             // A log replaced under us is read again from its start, whether messages came or not.
             if writers.logs_replaced().await {
                 writers.states.clear();
-                if !writers.position_assigned(consumer, &mut messages).await {
+                if writers
+                    .position_assigned(consumer, &mut messages)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -96,7 +104,11 @@ impl GroupConsumer {
                 // its checkpoint, as after a rebalance.
                 Err(Interrupted::MovedBack) => {
                     writers.states.clear();
-                    if !writers.position_assigned(consumer, &mut messages).await {
+                    if writers
+                        .position_assigned(consumer, &mut messages)
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

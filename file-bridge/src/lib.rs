@@ -533,7 +533,7 @@ fn watch_input(
 /// JSON writes a control character as six bytes: a row within the caps may still not fit in one
 /// message. Such rows are sent by reference; say so when the caps allow them.
 fn report_message_budget(config: &Config, kafka: &ClientConfig) {
-    let budget = Publisher::message_budget(kafka);
+    let budget = publisher::message_budget(kafka);
     if config.max_row_bytes.saturating_mul(6) > budget {
         tracing::info!(
             max_row_bytes = config.max_row_bytes,

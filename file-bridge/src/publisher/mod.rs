@@ -5,23 +5,31 @@
 //! shutdown mid-file) completes with a failure and the file stays where it is, to be published
 //! again in full; the consumer deduplicates the rows that did arrive.
 
+mod delivery;
+mod meter;
+mod sizes;
+
+use delivery::TooLargeRefusals;
+pub use delivery::{Completion, DeliveryTracker, FileFailure};
+pub use meter::Meter;
+pub use sizes::{message_budget, shrink, Shrunk, LEAST_BATCH_BYTES};
+
 use crate::content::{self, Compression, DecodeError};
 use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, RowView, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -75,115 +83,11 @@ pub enum PublishError {
     Producer(#[source] KafkaError),
 }
 
-/// A file whose every row has a delivery outcome.
-#[derive(Debug)]
-pub struct Completion {
-    pub seq: usize,
-    pub rows: u64,
-    /// Why the file must not be archived; `None` when every row was acknowledged.
-    pub failure: Option<FileFailure>,
-}
-
-/// Why a file was not published whole: the first of its failures, as it was.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FileFailure {
-    /// The broker did not take a row (the rows after it may have gone).
-    #[error("delivery failed: {0}")]
-    Delivery(KafkaError),
-    /// Reading or sending stopped (shared: the error is not `Clone`).
-    #[error(transparent)]
-    Publish(Arc<PublishError>),
-}
-
-#[derive(Default)]
-struct Progress {
-    pending: u64,
-    rows: u64,
-    sealed: bool,
-    failure: Option<FileFailure>,
-}
-
-pub struct DeliveryTracker {
-    files: Mutex<HashMap<usize, Progress>>,
-    completions: UnboundedSender<Completion>,
-    readiness: telemetry::Readiness,
-    /// What the broker refused as larger than the topic takes.
-    too_large: TooLargeRefusals,
-    /// This producer's `batch.size`.
-    batch_bytes: usize,
-}
-
-/// The broker's refusals of record batches as larger than the topic takes (`max.message.bytes`).
-#[derive(Debug, Default)]
-struct TooLargeRefusals {
-    any: AtomicBool,
-    /// The smallest refused message larger than `batch.size`: librdkafka sends such a message in
-    /// a batch of its own, so the topic takes nothing that large.
-    smallest_alone: AtomicUsize,
-}
-
-impl DeliveryTracker {
-    fn update(&self, seq: usize, change: impl FnOnce(&mut Progress)) {
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let progress = files.entry(seq).or_default();
-        change(progress);
-        if progress.sealed && progress.pending == 0 {
-            let progress = files.remove(&seq).unwrap_or_default();
-            // The receiver only goes away when the bridge is exiting; nothing is left to tell.
-            let _ = self.completions.send(Completion {
-                seq,
-                rows: progress.rows,
-                failure: progress.failure,
-            });
-        }
-    }
-
-    fn record_too_large(&self, bytes: usize) {
-        self.too_large.any.store(true, Ordering::Relaxed);
-        if bytes > self.batch_bytes {
-            let smallest = &self.too_large.smallest_alone;
-            smallest.fetch_min(bytes, Ordering::Relaxed);
-        }
-    }
-
-    fn fail(progress: &mut Progress, failure: FileFailure) {
-        progress.failure.get_or_insert(failure);
-    }
-}
-
-impl ClientContext for DeliveryTracker {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.readiness.set(
-            telemetry::Check::Broker,
-            pipeline_kafka::broker_reachable(&statistics),
-        );
-    }
-}
-
-impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        self.update(seq, |progress| {
-            progress.pending = progress.pending.saturating_sub(1);
-            if let Err((error, message)) = result {
-                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
-                    self.record_too_large(message.payload_len() + message.key_len());
-                }
-                Self::fail(progress, FileFailure::Delivery(error.clone()));
-            }
-        });
-    }
-}
-
 pub struct Publisher {
     producer: ThreadedProducer<DeliveryTracker>,
     topic: String,
     limits: Limits,
-    /// The largest payload plus key this producer sends; see [`Publisher::message_budget`].
+    /// The largest payload plus key this producer sends; see [`message_budget`].
     max_message_bytes: usize,
     /// How rows are encoded on the topic.
     wire_format: WireFormat,
@@ -192,97 +96,6 @@ pub struct Publisher {
     /// Counts what was sent and, when limited, holds the rate down.
     meter: Option<Arc<Meter>>,
 }
-
-/// Rows and bytes sent so far, for a progress display; and an optional rate limit in rows per
-/// second over the whole run, so a backfill leaves the live pipeline room.
-#[derive(Debug, Default)]
-pub struct Meter {
-    rows: AtomicU64,
-    bytes: AtomicU64,
-    started: OnceLock<Instant>,
-    rows_per_second: Option<f64>,
-}
-
-impl Meter {
-    pub fn limited_to(rows_per_second: Option<u64>) -> Meter {
-        Meter {
-            rows_per_second: rows_per_second.filter(|r| *r > 0).map(|r| r as f64),
-            ..Meter::default()
-        }
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Counts one row of `bytes`; sleeps first while sending it would go over the limit.
-    fn row_sent(&self, bytes: u64) {
-        let started = *self.started.get_or_init(Instant::now);
-        if let Some(rate) = self.rows_per_second {
-            let due = started + Duration::from_secs_f64(self.rows() as f64 / rate);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
-        self.rows.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-/// librdkafka's default `batch.size`.
-const DEFAULT_BATCH_BYTES: usize = 1_000_000;
-/// The smallest batches the bridge shrinks to for a topic that refuses larger ones: a few rows.
-pub const LEAST_BATCH_BYTES: usize = 4_096;
-
-/// The next producer's sizes after a topic refused a batch as too large: first smaller
-/// batches, a quarter each time, down to [`LEAST_BATCH_BYTES`]; then, if a message sent in a
-/// batch of its own was refused (`smallest_alone` bytes, the smallest such), messages smaller
-/// than that, so a row that large is quarantined as `too_large` by reference. A row the topic
-/// took before is never `too_large` later: it was smaller than every message refused alone.
-/// What changed, or `None` when nothing is left to lower.
-pub fn shrink(kafka: &mut ClientConfig, smallest_alone: Option<usize>) -> Option<Shrunk> {
-    let batch = Publisher::batch_bytes(kafka);
-    if batch > LEAST_BATCH_BYTES {
-        let smaller = (batch / 4).max(LEAST_BATCH_BYTES);
-        kafka.set("batch.size", smaller.to_string());
-        return Some(Shrunk::Batches(smaller));
-    }
-    let budget = smallest_alone?.checked_sub(1)?;
-    if budget >= Publisher::message_budget(kafka) {
-        return None;
-    }
-    kafka.set(
-        "message.max.bytes",
-        (budget + RECORD_OVERHEAD_BYTES).to_string(),
-    );
-    Some(Shrunk::Messages(budget))
-}
-
-/// A size in bytes set in `kafka` under `key`, or librdkafka's `default` for it.
-fn byte_setting(kafka: &ClientConfig, key: &str, default: usize) -> usize {
-    kafka
-        .get(key)
-        .and_then(|value| value.trim().parse::<usize>().ok())
-        .unwrap_or(default)
-}
-
-/// What [`shrink`] lowered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shrunk {
-    /// `batch.size`, to this many bytes.
-    Batches(usize),
-    /// The largest row message, to this many bytes.
-    Messages(usize),
-}
-/// Room for a record's framing (headers, timestamps, lengths) within `message.max.bytes`.
-const RECORD_OVERHEAD_BYTES: usize = 1_024;
 
 /// What a publisher needs of the bridge's settings.
 #[derive(Debug, Clone)]
@@ -309,7 +122,7 @@ impl Publisher {
                 any: AtomicBool::new(false),
                 smallest_alone: AtomicUsize::new(usize::MAX),
             },
-            batch_bytes: Self::batch_bytes(kafka),
+            batch_bytes: sizes::batch_bytes(kafka),
         };
         let producer = kafka
             .create_with_context(tracker)
@@ -318,7 +131,7 @@ impl Publisher {
             producer,
             topic: settings.topic.clone(),
             limits: settings.limits,
-            max_message_bytes: Self::message_budget(kafka),
+            max_message_bytes: message_budget(kafka),
             wire_format: settings.wire_format,
             backfill: false,
             meter: None,
@@ -351,18 +164,6 @@ impl Publisher {
             kafka,
             Some(smallest.load(Ordering::Relaxed)).filter(|&b| b < usize::MAX),
         )
-    }
-
-    fn batch_bytes(kafka: &ClientConfig) -> usize {
-        byte_setting(kafka, "batch.size", DEFAULT_BATCH_BYTES)
-    }
-
-    /// What one row's message may take: the producer's `message.max.bytes` less framing. A row
-    /// whose message would be larger is sent as a `too_large` reference instead, so no row is
-    /// ever refused by the broker and holds its file back.
-    pub fn message_budget(config: &ClientConfig) -> usize {
-        byte_setting(config, "message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
-            .saturating_sub(RECORD_OVERHEAD_BYTES)
     }
 
     /// Reads `path` and enqueues every row; the outcome arrives later as a [`Completion`] for `seq`.
@@ -773,7 +574,7 @@ mod tests {
             ]
         );
         // Rows of 20,050 bytes and more are now `too_large`; smaller ones are sent.
-        assert_eq!(Publisher::message_budget(&kafka), 20_049);
+        assert_eq!(message_budget(&kafka), 20_049);
         // Nothing refused alone: nothing more to lower once batches are at the least.
         let mut kafka = ClientConfig::new();
         kafka.set("batch.size", "4096");

@@ -8,7 +8,8 @@
 //! The oracle reads the archived files with event-model's rules (the unit tests pin those rules;
 //! this run is about faults, not about validation).
 
-use crate::services::{PrivateBroker, PrivatePostgres};
+use crate::broker::PrivateBroker;
+use crate::database::PrivatePostgres;
 use crate::{Proc, World};
 use event_model::{validate, RowReader};
 use rand::rngs::StdRng;

@@ -73,7 +73,7 @@ async fn start() -> anyhow::Result<(Services, Running)> {
     let postgres_port = postgres.get_host_port_ipv4(5432.tcp()).await?;
     // The broker must advertise the address clients use, so its host port is chosen before it
     // starts: a free one for each test process, so test binaries can run side by side.
-    let broker_port = crate::services::free_port();
+    let broker_port = crate::ports::free_port();
     let advertised = format!("{host}:{broker_port}");
     let broker = match std::env::var("IT_KAFKA_IMAGE") {
         Ok(image) => {

@@ -3,15 +3,17 @@
 //!
 //! - `KAFKA_BROKERS` (default `127.0.0.1:9092`): a Kafka-protocol broker (Apache Kafka here,
 //!   Redpanda in Docker, see the `docker` feature). Tests that disturb a broker start their own
-//!   ([`services::PrivateBroker`], [`services::KafkaCluster`]).
+//!   ([`broker::PrivateBroker`], [`broker::KafkaCluster`]; PostgreSQL: [`database::PrivatePostgres`]).
 //! - `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`): a server where the
 //!   tests may create databases.
 //! - `PIPELINE_BIN_DIR` (default `target/debug`): where `cargo build --bins` put the binaries.
 
+pub mod broker;
 pub mod chaos;
 #[cfg(feature = "docker")]
 pub mod containers;
-pub mod services;
+pub mod database;
+pub mod ports;
 pub mod tls;
 
 pub use process::failpoint::Failpoint;

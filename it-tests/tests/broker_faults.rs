@@ -2,7 +2,7 @@
 //! nodes, replication factor 3, `min.insync.replicas=2`), consumers killed under dynamic
 //! membership, partitions added to the live topic, and messages deleted before they were read.
 
-use it_tests::services::KafkaCluster;
+use it_tests::broker::KafkaCluster;
 use it_tests::{event_ids_in, World};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;

@@ -6,7 +6,7 @@
 
 use event_model::wire::{Defect, RawRow, WIRE_VERSION};
 use event_model::{RejectCode, WireFormat};
-use it_tests::services::free_port;
+use it_tests::ports::free_port;
 use it_tests::{World, HEADER, RECONCILED_FILES};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};

@@ -2,7 +2,8 @@
 //! replaying the topic, awkward files, and the broker and the database restarting under load.
 //! Each case ends with the invariant: the table equals the distinct valid event_ids of the input.
 
-use it_tests::services::{PrivateBroker, PrivatePostgres};
+use it_tests::broker::PrivateBroker;
+use it_tests::database::PrivatePostgres;
 use it_tests::Failpoint;
 use it_tests::{event_ids_in, World, HEADER};
 use sqlx::Connection;

@@ -2,7 +2,7 @@
 //! being delivered, a file renamed or dropped again under another name, and an archive that fails
 //! each leave every row published once and every bad row quarantined once.
 
-use it_tests::services::free_port;
+use it_tests::ports::free_port;
 use it_tests::{World, HEADER};
 use std::io::Write;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! by a symlink to another folder, the archive folder removed. The bridge logs it, waits (its
 //! readiness says why) and carries on: every file lands once, none is left behind.
 
-use it_tests::services::free_port;
+use it_tests::ports::free_port;
 use it_tests::{World, HEADER};
 use std::time::{Duration, Instant};
 

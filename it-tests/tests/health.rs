@@ -2,7 +2,8 @@
 //! (database, broker, partitions, nothing stuck) and names what is missing; the dashboard runs
 //! without a broker.
 
-use it_tests::services::{free_port, PrivatePostgres};
+use it_tests::database::PrivatePostgres;
+use it_tests::ports::free_port;
 use it_tests::World;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -242,7 +243,7 @@ async fn probes_are_answered_while_thousands_of_idle_connections_press_on_the_po
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_started_before_its_broker_waits_for_it() {
-    let mut broker = it_tests::services::PrivateBroker::start();
+    let mut broker = it_tests::broker::PrivateBroker::start();
     broker.kill9();
     let world = World::on("broker_later", &broker.address(), &it_tests::server_url()).await;
     let metrics = format!("127.0.0.1:{}", free_port());

@@ -167,7 +167,7 @@ async fn a_row_too_large_for_one_message_is_quarantined_by_reference() {
 
 /// The world's topic, made by an operator to take record batches of 16 kB at most.
 fn create_topic_of_small_batches(world: &World) {
-    it_tests::services::kafka_tool(
+    it_tests::broker::kafka_tool(
         "org.apache.kafka.tools.TopicCommand",
         &[
             "--bootstrap-server",

@@ -3,7 +3,7 @@
 //! while PostgreSQL keeps its checkpoints, the new messages are read, not skipped as replays, and
 //! the restart is recorded.
 
-use it_tests::services::PrivateBroker;
+use it_tests::broker::PrivateBroker;
 use it_tests::World;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! What operators see: Prometheus metrics that parse and agree with the database, the live
 //! dashboard rendered by a real browser showing the database's numbers, and the status screen.
 
-use it_tests::services::free_port;
+use it_tests::ports::free_port;
 use it_tests::World;
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 
 use event_model::wire::{RawRow, WIRE_VERSION};
 use event_model::WireFormat;
-use it_tests::services::free_port;
+use it_tests::ports::free_port;
 use it_tests::World;
 use std::time::Duration;
 

@@ -3,7 +3,8 @@
 //! and over TLS to PostgreSQL (`sslmode=verify-full`, a server that refuses plain connections); a
 //! wrong password and a wrong CA are each refused with an error that says so.
 
-use it_tests::services::{kafka_tool, PrivateBroker, PrivatePostgres};
+use it_tests::broker::{kafka_tool, PrivateBroker};
+use it_tests::database::PrivatePostgres;
 use it_tests::tls::{sasl_ssl_options, TestCa};
 use it_tests::World;
 use std::time::Duration;
@@ -78,7 +79,7 @@ async fn events_flow_end_to_end_over_sasl_ssl_with_least_privilege() {
     )
     .unwrap();
     let properties = properties.to_str().unwrap();
-    let metrics = format!("127.0.0.1:{}", it_tests::services::free_port());
+    let metrics = format!("127.0.0.1:{}", it_tests::ports::free_port());
     let _consumer = world.consumer(&[
         "--kafka-config",
         properties,

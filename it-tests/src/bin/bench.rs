@@ -802,7 +802,7 @@ async fn seed_events(world: &World, stored: usize) -> anyhow::Result<()> {
 
 /// The dashboard's summary, asked 50 times of a `--dashboard-only` consumer: p50 and max in ms.
 async fn poll_summary(world: &World) -> anyhow::Result<(f64, f64)> {
-    let address = format!("127.0.0.1:{}", it_tests::services::free_port());
+    let address = format!("127.0.0.1:{}", it_tests::ports::free_port());
     let _dashboard = world.consumer(&["--dashboard-only", "--dashboard-addr", &address]);
     let url = format!("http://{address}/api/summary");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -2,7 +2,7 @@
 //! offsets to Kafka after PostgreSQL, and leaving the group cleanly.
 
 use crate::batch::{Incoming, MessageBuffer};
-use crate::kafka::RebalanceWatch;
+use crate::kafka::{GroupEvents, RebalanceWatch};
 use crate::writer::{ConsumerSettings, Interrupted, Writers};
 use crate::LEAVE_TIMEOUT;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -17,15 +17,22 @@ use tokio_util::sync::CancellationToken;
 /// committed to PostgreSQL. The same shape as the bridge: started (`lib.rs`), `run`, `leave`.
 pub(crate) struct GroupConsumer {
     consumer: StreamConsumer<RebalanceWatch>,
+    /// The rebalances, one event each, as the consumer's context sends them.
+    events: GroupEvents,
     writers: Writers,
     /// Per partition still held, the offset PostgreSQL has: what is committed to Kafka on leaving.
     committed: BTreeMap<i32, i64>,
 }
 
 impl GroupConsumer {
-    pub(crate) fn new(consumer: StreamConsumer<RebalanceWatch>, writers: Writers) -> Self {
+    pub(crate) fn new(
+        consumer: StreamConsumer<RebalanceWatch>,
+        events: GroupEvents,
+        writers: Writers,
+    ) -> Self {
         GroupConsumer {
             consumer,
+            events,
             writers,
             committed: BTreeMap::new(),
         }
@@ -34,14 +41,14 @@ impl GroupConsumer {
     /// Receives, writes and commits batches until shutdown.
     pub(crate) async fn run(&mut self) {
         let (consumer, writers) = (&self.consumer, &mut self.writers);
-        let committed = &mut self.committed;
+        let (events, committed) = (&mut self.events, &mut self.committed);
         let (settings, shutdown) = (
             writers.shared.settings.clone(),
             writers.shared.shutdown.clone(),
         );
-        let mut messages = next_batch(consumer, &settings, &shutdown).await;
+        let mut messages = next_batch(consumer, events, &settings, &shutdown).await;
         while !shutdown.is_cancelled() {
-            if consumer.context().take_moved() {
+            if events.take_moved() {
                 // Partitions may have changed hands: trust only Postgres for where each one
                 // stands, and start reading each exactly there.
                 writers.states.clear();
@@ -66,7 +73,7 @@ impl GroupConsumer {
                 continue;
             }
             if messages.is_empty() {
-                messages = next_batch(consumer, &settings, &shutdown).await;
+                messages = next_batch(consumer, events, &settings, &shutdown).await;
                 continue;
             }
             // Messages arrived: the broker is demonstrably there (statistics come every 5 s).
@@ -92,12 +99,13 @@ impl GroupConsumer {
                 commit_offsets(consumer, &settings.topic, &offsets, CommitMode::Async);
                 Ok(offsets)
             };
-            let (written, next) = tokio::join!(write, next_batch(consumer, &settings, &receiving));
+            let (written, next) =
+                tokio::join!(write, next_batch(consumer, events, &settings, &receiving));
             messages = next;
             match written {
                 Ok(offsets) => {
                     committed.extend(&offsets);
-                    forget_revoked(consumer, committed);
+                    forget_revoked(events, committed);
                 }
                 Err(Interrupted::Stopped) => break,
                 // PostgreSQL is behind what was read: every partition starts again exactly at
@@ -120,7 +128,8 @@ impl GroupConsumer {
     /// held, then leaves the group. Each step is bounded, since a broker that is down would hold
     /// us forever; Postgres has the checkpoint regardless.
     pub(crate) async fn leave(mut self) {
-        forget_revoked(&self.consumer, &mut self.committed);
+        forget_revoked(&mut self.events, &mut self.committed);
+        let mut events = self.events;
         let consumer = Arc::new(self.consumer);
         let committer = consumer.clone();
         let topic = self.writers.shared.settings.topic.clone();
@@ -134,9 +143,9 @@ impl GroupConsumer {
         consumer.unsubscribe();
         // The revoke that unsubscribing triggers is served through the consumer's queue: keep
         // polling until it has run, so closing does not wait on it.
-        let _ = consumer.context().take_moved();
+        let _ = events.take_moved();
         let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
-        while !consumer.context().take_moved() && tokio::time::Instant::now() < deadline {
+        while !events.take_moved() && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
         }
         let close = tokio::task::spawn_blocking(move || drop(consumer));
@@ -148,8 +157,8 @@ impl GroupConsumer {
 }
 
 /// Revoked partitions are not committed on leaving: another member may own them now.
-fn forget_revoked(consumer: &StreamConsumer<RebalanceWatch>, committed: &mut BTreeMap<i32, i64>) {
-    for partition in consumer.context().take_revoked() {
+fn forget_revoked(events: &mut GroupEvents, committed: &mut BTreeMap<i32, i64>) {
+    for partition in events.take_revoked() {
         committed.remove(&partition);
     }
 }
@@ -157,6 +166,7 @@ fn forget_revoked(consumer: &StreamConsumer<RebalanceWatch>, committed: &mut BTr
 /// Collects up to `batch_size` messages, returning early `batch_timeout` after the first one.
 pub(crate) async fn next_batch(
     consumer: &StreamConsumer<RebalanceWatch>,
+    events: &mut GroupEvents,
     settings: &ConsumerSettings,
     shutdown: &CancellationToken,
 ) -> Vec<Incoming> {
@@ -190,7 +200,7 @@ pub(crate) async fn next_batch(
                 Err(error) => tracing::warn!(%error, "kafka error"),
             },
             // Partitions moved: the caller positions them before anything is read.
-            _ = consumer.context().moved(), if !started => break,
+            _ = events.moved(), if !started => break,
             // Idle, it returns empty every IDLE_WAKEUP: the caller has checks of its own to run.
             _ = &mut wait => break,
         }

@@ -5,7 +5,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Offsets are ours to commit, after Postgres: nothing automatic. A new group reads from the start.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
@@ -34,47 +34,87 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("fetch.queue.backoff.ms", "100"),
 ];
 
-/// Remembers that partitions moved, so the loop reloads their checkpoints from Postgres; and
-/// reports each partition's lag from librdkafka's statistics.
+/// What the group did to this consumer's partitions, as the rebalance callback saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    Assigned(Vec<i32>),
+    /// Their offsets are no longer ours to commit: another member may have moved them on since.
+    Revoked(Vec<i32>),
+    /// The rebalance failed; what this consumer holds is uncertain.
+    Failed,
+}
+
+/// Sends each rebalance to the loop as a [`GroupEvent`], so it reloads the checkpoints of what it
+/// holds from Postgres; and reports each partition's lag from librdkafka's statistics.
 pub struct RebalanceWatch {
-    moved: AtomicBool,
-    /// Partitions revoked since the loop last asked: their offsets are no longer ours to commit
-    /// (another member may have moved them on since).
-    revoked: std::sync::Mutex<Vec<i32>>,
-    /// Wakes a receive loop that waits for messages, so new partitions are positioned at once
-    /// (a partition whose group offset is at the log's end would otherwise bring none).
-    moved_signal: tokio::sync::Notify,
+    events: UnboundedSender<GroupEvent>,
     metrics: ConsumerMetrics,
 }
 
 impl RebalanceWatch {
-    pub fn new(metrics: ConsumerMetrics) -> RebalanceWatch {
-        RebalanceWatch {
-            moved: AtomicBool::new(false),
-            revoked: std::sync::Mutex::new(Vec::new()),
-            moved_signal: tokio::sync::Notify::new(),
-            metrics,
+    /// The context, and the receiving end of its events for the loop.
+    pub fn new(metrics: ConsumerMetrics) -> (RebalanceWatch, GroupEvents) {
+        let (events, receiver) = unbounded_channel();
+        let events_in = GroupEvents {
+            receiver,
+            moved: false,
+            revoked: Vec::new(),
+        };
+        (RebalanceWatch { events, metrics }, events_in)
+    }
+
+    fn send(&self, event: GroupEvent) {
+        // The receiver goes only when the consumer is exiting: nothing is left to tell.
+        let _ = self.events.send(event);
+    }
+}
+
+/// The group's events as the loop takes them: whether partitions moved since it last asked,
+/// and which were revoked.
+pub struct GroupEvents {
+    receiver: UnboundedReceiver<GroupEvent>,
+    moved: bool,
+    revoked: Vec<i32>,
+}
+
+impl GroupEvents {
+    fn take_in(&mut self, event: GroupEvent) {
+        self.moved = true;
+        if let GroupEvent::Revoked(partitions) = event {
+            self.revoked.extend(partitions);
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(event) = self.receiver.try_recv() {
+            self.take_in(event);
         }
     }
 
     /// True once after every rebalance.
-    pub fn take_moved(&self) -> bool {
-        self.moved.swap(false, Ordering::AcqRel)
+    pub fn take_moved(&mut self) -> bool {
+        self.drain();
+        std::mem::take(&mut self.moved)
     }
 
     /// The partitions revoked since the last call.
-    pub fn take_revoked(&self) -> Vec<i32> {
-        std::mem::take(
-            &mut *self
-                .revoked
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+    pub fn take_revoked(&mut self) -> Vec<i32> {
+        self.drain();
+        std::mem::take(&mut self.revoked)
     }
 
-    /// Returns after the next rebalance (at once if one happened since the last call).
-    pub async fn moved(&self) {
-        self.moved_signal.notified().await;
+    /// Returns after the next rebalance, at once if one happened since [`Self::take_moved`] was
+    /// last asked. Cancel-safe: an event received is kept.
+    pub async fn moved(&mut self) {
+        self.drain();
+        if self.moved {
+            return;
+        }
+        match self.receiver.recv().await {
+            Some(event) => self.take_in(event),
+            // The context is gone with the consumer: no rebalance will come.
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -98,8 +138,6 @@ impl ClientContext for RebalanceWatch {
 
 impl ConsumerContext for RebalanceWatch {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.moved.store(true, Ordering::Release);
-        self.moved_signal.notify_one();
         match rebalance {
             Rebalance::Assign(partitions) => {
                 // An assignment is the group coordinator answering: the broker is there.
@@ -110,6 +148,12 @@ impl ConsumerContext for RebalanceWatch {
                 let held = consumer
                     .assignment()
                     .map_or(partitions.count(), |assignment| assignment.count());
+                let numbers = partitions
+                    .elements()
+                    .iter()
+                    .map(|p| p.partition())
+                    .collect();
+                self.send(GroupEvent::Assigned(numbers));
                 let state = if held > 0 {
                     Ok(())
                 } else {
@@ -127,16 +171,16 @@ impl ConsumerContext for RebalanceWatch {
                     .map(|p| p.partition())
                     .collect();
                 self.metrics.forget_partitions(&numbers);
-                self.revoked
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .extend(&numbers);
+                self.send(GroupEvent::Revoked(numbers));
                 // A revoke starts a rebalance: ready while it is in progress.
                 self.metrics
                     .readiness
                     .set(telemetry::Check::Partitions, Ok(()));
             }
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance failed");
+                self.send(GroupEvent::Failed);
+            }
         }
     }
 
@@ -165,4 +209,40 @@ pub fn fixes_of(message: &impl rdkafka::Message) -> Option<i64> {
         .iter()
         .find(|header| header.key == event_model::wire::FIXES_HEADER)
         .and_then(|header| std::str::from_utf8(header.value?).ok()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_rebalance_is_one_event_taken_once() {
+        let (watch, mut events) = RebalanceWatch::new(ConsumerMetrics::new());
+        assert!(!events.take_moved());
+        watch.send(GroupEvent::Revoked(vec![1, 2]));
+        watch.send(GroupEvent::Assigned(vec![3]));
+        // Pending: waiting for the next rebalance returns at once, and keeps it for the loop.
+        events.moved().await;
+        assert!(events.take_moved());
+        assert!(!events.take_moved());
+        assert_eq!(events.take_revoked(), [1, 2]);
+        assert!(events.take_revoked().is_empty());
+        watch.send(GroupEvent::Failed);
+        assert!(events.take_moved());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_rebalance_returns_when_one_comes() {
+        let (watch, mut events) = RebalanceWatch::new(ConsumerMetrics::new());
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), events.moved());
+        assert!(waited.await.is_err(), "returned with no rebalance");
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            watch.send(GroupEvent::Assigned(vec![0]));
+            watch
+        });
+        events.moved().await;
+        assert!(events.take_moved());
+        drop(sender.join());
+    }
 }

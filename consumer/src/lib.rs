@@ -27,7 +27,7 @@ use anyhow::Context;
 use batch::Rules;
 use chrono::TimeDelta;
 use group::GroupConsumer;
-use kafka::{RebalanceWatch, CONSUMER_DEFAULTS};
+use kafka::{GroupEvents, RebalanceWatch, CONSUMER_DEFAULTS};
 use log_check::LogProbe;
 use metrics::ConsumerMetrics;
 use process::{Attempt, Stopped};
@@ -116,7 +116,7 @@ async fn start(
         tracing::info!("migrations applied");
         return Ok(None);
     }
-    let Some((consumer, kafka)) = join_group(config, &metrics, &shutdown).await? else {
+    let Some((consumer, events, kafka)) = join_group(config, &metrics, &shutdown).await? else {
         return Ok(None);
     };
     let probe = LogProbe::new(&kafka, &config.kafka.topic)
@@ -132,7 +132,7 @@ async fn start(
         restarts: Default::default(),
     };
     let writers = Writers::new(shared, sink);
-    Ok(Some(GroupConsumer::new(consumer, writers)))
+    Ok(Some(GroupConsumer::new(consumer, events, writers)))
 }
 
 /// Applies the migrations, waiting for a database that is not up yet (or full); a broken
@@ -173,7 +173,7 @@ async fn join_group(
     config: &Config,
     metrics: &ConsumerMetrics,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<(StreamConsumer<RebalanceWatch>, ClientConfig)>> {
+) -> anyhow::Result<Option<(StreamConsumer<RebalanceWatch>, GroupEvents, ClientConfig)>> {
     let mut kafka = config
         .kafka
         .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
@@ -206,13 +206,14 @@ async fn join_group(
     // The topic's metadata came back: a working broker connection, whatever the statistics
     // (every few seconds) will say later.
     metrics.readiness.set(telemetry::Check::Broker, Ok(()));
+    let (watch, events) = RebalanceWatch::new(metrics.clone());
     let consumer: StreamConsumer<RebalanceWatch> = kafka
-        .create_with_context(RebalanceWatch::new(metrics.clone()))
+        .create_with_context(watch)
         .context("failed to create the Kafka consumer")?;
     consumer
         .subscribe(&[&config.kafka.topic])
         .context("failed to subscribe")?;
-    Ok(Some((consumer, kafka)))
+    Ok(Some((consumer, events, kafka)))
 }
 
 /// Starts the metrics endpoint and the dashboard, where asked for.

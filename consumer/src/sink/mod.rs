@@ -24,7 +24,6 @@ mod unnest;
 pub use fault::{fault_of, refused_by_database, Fault};
 
 use crate::batch::{Checkpoint, EventRow, WriteBatch};
-use crate::log_check::LogEventKind;
 use event_model::RejectCode;
 use held_back::HeldBack;
 use ledger::{InsertedRow, LedgerDelta};
@@ -32,7 +31,7 @@ use rejects::{Quarantined, RejectKind};
 use row_by_row::{insert_one_by_one, OneByOne};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -182,118 +181,6 @@ impl Sink {
     /// Forgets the connection after an error; the next call reconnects.
     pub fn reset(&mut self) {
         self.connection = None;
-    }
-
-    /// The stored checkpoints of `partitions`.
-    pub async fn load_checkpoints(
-        &mut self,
-        partitions: &[i32],
-    ) -> Result<HashMap<i32, StoredCheckpoint>, SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
-        Ok(checkpoints::load(connection, &group, &topic, partitions).await?)
-    }
-
-    /// Moves a partition's checkpoint back to `start` because its log restarted, and records
-    /// why, in one transaction; fenced like any checkpoint update.
-    pub async fn restart_checkpoint(
-        &mut self,
-        partition: i32,
-        expected: i64,
-        start: i64,
-        reason: &str,
-    ) -> Result<(), SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
-        let mut tx = connection.begin().await?;
-        if !checkpoints::move_back(&mut tx, &group, &topic, partition, expected, start).await? {
-            return Err(SinkError::Fenced { partition });
-        }
-        let event = checkpoints::LogEvent {
-            partition,
-            kind: LogEventKind::Restarted,
-            offsets: (expected, start),
-            detail: reason,
-        };
-        checkpoints::record_log_event(&mut tx, &group, &topic, &event).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records that `from..to` of a partition were removed before this group read them.
-    pub async fn record_gap(
-        &mut self,
-        partition: i32,
-        from: i64,
-        to: i64,
-    ) -> Result<(), SinkError> {
-        let detail = format!(
-            "offsets {from}..{to} were removed from the log (retention) before this group read them"
-        );
-        self.record_log_event(partition, LogEventKind::Gap, (from, to), &detail)
-            .await
-    }
-
-    /// Records that Kafka's committed offset `committed` was ahead of where PostgreSQL says the
-    /// partition stands (`start`), so reading starts again at `start`. A database restored from
-    /// an older backup looks exactly like this; every rewind is recorded.
-    pub async fn record_rewind(
-        &mut self,
-        partition: i32,
-        committed: i64,
-        start: i64,
-    ) -> Result<(), SinkError> {
-        let detail = format!(
-            "Kafka's committed offset {committed} is ahead of PostgreSQL's checkpoint {start} (a database restored from an older backup, or checkpoints removed): read again from {start}"
-        );
-        self.record_log_event(
-            partition,
-            LogEventKind::Rewound,
-            (committed, start),
-            &detail,
-        )
-        .await
-    }
-
-    /// Records that PostgreSQL's checkpoint was found behind what this consumer had read and
-    /// written (the database moved back under it: a failover to a replica that missed commits,
-    /// a restore), so the partition is read again from the checkpoint.
-    pub async fn record_moved_back(
-        &mut self,
-        partition: i32,
-        read_from: i64,
-        checkpoint: i64,
-    ) -> Result<(), SinkError> {
-        let detail = format!(
-            "the consumer was reading from offset {read_from} but PostgreSQL's checkpoint says {checkpoint} (the database moved back: a failover to a replica that missed commits, or a restore): read again from {checkpoint}"
-        );
-        self.record_log_event(
-            partition,
-            LogEventKind::Rewound,
-            (read_from, checkpoint),
-            &detail,
-        )
-        .await
-    }
-
-    /// One finding about a partition's log, on its own (outside any batch's transaction).
-    async fn record_log_event(
-        &mut self,
-        partition: i32,
-        kind: LogEventKind,
-        offsets: (i64, i64),
-        detail: &str,
-    ) -> Result<(), SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
-        let event = checkpoints::LogEvent {
-            partition,
-            kind,
-            offsets,
-            detail,
-        };
-        checkpoints::record_log_event(connection, &group, &topic, &event).await?;
-        Ok(())
     }
 
     /// Writes the batch in one transaction; nothing of it is visible unless all of it is.

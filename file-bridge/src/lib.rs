@@ -39,8 +39,8 @@ const CLAIM_FOLDER_GRACE: Duration = Duration::from_millis(500);
 
 /// The running bridge: its producer, its view of the folder, and the files between claim and
 /// archive. `run` is the loop; each step is a method.
-struct Bridge<'a> {
-    config: &'a Config,
+struct Bridge {
+    settings: BridgeSettings,
     shutdown: CancellationToken,
     kafka: ClientConfig,
     publisher: Arc<Publisher>,
@@ -65,6 +65,28 @@ struct Bridge<'a> {
     scanned_once: bool,
     last_progress: Instant,
     files: Files,
+}
+
+/// What the running bridge needs of its configuration, taken once at start-up.
+#[derive(Debug, Clone)]
+struct BridgeSettings {
+    input_dir: PathBuf,
+    settle_time: Duration,
+    rescan_interval: Duration,
+    shutdown_timeout: Duration,
+    publisher: publisher::PublisherSettings,
+}
+
+impl BridgeSettings {
+    fn of(config: &Config) -> BridgeSettings {
+        BridgeSettings {
+            input_dir: config.input_dir.clone(),
+            settle_time: config.settle_time,
+            rescan_interval: config.rescan_interval,
+            shutdown_timeout: config.shutdown_timeout,
+            publisher: config.publisher_settings(),
+        }
+    }
 }
 
 /// Health and readiness answer from the start, while the broker is awaited.
@@ -107,10 +129,10 @@ fn log_start(config: &Config) {
     );
 }
 
-impl<'a> Bridge<'a> {
+impl Bridge {
     /// Folders, metrics and health, the topic, the producer and the folder watcher: set-up in
     /// the order it must happen, read top to bottom.
-    async fn start(config: &'a Config, shutdown: CancellationToken) -> anyhow::Result<Bridge<'a>> {
+    async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Bridge> {
         make_folders(config)?;
         let metrics = serve_health(config, &shutdown).await?;
         let mode = if config.once {
@@ -132,10 +154,10 @@ impl<'a> Bridge<'a> {
         let (wake_tx, wake) = mpsc::channel(1);
         // Events make us quick and tell us when a writer is done; the periodic rescan makes us
         // right even where events are not delivered.
-        let watcher = watch_input(config, &wake_tx, &writers);
+        let watcher = watch_input(&config.input_dir, &wake_tx, &writers);
         log_start(config);
         Ok(Bridge {
-            config,
+            settings: BridgeSettings::of(config),
             shutdown,
             kafka,
             publisher: Arc::new(publisher),
@@ -204,7 +226,7 @@ impl<'a> Bridge<'a> {
     /// folder than before, the claim folder and its lock are taken there and the watch renewed.
     /// False while there is no folder to scan.
     fn follow_input_folder(&mut self) -> bool {
-        let input = &self.config.input_dir;
+        let input = &self.settings.input_dir;
         let readiness = &self.files.metrics.readiness;
         let Some(now) = folder_identity(input) else {
             self.lose_input_folder();
@@ -240,7 +262,7 @@ impl<'a> Bridge<'a> {
                 return false;
             }
         }
-        self.watcher = watch_input(self.config, &self.wake_tx, &self.writers);
+        self.watcher = watch_input(&self.settings.input_dir, &self.wake_tx, &self.writers);
         tracing::warn!(folder = %input.display(), "the input folder is back or was replaced; claim folder and watch renewed");
         self.input_folder = Some(now);
         readiness.set(telemetry::Check::InputFolder, Ok(()));
@@ -279,7 +301,7 @@ impl<'a> Bridge<'a> {
 
     /// The input folder is gone: said once, then waited for; readiness says why meanwhile.
     fn lose_input_folder(&mut self) {
-        let folder = self.config.input_dir.display();
+        let folder = self.settings.input_dir.display();
         if self.input_folder.take().is_some() {
             tracing::error!(%folder, "the input folder is gone; waiting for it to come back");
         }
@@ -322,7 +344,7 @@ impl<'a> Bridge<'a> {
         }
         let fresh = Publisher::new(
             &self.kafka,
-            &self.config.publisher_settings(),
+            &self.settings.publisher,
             self.completions_tx.clone(),
             self.files.metrics.readiness.clone(),
         )?;
@@ -352,10 +374,10 @@ impl<'a> Bridge<'a> {
     /// Files to publish: those claimed earlier (by an earlier run, or waiting for a retry) first,
     /// then the complete files of the input folder, claimed now.
     fn claim_ready(&mut self) -> anyhow::Result<(Vec<PathBuf>, bool)> {
-        let input = &self.config.input_dir;
+        let input = &self.settings.input_dir;
         let listed = folder::ready_files(
             input,
-            self.config.settle_time,
+            self.settings.settle_time,
             &self.writers,
             &mut self.folder_memory,
         );
@@ -436,9 +458,9 @@ impl<'a> Bridge<'a> {
     /// Until a delivery completes, the folder changes, the rescan is due or shutdown.
     async fn wait(&mut self, unsettled: bool) {
         let pause = if unsettled {
-            self.config.rescan_interval.min(self.config.settle_time)
+            self.settings.rescan_interval.min(self.settings.settle_time)
         } else {
-            self.config.rescan_interval
+            self.settings.rescan_interval
         };
         tokio::select! {
             Some(done) = self.completions.recv() => self.files.finish(done),
@@ -451,7 +473,7 @@ impl<'a> Bridge<'a> {
     /// Gives outstanding deliveries until the shutdown timeout, archiving what completes.
     async fn drain(&mut self) {
         let flusher = self.publisher.clone();
-        let timeout = self.config.shutdown_timeout;
+        let timeout = self.settings.shutdown_timeout;
         let flushed = tokio::task::spawn_blocking(move || flusher.flush(timeout))
             .await
             .unwrap_or(false);
@@ -476,7 +498,7 @@ impl<'a> Bridge<'a> {
             anyhow::bail!(
                 "{} file(s) not published, left in {}: {}",
                 self.files.failed.len(),
-                self.config.input_dir.display(),
+                self.settings.input_dir.display(),
                 self.files.failed.join(", ")
             );
         }
@@ -521,11 +543,11 @@ fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
 /// Events make us quick and tell us when a writer is done; the periodic rescan makes us right
 /// even where events are not delivered.
 fn watch_input(
-    config: &Config,
+    input_dir: &Path,
     wake: &mpsc::Sender<()>,
     writers: &folder::Writers,
 ) -> Option<notify::RecommendedWatcher> {
-    folder::watch(&config.input_dir, wake.clone(), writers.clone())
+    folder::watch(input_dir, wake.clone(), writers.clone())
         .map_err(|error| tracing::warn!(%error, "no file-system events; relying on rescans"))
         .ok()
 }

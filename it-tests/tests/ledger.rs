@@ -264,3 +264,54 @@ async fn a_file_whose_content_arrived_under_another_name_is_found_by_its_own_nam
         .await;
     assert_eq!(content_ids, 1);
 }
+
+/// Two different ids with one digest (`event_key`, the primary key) are never merged silently.
+/// An MD5 collision within the contract's ids cannot be written down, so the digest function is
+/// replaced for two ids, as a collision would make it answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_id_with_the_same_digest_is_a_conflicting_duplicate_naming_event_id() {
+    let world = World::new("ledger_digest_collision").await;
+    let migrate = world.consumer(&["--migrate-only"]);
+    assert!(migrate.wait_for_exit(LONG).success());
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION event_key_of(event_id TEXT) RETURNS uuid
+         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+         AS $$ SELECT CASE WHEN event_id IN ('twin-a', 'twin-b')
+                           THEN '00000000-0000-0000-0000-00000000000a'::uuid
+                           ELSE md5(event_id)::uuid END $$",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let _consumer = world.consumer(&[]);
+    world.drop_csv(
+        "twins.csv",
+        "twin-a,1,view,10,1.00,2026-11-25T12:00:00Z\nother,1,view,10,1.00,2026-11-25T12:00:00Z\n",
+    );
+    world.bridge_once(&[]);
+    world.wait_for_count(RECONCILED_FILES, 1, LONG).await;
+    // Another file, so the twin is not caught in memory before the database sees it.
+    world.drop_csv("twin.csv", "twin-b,1,view,10,1.00,2026-11-25T12:00:00Z\n");
+    world.bridge_once(&[]);
+    world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT event_id::text FROM ecommerce_events ORDER BY 1")
+            .fetch_all(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, ["other", "twin-a"]);
+    let duplicate: (String, Option<Vec<String>>) =
+        sqlx::query_as("SELECT event_id::text, conflicting_fields FROM ingest_duplicates")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        duplicate,
+        ("twin-b".to_owned(), Some(vec!["event_id".to_owned()]))
+    );
+    assert_eq!(
+        ledger(&world, "twin.csv").await,
+        expected("twin.csv", 1, [0, 1, 0, 0])
+    );
+    world.assert_every_row_accounted().await;
+}

@@ -166,6 +166,7 @@ async fn files_stamped_by_a_clock_far_ahead_or_behind_are_each_taken() {
         50,
         "every other event is stored"
     );
+    world.assert_every_row_accounted().await;
 }
 
 /// A backfill of an archive copied or restored later (`cp -a`, `rsync -a` and `tar x` keep the
@@ -211,4 +212,5 @@ async fn a_backfill_of_a_copied_archive_judges_future_as_when_its_files_landed()
         )
         .await;
     world.wait_for_count(it_tests::EVENTS, 1, LONG).await;
+    world.assert_every_row_accounted().await;
 }

@@ -61,6 +61,7 @@ async fn consumer_killed_mid_stream_again_and_again_loses_and_duplicates_nothing
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(world.count(EVENTS).await, expected.len() as i64);
     assert_eq!(world.count(REJECTED).await, 0);
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,4 +111,5 @@ async fn bridge_killed_mid_file_republishes_it_and_nothing_is_doubled() {
         0,
         "republished rows are duplicates, not rejects"
     );
+    world.assert_every_row_accounted().await;
 }

@@ -60,6 +60,7 @@ async fn a_writer_that_pauses_longer_than_the_settle_rules_with_its_file_open_lo
         0,
         "no version of the file was published cut short"
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -96,6 +97,7 @@ async fn a_backfill_after_a_truncate_restores_every_file_while_the_consumer_runs
     );
     world.wait_for_count(EVENTS, 20, LONG).await;
     world.wait_for_count(RECONCILED_FILES, 2, LONG).await;
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -134,6 +136,7 @@ async fn a_file_without_a_header_is_rejected_whole_with_every_line_accounted() {
     .unwrap();
     assert_eq!(read, [("one.csv".into(), 1, 1), ("three.csv".into(), 3, 3)]);
     assert_eq!(world.count(EVENTS).await, 0);
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -168,6 +171,7 @@ async fn a_fixed_reject_now_behind_the_watermark_is_stored_under_the_quarantine_
         0,
         "the reject it fixes is resolved, and no late reject keeps the id out"
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -233,6 +237,7 @@ async fn a_refused_quarantine_row_delivered_again_has_one_stand_in_and_counts_on
         "the line counted once"
     );
     assert_eq!(world.count(RECONCILED_FILES).await, 1);
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -284,6 +289,7 @@ async fn a_forged_defect_code_is_foreign_and_keeps_no_event_out() {
             .await,
         0
     );
+    world.assert_every_row_accounted().await;
 }
 
 /// The group's committed offsets of the topic's three partitions.
@@ -355,6 +361,7 @@ async fn a_consumer_leaving_commits_only_the_partitions_it_still_holds() {
         checkpoints(&world).await,
         "a revoked partition's offset was committed back"
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -386,4 +393,5 @@ async fn under_cooperative_rebalancing_a_consumer_keeping_partitions_stays_ready
             .await
             .unwrap();
     assert_eq!(status, 200, "{body}\n{}", first.log_text());
+    world.assert_every_row_accounted().await;
 }

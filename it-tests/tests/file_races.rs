@@ -48,6 +48,7 @@ async fn a_writer_pausing_mid_line_loses_nothing_and_truncates_nothing() {
         "the row was read whole, time zone included"
     );
     assert_eq!(world.count(REJECTED).await, 0);
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,6 +79,7 @@ async fn a_file_renamed_over_one_still_delivering_is_published_too() {
     world.wait_until_archived(LONG).await;
     let archived = std::fs::read_dir(world.archive_dir()).unwrap().count();
     assert_eq!(archived, 2, "both versions archived");
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,6 +117,7 @@ async fn renamed_or_repeated_content_records_its_bad_rows_once() {
         .await;
     assert_eq!(world.count(EVENTS).await, 30_010);
     assert_eq!(world.count(REJECTED).await, 2, "bad rows recorded once");
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,6 +178,7 @@ async fn a_failing_archive_is_retried_alone_and_leaves_no_partial_copy() {
     // Archived on the retry path, counted like any other (it read 0 here before).
     assert_eq!(metric("pipeline_bridge_files_archived_total").await, "1");
     assert_eq!(metric("pipeline_bridge_rows_published_total").await, "100");
+    world.assert_every_row_accounted().await;
 }
 
 /// A file held open for writing waits, as it must, but not silently: after a while the bridge
@@ -249,4 +253,5 @@ async fn a_file_held_open_for_writing_waits_with_its_reason_logged_and_counted()
         "--once ends once the file is done"
     );
     world.wait_for_count(EVENTS, 3, LONG).await;
+    world.assert_every_row_accounted().await;
 }

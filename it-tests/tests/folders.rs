@@ -114,6 +114,7 @@ async fn input_and_archive_folders_that_vanish_or_are_replaced_lose_and_double_n
         assert!(Instant::now() < deadline, "{metrics_text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    world.assert_every_row_accounted().await;
 }
 
 /// The worst form of the removal: the folder taken away again and again while files land in it
@@ -170,6 +171,7 @@ async fn an_input_folder_removed_over_and_over_is_never_made_again_by_the_bridge
             "round {round}: {of_round} of 20 rows landed"
         );
     }
+    world.assert_every_row_accounted().await;
 }
 
 /// An input folder that can no longer be listed (an operator's `chmod a-r`, a network share gone
@@ -224,4 +226,5 @@ async fn an_input_folder_that_cannot_be_listed_is_waited_for_not_fatal() {
         "said once:\n{log}"
     );
     assert!(log.contains("the folder can be listed again"), "{log}");
+    world.assert_every_row_accounted().await;
 }

@@ -116,6 +116,7 @@ async fn hostile_rows_are_quarantined_precisely_and_memory_stays_bounded() {
         world.files_waiting() == 2,
         "only the FIFO and the link are left"
     );
+    world.assert_every_row_accounted().await;
 }
 
 /// A row within the caps whose message would still be larger than the broker takes (JSON writes a
@@ -163,6 +164,7 @@ async fn a_row_too_large_for_one_message_is_quarantined_by_reference() {
     world
         .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 2, LONG)
         .await;
+    world.assert_every_row_accounted().await;
 }
 
 /// The world's topic, made by an operator to take record batches of 16 kB at most.
@@ -226,6 +228,7 @@ async fn a_topic_that_takes_only_small_batches_still_gets_every_row() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    world.assert_every_row_accounted().await;
 }
 
 /// The same topic, filled by `file-bridge --backfill`: before, the backfill never sent smaller
@@ -256,4 +259,5 @@ async fn a_backfill_into_a_topic_that_takes_only_small_batches_gets_every_row() 
             .await,
         0
     );
+    world.assert_every_row_accounted().await;
 }

@@ -57,4 +57,5 @@ async fn explain_names_the_file_line_and_message_of_an_event_even_after_a_republ
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
+    world.assert_every_row_accounted().await;
 }

@@ -100,6 +100,7 @@ async fn a_topic_deleted_and_created_again_is_read_from_its_start_and_reported()
         .log_text()
         .contains("reading it again from its start"));
     assert_no_rewind(&world).await;
+    world.assert_every_row_accounted().await;
 }
 
 /// The same while the consumer keeps running through it, the new log shorter than the old
@@ -128,6 +129,7 @@ async fn a_topic_made_again_under_a_running_consumer_is_read_from_its_start_and_
     assert!(restarted >= 1, "the restart is recorded ({restarted})");
     assert!(consumer.is_running());
     assert_no_rewind(&world).await;
+    world.assert_every_row_accounted().await;
 }
 
 /// The same with a new log longer than the old one: the consumer's next fetch offset exists in
@@ -154,4 +156,5 @@ async fn a_topic_made_again_longer_under_a_running_consumer_is_read_from_its_sta
         .await;
     assert!(restarted >= 1, "the restart is recorded ({restarted})");
     assert_no_rewind(&world).await;
+    world.assert_every_row_accounted().await;
 }

@@ -59,6 +59,7 @@ async fn happy_path_every_generated_event_lands_once_with_its_values() {
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("batch committed") && log.contains("inserted="));
     assert!(log.contains("consumer stopped"));
+    world.assert_every_row_accounted().await;
 }
 
 fn rows_as_written(dir: &std::path::Path) -> BTreeSet<String> {
@@ -101,6 +102,7 @@ async fn duplicates_within_and_across_files_are_written_once_first_wins() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(world.count(EVENTS).await, 4);
     assert_eq!(world.count(REJECTED).await, 0);
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,6 +236,7 @@ async fn every_kind_of_malformed_row_is_quarantined_with_its_reason() {
         b"nul\x00id,1,view,10,1.00,2026-11-25T12:00:00Z".to_vec(),
         "NUL kept"
     );
+    world.assert_every_row_accounted().await;
 }
 
 async fn late_world(policy: &str) -> (World, it_tests::Proc) {

@@ -277,6 +277,8 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
             .await,
         expected_rejects
     );
+    // No completeness assertion: the forged messages name file versions no end message ever
+    // closes, so their files stay unreconciled by design.
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -343,4 +345,5 @@ async fn a_refused_quarantine_row_and_a_blocked_batch_are_reported_not_stalled()
         assert!(std::time::Instant::now() < deadline, "still reported stuck");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    world.assert_every_row_accounted().await;
 }

@@ -124,6 +124,7 @@ async fn a_database_restored_from_an_older_backup_is_caught_up_from_its_checkpoi
         (1_010, 505),
         "from Kafka's offsets back to the checkpoints"
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host PostgreSQL tools")]
@@ -153,6 +154,7 @@ async fn an_empty_database_or_removed_checkpoints_are_read_again_from_the_log_st
         "the second rewind is recorded"
     );
     assert_eq!(world.count(EVENTS).await, 600);
+    world.assert_every_row_accounted().await;
 }
 
 /// The database moves back while the consumer keeps running, as a failover to an asynchronous
@@ -201,4 +203,5 @@ async fn a_database_that_moves_back_under_a_running_consumer_is_read_again_from_
         log.contains("PostgreSQL's checkpoint is behind what this consumer read"),
         "the move back is logged:\n{log}"
     );
+    world.assert_every_row_accounted().await;
 }

@@ -1,7 +1,7 @@
 //! Least privilege: an owner role runs the migrations, the consumer runs as a writer role that
 //! can write rows but cannot create anything; passwords never reach the logs.
 
-use it_tests::{unique, World};
+use it_tests::{unique, World, RECONCILED_FILES};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,27 +38,15 @@ async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
     let owner_log = std::fs::read_to_string(log).unwrap();
     assert!(owner_log.contains("migrations applied"), "{owner_log}");
 
-    // The grants `docs/connecting.md` gives the writer, made by the owner.
+    // The grants `docs/connecting.md` gives the writer, read from that page and made by the
+    // owner: a grant the page forgets fails this test (a file never reconciles).
     let as_owner = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&owner_url)
         .await
         .unwrap();
-    for statement in [
-        format!("GRANT USAGE ON SCHEMA public TO \"{writer}\""),
-        format!(
-            "GRANT SELECT, INSERT ON ecommerce_events, ecommerce_events_rejected TO \"{writer}\""
-        ),
-        format!("GRANT SELECT, INSERT, UPDATE ON ingest_checkpoints TO \"{writer}\""),
-        format!("GRANT USAGE ON SEQUENCE ecommerce_events_rejected_id_seq TO \"{writer}\""),
-        format!("GRANT SELECT, INSERT ON ingest_log_events TO \"{writer}\""),
-        format!("GRANT USAGE ON SEQUENCE ingest_log_events_id_seq TO \"{writer}\""),
-        format!("GRANT SELECT, INSERT, UPDATE ON ingest_files TO \"{writer}\""),
-        format!("GRANT SELECT, INSERT ON ingest_duplicates TO \"{writer}\""),
-        format!(
-            "GRANT UPDATE (resolved_at, resolved_by_file, resolved_by_line) ON ecommerce_events_rejected TO \"{writer}\""
-        ),
-    ] {
+    for statement in documented_grants() {
+        let statement = statement.replace("pipeline_writer", &format!("\"{writer}\""));
         sqlx::query(&statement).execute(&as_owner).await.unwrap();
     }
 
@@ -106,4 +94,29 @@ async fn consumer_runs_as_a_writer_role_and_never_logs_passwords() {
         );
     }
     assert!(writer_log.contains(":***@"), "the URL is logged, redacted");
+    world
+        .wait_for_count(RECONCILED_FILES, 1, Duration::from_secs(60))
+        .await;
+    world.assert_every_row_accounted().await;
+}
+
+/// The SQL block of `docs/connecting.md` that follows the migrations, one statement each.
+fn documented_grants() -> Vec<String> {
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/connecting.md"
+    ))
+    .unwrap();
+    let block = page
+        .split("-- as pipeline_owner, after the migrations")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the grants block in docs/connecting.md");
+    let grants: Vec<String> = block
+        .split(';')
+        .map(|statement| statement.trim().to_owned())
+        .filter(|statement| !statement.is_empty())
+        .collect();
+    assert!(grants.len() >= 8, "{grants:?}");
+    grants
 }

@@ -58,6 +58,7 @@ async fn consumer_crash_between_postgres_commit_and_offset_commit() {
     let _consumer = world.consumer(&args);
     assert_exactly(&world, &expected).await;
     assert!(world.count(EVENTS).await > written);
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,6 +74,7 @@ async fn bridge_crash_after_publishing_before_archiving() {
     let _consumer = world.consumer(&[]);
     assert_exactly(&world, &expected).await;
     assert_eq!(world.count(REJECTED).await, 0);
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,6 +126,7 @@ async fn a_new_group_replaying_the_topic_changes_nothing() {
         rejected,
         "quarantine unchanged"
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,6 +156,7 @@ async fn consumers_joining_and_leaving_mid_stream_share_the_work_without_doublin
     assert!(second.terminate(Duration::from_secs(30)).success());
     assert!(third.terminate(Duration::from_secs(30)).success());
     assert_exactly(&world, &expected).await;
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,6 +170,7 @@ async fn a_consumer_stalled_past_its_session_and_resumed_writes_nothing_twice() 
     tokio::time::sleep(Duration::from_secs(12)).await;
     consumer.signal("CONT");
     assert_exactly(&world, &expected).await;
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,6 +230,7 @@ async fn files_arriving_late_slowly_twice_and_by_the_thousand() {
     many.bridge_once(&[]);
     let _consumer = many.consumer(&[]);
     assert_exactly(&many, &expected).await;
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
@@ -317,6 +323,7 @@ async fn late_classification_survives_a_crash() {
     .into_iter()
     .collect();
     assert_eq!(late, ["B", "D"].map(String::from).into());
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -348,6 +355,7 @@ async fn a_row_the_database_refuses_is_quarantined_alone() {
             .unwrap();
     assert_eq!((code.as_str(), event_id.as_str()), ("database", "r2"));
     assert!(reason.contains("no_666"), "{reason}");
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java and initdb")]
@@ -475,4 +483,5 @@ async fn files_renamed_or_deleted_while_read_double_nothing() {
         "no half-read row was quarantined"
     );
     drop(bridge);
+    world.assert_every_row_accounted().await;
 }

@@ -105,6 +105,7 @@ async fn rows_a_trigger_refuses_are_quarantined_whatever_their_sqlstate() {
         rejects[2].2.contains("product 666 is withdrawn"),
         "{rejects:?}"
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[cfg_attr(feature = "docker", ignore = "needs host Java")]
@@ -152,6 +153,7 @@ async fn a_database_that_refuses_every_row_is_reported_stuck_not_quarantined() {
         .unwrap();
     world.wait_for_count(EVENTS, 3, LONG).await;
     assert_eq!(world.count(REJECTED).await, 0);
+    world.assert_every_row_accounted().await;
 }
 
 /// Every session of the test's database made read-only (as a failover leaves clients on a
@@ -233,4 +235,5 @@ async fn a_database_turned_read_only_is_an_outage_not_poison() {
             LONG,
         )
         .await;
+    world.assert_every_row_accounted().await;
 }

@@ -196,6 +196,7 @@ async fn exported_rejects_fixed_and_dropped_in_again_are_resolved_once() {
         world.count("SELECT count(*) FROM ecommerce_events").await,
         4
     );
+    world.assert_every_row_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

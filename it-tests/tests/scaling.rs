@@ -55,6 +55,7 @@ async fn two_bridges_on_one_folder_publish_each_file_once_and_adopt_a_dead_ones_
     let published = |log: String| log.matches("file published").count();
     let (by_a, by_b) = (published(a.log_text()), published(b.log_text()));
     assert_eq!(by_a + by_b, 14, "a published {by_a}, b {by_b}");
+    world.assert_every_row_accounted().await;
 }
 
 /// The partitions a consumer was given last, from its log.

@@ -130,6 +130,7 @@ async fn migrations_and_writes_run_under_the_consumers_own_session_whatever_the_
         || consumer.log_text(),
     )
     .await;
+    world.assert_every_row_accounted().await;
 }
 
 /// A writer whose `lock_timeout` runs out behind an operator's `LOCK ... IN SHARE MODE` (what
@@ -166,6 +167,7 @@ async fn a_lock_timeout_behind_an_operators_lock_is_a_wait_not_poison() {
         || consumer.log_text(),
     )
     .await;
+    world.assert_every_row_accounted().await;
 }
 
 /// A session holding a SHARE lock on the events table until it commits.

@@ -13,7 +13,7 @@ use crate::storable;
 use event_model::FileEnd;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 /// A row that went into `ecommerce_events` in this transaction.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -34,6 +34,27 @@ struct FileCounts {
     late: i64,
 }
 
+/// What a batch's transaction stored, as its write paths return it: [`account`] turns it into
+/// the ledger's counts in one step, after the write, so no write path keeps the ledger's books.
+#[derive(Debug, Default)]
+pub struct Written<'a> {
+    /// Events the direct `COPY` took (rows of one file follow each other).
+    pub copied: Vec<&'a EventRow>,
+    /// Events that went in through staging, as the insert returned them.
+    pub staged: Vec<InsertedRow>,
+    /// Quarantined rows that came from a file (not a foreign message), one each.
+    pub rejects: Vec<FileReject>,
+    pub stored: Stored,
+}
+
+/// A quarantined row the ledger counts against its file version.
+#[derive(Debug)]
+pub struct FileReject {
+    pub file_id: String,
+    pub file: String,
+    pub kind: RejectKind,
+}
+
 /// What one transaction adds to the ledger, per file version (sorted: rows are locked in one
 /// order by every consumer, so two never wait on each other in a circle). Keyed by the identity
 /// as stored: a forged 10 kB identity and its stored form are one file, never two rows of one
@@ -47,6 +68,27 @@ pub struct LedgerDelta {
 }
 
 impl LedgerDelta {
+    fn of(written: &Written) -> LedgerDelta {
+        let mut delta = LedgerDelta::default();
+        // Rows of one file follow each other and share its name: counted per run.
+        let same_file = |a: &&EventRow, b: &&EventRow| {
+            Arc::ptr_eq(&a.source.file_id, &b.source.file_id)
+                && Arc::ptr_eq(&a.source.file, &b.source.file)
+        };
+        for run in written.copied.chunk_by(same_file) {
+            let late = run.iter().filter(|row| row.late).count() as i64;
+            let (file_id, file) = (&run[0].source.file_id, &run[0].source.file);
+            delta.inserted_rows(file_id, file, run.len() as i64, late);
+        }
+        for row in &written.staged {
+            delta.inserted(&row.source_file_id, &row.source_file, row.is_late);
+        }
+        for reject in &written.rejects {
+            delta.rejected(&reject.file_id, &reject.file, reject.kind);
+        }
+        delta
+    }
+
     fn counts(&mut self, file_id: &str, file: &str) -> &mut FileCounts {
         let key = storable::key(file_id);
         if !self.files.contains_key(key.as_ref()) {
@@ -56,18 +98,18 @@ impl LedgerDelta {
         &mut self.files.get_mut(key.as_ref()).expect("just inserted").1
     }
 
-    pub fn inserted(&mut self, file_id: &str, file: &str, late: bool) {
+    fn inserted(&mut self, file_id: &str, file: &str, late: bool) {
         self.inserted_rows(file_id, file, 1, i64::from(late));
     }
 
     /// `rows` inserted rows of one file, `late` of them late.
-    pub fn inserted_rows(&mut self, file_id: &str, file: &str, rows: i64, late: i64) {
+    fn inserted_rows(&mut self, file_id: &str, file: &str, rows: i64, late: i64) {
         let counts = self.counts(file_id, file);
         counts.inserted += rows;
         counts.late += late;
     }
 
-    pub fn rejected(&mut self, file_id: &str, file: &str, kind: RejectKind) {
+    fn rejected(&mut self, file_id: &str, file: &str, kind: RejectKind) {
         let counts = self.counts(file_id, file);
         counts.rejected += 1;
         counts.late += i64::from(kind == RejectKind::Late);
@@ -429,21 +471,14 @@ impl FileColumns {
 }
 
 /// What went in of a batch, as far as the ledger must know: where everything went in, none of
-/// those rows can be a duplicate of a stored event.
-#[derive(Debug, Clone, Copy)]
+/// those rows can be a duplicate of a stored event. The default, nothing known to have gone in
+/// whole (the row-by-row path), makes every row a candidate.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Stored {
     /// Every event of the batch was inserted.
     pub all_events: bool,
     /// Every late row quarantined under `--late-policy quarantine` was kept.
     pub all_late_rejects: bool,
-}
-
-impl Stored {
-    /// Nothing is known to have gone in whole (the row-by-row path): every row is a candidate.
-    pub const UNKNOWN: Stored = Stored {
-        all_events: false,
-        all_late_rejects: false,
-    };
 }
 
 /// The end of a batch's accounting, once its events and rejects are written: the duplicates
@@ -453,9 +488,10 @@ impl Stored {
 pub async fn account(
     tx: &mut PgConnection,
     batch: &WriteBatch,
-    stored: Stored,
-    mut delta: LedgerDelta,
+    written: Written<'_>,
 ) -> Result<(), sqlx::Error> {
+    let mut delta = LedgerDelta::of(&written);
+    let stored = written.stored;
     let mut candidates: Vec<&EventRow> = Vec::new();
     if !stored.all_events {
         candidates.extend(&batch.events);

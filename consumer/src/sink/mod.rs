@@ -26,13 +26,12 @@ pub use fault::{fault_of, refused_by_database, Fault};
 use crate::batch::{Checkpoint, EventRow, WriteBatch};
 use event_model::RejectCode;
 use held_back::HeldBack;
-use ledger::{InsertedRow, LedgerDelta};
+use ledger::{FileReject, InsertedRow, Written};
 use rejects::{Quarantined, RejectKind};
 use row_by_row::{insert_one_by_one, OneByOne};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -98,16 +97,6 @@ impl WriteOutcome {
         }
         for row in taken {
             *self.rejected_by_reason.entry(row.reason_code).or_default() += 1;
-        }
-    }
-
-    /// Counts them here and, those that came from a file, in the file's ledger.
-    fn count_rejects(&mut self, taken: &[Quarantined], kind: RejectKind, delta: &mut LedgerDelta) {
-        self.count_reject_codes(taken, kind);
-        for row in taken {
-            if row.reason_code != RejectCode::Undecodable {
-                delta.rejected(&row.source_file_id, &row.source_file, kind);
-            }
         }
     }
 }
@@ -212,17 +201,23 @@ impl Sink {
         } else {
             None
         };
-        let mut delta = LedgerDelta::default();
+        let mut written = Written::default();
         let (inserted, path) = match direct {
             Some(skipped) => {
-                let count = count_copied(&mut tx, &events, &skipped, &mut delta).await?;
-                (count, WritePath::Copy)
+                written.copied = events
+                    .iter()
+                    .filter(|row| !skipped.contains(&row.event.event_id))
+                    .collect();
+                let ids = written.copied.iter().map(|row| row.event.event_id.as_str());
+                resolve_rejects_fixed_by(&mut tx, ids).await?;
+                (written.copied.len() as u64, WritePath::Copy)
             }
             None if events.is_empty() => (0, WritePath::Copy),
             None => {
-                let rows = insert_through_staging(&mut tx, &events).await?;
-                count_inserted(&mut tx, &rows, &mut delta).await?;
-                let count = rows.len() as u64;
+                written.staged = insert_through_staging(&mut tx, &events).await?;
+                let ids = written.staged.iter().map(|row| row.event_id.as_str());
+                resolve_rejects_fixed_by(&mut tx, ids).await?;
+                let count = written.staged.len() as u64;
                 // Back to the fast path once a batch had nothing already written.
                 next_direct = count == events.len() as u64;
                 (count, WritePath::Staging)
@@ -233,21 +228,27 @@ impl Sink {
             inserted,
             ..WriteOutcome::default()
         };
-        let taken =
-            rejects::insert_rejects(&mut tx, &topic, &batch.rejects, RejectKind::Invalid).await?;
-        outcome.count_rejects(&taken, RejectKind::Invalid, &mut delta);
-        let taken =
-            rejects::insert_rejects(&mut tx, &topic, &held.expired, RejectKind::Invalid).await?;
-        outcome.count_rejects(&taken, RejectKind::Invalid, &mut delta);
-        let taken =
-            rejects::insert_rejects(&mut tx, &topic, &held.late_rejects, RejectKind::Late).await?;
-        let stored = ledger::Stored {
+        let mut late_taken = 0;
+        for (rows, kind) in [
+            (&batch.rejects[..], RejectKind::Invalid),
+            (&held.expired[..], RejectKind::Invalid),
+            (&held.late_rejects[..], RejectKind::Late),
+        ] {
+            let taken = rejects::insert_rejects(&mut tx, &topic, rows, kind).await?;
+            outcome.count_reject_codes(&taken, kind);
+            if kind == RejectKind::Late {
+                late_taken += taken.len();
+            }
+            written
+                .rejects
+                .extend(taken.into_iter().filter_map(|row| from_a_file(row, kind)));
+        }
+        written.stored = ledger::Stored {
             all_events: inserted == events.len() as u64,
-            all_late_rejects: taken.len() == held.late_rejects.len(),
+            all_late_rejects: late_taken == held.late_rejects.len(),
         };
-        outcome.count_rejects(&taken, RejectKind::Late, &mut delta);
         ledger::resolve_fixed_rejects(&mut tx, &events).await?;
-        ledger::account(&mut tx, batch, stored, delta).await?;
+        ledger::account(&mut tx, batch, written).await?;
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
         if try_direct && !next_direct {
             tracing::debug!("rows already written: staging batches until one meets none");
@@ -260,15 +261,17 @@ impl Sink {
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let connection = self.connection().await?;
         let mut tx = connection.begin().await?;
-        let mut delta = LedgerDelta::default();
         let held = HeldBack::decide(&mut tx, batch).await?;
         let events = held.events_with(&batch.events);
-        let OneByOne { inserted, refused } =
-            insert_one_by_one(&mut tx, &events, &mut delta).await?;
+        let OneByOne { inserted, refused } = insert_one_by_one(&mut tx, &events).await?;
         let mut outcome = WriteOutcome {
             path: WritePath::RowByRow,
-            inserted,
+            inserted: inserted.len() as u64,
             ..WriteOutcome::default()
+        };
+        let mut written = Written {
+            staged: inserted,
+            ..Written::default()
         };
         for (rows, kind) in [
             (&batch.rejects[..], RejectKind::Invalid),
@@ -281,13 +284,17 @@ impl Sink {
                     rejects::insert_reject_or_its_stand_in(&mut tx, &topic, row, kind).await?;
                 // Counted as the row it stands for, whatever went in for it.
                 if let (Some(file_id), false) = (row.ledger_file_id(), taken.is_empty()) {
-                    delta.rejected(file_id, &row.source.file, kind);
+                    written.rejects.push(FileReject {
+                        file_id: file_id.to_owned(),
+                        file: row.source.file.to_string(),
+                        kind,
+                    });
                 }
                 outcome.count_reject_codes(&taken, kind);
             }
         }
         ledger::resolve_fixed_rejects(&mut tx, &events).await?;
-        ledger::account(&mut tx, batch, ledger::Stored::UNKNOWN, delta).await?;
+        ledger::account(&mut tx, batch, written).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
 }
@@ -302,47 +309,21 @@ async fn ids_matching(
     Ok(found.into_iter().collect())
 }
 
-/// Counts the rows a direct `COPY` took (all of `events` but the `skipped` ids) in the ledger,
-/// and resolves the rejects they fix; how many there were.
-async fn count_copied(
-    tx: &mut PgConnection,
-    events: &[EventRow],
-    skipped: &HashSet<String>,
-    delta: &mut LedgerDelta,
-) -> Result<u64, sqlx::Error> {
-    let rows: Vec<&EventRow> = events
-        .iter()
-        .filter(|row| !skipped.contains(&row.event.event_id))
-        .collect();
-    // Rows of one file follow each other and share its name: counted per run.
-    let same_file = |a: &&EventRow, b: &&EventRow| {
-        Arc::ptr_eq(&a.source.file_id, &b.source.file_id)
-            && Arc::ptr_eq(&a.source.file, &b.source.file)
-    };
-    for run in rows.chunk_by(same_file) {
-        let late = run.iter().filter(|row| row.late).count();
-        delta.inserted_rows(
-            &run[0].source.file_id,
-            &run[0].source.file,
-            run.len() as i64,
-            late as i64,
-        );
-    }
-    let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
-    ledger::resolve_rejects(tx, &ids).await?;
-    Ok(rows.len() as u64)
+/// A quarantined row as its file's ledger counts it; none for a message that is not a row.
+fn from_a_file(row: Quarantined, kind: RejectKind) -> Option<FileReject> {
+    (row.reason_code != RejectCode::Undecodable).then_some(FileReject {
+        file_id: row.source_file_id,
+        file: row.source_file,
+        kind,
+    })
 }
 
-/// Counts rows that went in through staging in the ledger, and resolves the rejects they fix.
-async fn count_inserted(
+/// Resolves the open rejects that the events just inserted (by their `ids`) fix.
+async fn resolve_rejects_fixed_by<'r>(
     tx: &mut PgConnection,
-    rows: &[InsertedRow],
-    delta: &mut LedgerDelta,
+    ids: impl Iterator<Item = &'r str>,
 ) -> Result<(), sqlx::Error> {
-    for row in rows {
-        delta.inserted(&row.source_file_id, &row.source_file, row.is_late);
-    }
-    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let ids: Vec<&str> = ids.collect();
     ledger::resolve_rejects(tx, &ids).await.map(drop)
 }
 

@@ -1,19 +1,19 @@
 //! The batch written again row by row, after the database refused it in its own words: only the
 //! rows it refuses are quarantined.
 
-use super::{count_inserted, fault_of, insert_through_staging, settle, Fault};
+use super::{fault_of, insert_through_staging, resolve_rejects_fixed_by, settle, Fault};
 use crate::batch::{EventRow, RejectRow, Source};
 use chrono::Utc;
 use event_model::RejectCode;
-use ledger::LedgerDelta;
+use ledger::InsertedRow;
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
 
 use super::{ledger, SinkError};
 
-/// What [`insert_one_by_one`] did: how many rows went in, and the refused ones as rejects.
+/// What [`insert_one_by_one`] did: the rows that went in, and the refused ones as rejects.
 pub(super) struct OneByOne {
-    pub(super) inserted: u64,
+    pub(super) inserted: Vec<InsertedRow>,
     pub(super) refused: Vec<RejectRow>,
 }
 
@@ -23,9 +23,8 @@ pub(super) struct OneByOne {
 pub(super) async fn insert_one_by_one(
     tx: &mut PgConnection,
     events: &[EventRow],
-    delta: &mut LedgerDelta,
 ) -> Result<OneByOne, SinkError> {
-    let (mut inserted, mut refused) = (0, Vec::new());
+    let (mut inserted, mut refused) = (Vec::new(), Vec::new());
     // Refusals outside the data classes may not be the rows' doing: kept to decide below.
     let mut refusals_beyond_data: Option<sqlx::Error> = None;
     let mut data_refused = false;
@@ -34,8 +33,9 @@ pub(super) async fn insert_one_by_one(
         let result = insert_through_staging(&mut savepoint, std::slice::from_ref(row)).await;
         match settle(savepoint, result).await? {
             Ok(rows) => {
-                count_inserted(tx, &rows, delta).await?;
-                inserted += rows.len() as u64;
+                let ids = rows.iter().map(|row| row.event_id.as_str());
+                resolve_rejects_fixed_by(tx, ids).await?;
+                inserted.extend(rows);
             }
             Err(error) => {
                 tracing::warn!(event_id = %row.event.event_id, file = %row.source.file, line = row.source.line, %error, "row quarantined: the database refused it");
@@ -46,7 +46,7 @@ pub(super) async fn insert_one_by_one(
         }
     }
     if let Some(error) = refusals_beyond_data {
-        let every_row_refused = inserted == 0 && refused.len() == events.len();
+        let every_row_refused = inserted.is_empty() && refused.len() == events.len();
         if every_row_refused && !data_refused && !accepts_a_harmless_row(tx).await? {
             return Err(SinkError::Database(error));
         }

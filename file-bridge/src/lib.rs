@@ -9,6 +9,7 @@ mod config;
 pub mod content;
 mod files;
 pub mod folder;
+mod identity;
 pub mod metrics;
 pub mod publisher;
 
@@ -16,6 +17,7 @@ pub use config::Config;
 
 use anyhow::Context;
 use files::{FileSettings, Files, RunMode};
+use identity::FileNode;
 use metrics::BridgeMetrics;
 use publisher::{Completion, Publisher, PRODUCER_DEFAULTS};
 use rdkafka::config::ClientConfig;
@@ -54,7 +56,7 @@ struct Bridge {
     claims: folder::ClaimFolder,
     /// The input folder as last seen (device and inode), `None` while it is missing: a folder
     /// removed and made again, re-mounted or replaced by a symlink is another folder.
-    input_folder: Option<(u64, u64)>,
+    input_folder: Option<FileNode>,
     /// Since when the claim folder has been missing from a present input folder.
     claims_missing_since: Option<Instant>,
     /// A folder that could not be listed at the last look.
@@ -531,13 +533,12 @@ fn take_claim_folder(config: &Config) -> anyhow::Result<folder::ClaimFolder> {
     })
 }
 
-/// The folder's device and inode, following symlinks; `None` when it is not a folder now.
-fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
+/// The folder's node, following symlinks; `None` when it is not a folder now.
+fn folder_identity(dir: &Path) -> Option<FileNode> {
     std::fs::metadata(dir)
         .ok()
         .filter(std::fs::Metadata::is_dir)
-        .map(|meta| (meta.dev(), meta.ino()))
+        .map(|meta| FileNode::of(&meta))
 }
 
 /// Events make us quick and tell us when a writer is done; the periodic rescan makes us right

@@ -3,6 +3,7 @@
 
 use super::open_regular;
 use crate::content::Compression;
+use crate::identity::{FileIdentity, FileNode};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
@@ -10,7 +11,7 @@ use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How long a file the bridge saw nothing of, and that does not end in a line end, must stay
@@ -126,7 +127,7 @@ pub struct FolderMemory {
     warned: HashSet<PathBuf>,
     /// Each data file's look (size, modification time, inode) and when the bridge first saw it
     /// so: its quiet time by the bridge's own clock, which a writer's clock cannot skew.
-    unchanged_since: HashMap<PathBuf, (Look, Instant)>,
+    unchanged_since: HashMap<PathBuf, (FileIdentity, Instant)>,
     /// Files not complete yet: why, and since when the bridge has seen them wait.
     waiting: HashMap<PathBuf, (Wait, Instant)>,
     /// Files whose long wait was reported (once each).
@@ -156,16 +157,13 @@ impl Wait {
 /// A file waiting this long is reported once: waiting is right, waiting silently is not.
 pub const LONG_WAIT: Duration = Duration::from_secs(10);
 
-type Look = (u64, Option<SystemTime>, u64);
-
 impl FolderMemory {
     /// How long `path` has not changed: by its modification time, or by the bridge's own
     /// sightings when those say longer (a modification time ahead of this host's clock would
     /// otherwise hold a file back until the clock caught up, a day or ten years later).
     fn quiet_time(&mut self, path: &Path, meta: &std::fs::Metadata) -> Duration {
-        use std::os::unix::fs::MetadataExt;
         let modified = meta.modified().ok();
-        let look = (meta.len(), modified, meta.ino());
+        let look = FileIdentity::of(meta);
         let now = Instant::now();
         let since = match self.unchanged_since.get(path) {
             Some(&(seen, since)) if seen == look => since,
@@ -319,8 +317,8 @@ pub fn ready_files(
 /// the settle rules and on noticing a claimed file that changed.
 #[derive(Debug, Default)]
 pub struct OpenForWriting {
-    asked: HashSet<(u64, u64)>,
-    held: HashSet<(u64, u64)>,
+    asked: HashSet<FileNode>,
+    held: HashSet<FileNode>,
 }
 
 impl OpenForWriting {
@@ -328,11 +326,10 @@ impl OpenForWriting {
     /// one open on a file asked about has its mode read. Measured with a Kafka node beside it
     /// (1,200 descriptors), reading every descriptor's mode cost ~10 ms a look, 2 µs per row.
     pub fn of<'p>(paths: impl IntoIterator<Item = &'p Path>) -> OpenForWriting {
-        use std::os::unix::fs::MetadataExt;
-        let asked: HashSet<(u64, u64)> = paths
+        let asked: HashSet<FileNode> = paths
             .into_iter()
             .filter_map(|path| path.symlink_metadata().ok())
-            .map(|meta| (meta.dev(), meta.ino()))
+            .map(|meta| FileNode::of(&meta))
             .collect();
         let mut held = HashSet::new();
         let Ok(processes) = std::fs::read_dir("/proc") else {
@@ -356,7 +353,7 @@ impl OpenForWriting {
                 let Ok(meta) = std::fs::metadata(fd.path()) else {
                     continue;
                 };
-                let file = (meta.dev(), meta.ino());
+                let file = FileNode::of(&meta);
                 if asked.contains(&file)
                     && opened_for_writing(&process.path().join("fdinfo").join(fd.file_name()))
                 {
@@ -369,8 +366,7 @@ impl OpenForWriting {
 
     /// Whether a process holds `path` open for writing; `None` when `path` was not asked about.
     pub fn knows(&self, path: &Path) -> Option<bool> {
-        use std::os::unix::fs::MetadataExt;
-        let file = path.symlink_metadata().ok().map(|m| (m.dev(), m.ino()))?;
+        let file = FileNode::of(&path.symlink_metadata().ok()?);
         self.asked
             .contains(&file)
             .then(|| self.held.contains(&file))
@@ -523,7 +519,8 @@ mod tests {
         std::fs::write(&path, "h\nrow\n").unwrap();
         let day = Duration::from_secs(24 * 3600);
         let file = File::options().write(true).open(&path).unwrap();
-        file.set_modified(SystemTime::now() + day).unwrap();
+        file.set_modified(std::time::SystemTime::now() + day)
+            .unwrap();
         let settle = Duration::from_millis(100);
         let mut memory = FolderMemory::default();
         let mut look = || ready_files(dir.path(), settle, &Writers::default(), &mut memory);
@@ -541,7 +538,8 @@ mod tests {
         );
         // A change restarts the quiet time, whatever the modification time says.
         std::fs::write(&path, "h\nrow\nrow\n").unwrap();
-        file.set_modified(SystemTime::now() + day).unwrap();
+        file.set_modified(std::time::SystemTime::now() + day)
+            .unwrap();
         let (ready, unsettled) = look().unwrap();
         assert!(ready.is_empty() && unsettled, "taken while it changed");
     }

@@ -15,6 +15,7 @@ pub use meter::Meter;
 pub use sizes::{message_budget, shrink, Shrunk, LEAST_BATCH_BYTES};
 
 use crate::content::{self, Compression, DecodeError};
+use crate::identity::FileIdentity;
 use event_model::{Defect, FileEnd, Limits, RawRow, RowReader, RowRef, RowView, WireFormat};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -29,7 +30,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -216,11 +217,18 @@ impl Publisher {
         };
         let compression = Compression::of_name(&name).unwrap_or(Compression::Plain);
         let mut file = crate::folder::open_regular(path).map_err(open_error)?;
-        let before = Fingerprint::of(&file).map_err(open_error)?;
+        let before = identity_of(&file).map_err(open_error)?;
+        // When the file appeared in the folder: its change time, which a rename sets. The
+        // bridge's own claim is such a rename, within the settle time of the landing, so this is
+        // the host's clock, never the writer's: a modification time from a clock years ahead must
+        // not let events years ahead pass as not `future` and move the watermark. A backfill takes
+        // the earlier of this and the modification time: copying or restoring an archive, or a
+        // chmod, renews the change time, while `cp -a`, `rsync -a` and `tar x` keep the
+        // modification time from before the file landed, so the same rows are `future` again.
         let landed_ms = if self.backfill {
-            before.landed_ms.min(before.modified_ms())
+            before.changed_ms().min(before.modified_ms())
         } else {
-            before.landed_ms
+            before.changed_ms()
         };
         // A file version is its content: the same rows under another name, dropped again or
         // compressed, are the same file to the consumer (its bad rows are recorded once). The
@@ -249,7 +257,7 @@ impl Publisher {
             },
         };
         // Re-open by path: a file replaced or rewritten while we read it must be read again.
-        let after = crate::folder::open_regular(path).and_then(|file| Fingerprint::of(&file));
+        let after = crate::folder::open_regular(path).and_then(|file| identity_of(&file));
         let changed = after.ok().as_ref() != Some(&before);
         // Last, and part of the file's completion like every row: what the consumer reconciles
         // the file's ledger against. A file published again sends the same numbers again; a
@@ -499,56 +507,15 @@ fn sha256(mut reader: impl std::io::Read) -> std::io::Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
+/// The version of the open `file`: what tells whether it changed while it was read.
+fn identity_of(file: &File) -> std::io::Result<FileIdentity> {
+    file.metadata().map(|meta| FileIdentity::of(&meta))
+}
+
 pub fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// What tells whether a file changed while it was read: inode, size and modification time; and
-/// when it landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    inode: u64,
-    len: u64,
-    modified_ns: u128,
-    /// When the file appeared in the folder: its inode change time, which a rename sets. The
-    /// bridge's own claim is such a rename, within the settle time of the landing, so this is
-    /// the host's clock, never the writer's: a modification time from a clock years ahead must
-    /// not let events years ahead pass as not `future` and move the watermark. A backfill takes
-    /// the earlier of this and the modification time: copying or restoring an archive, or a
-    /// chmod, renews the change time, while `cp -a`, `rsync -a` and `tar x` keep the
-    /// modification time from before the file landed, so the same rows are `future` again.
-    landed_ms: i64,
-}
-
-impl Fingerprint {
-    /// The modification time in milliseconds.
-    fn modified_ms(&self) -> i64 {
-        i64::try_from(self.modified_ns / 1_000_000).unwrap_or(i64::MAX)
-    }
-
-    fn of(file: &File) -> std::io::Result<Fingerprint> {
-        let metadata = file.metadata()?;
-        let modified = metadata
-            .modified()?
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        #[cfg(unix)]
-        let (inode, landed_ms) = {
-            use std::os::unix::fs::MetadataExt;
-            let changed_ms = metadata.ctime() * 1000 + metadata.ctime_nsec() / 1_000_000;
-            (metadata.ino(), changed_ms)
-        };
-        #[cfg(not(unix))]
-        let (inode, landed_ms) = (0, modified.as_millis() as i64);
-        Ok(Fingerprint {
-            inode,
-            len: metadata.len(),
-            modified_ns: modified.as_nanos(),
-            landed_ms,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -45,11 +45,15 @@ pub(crate) const RETRY: process::Backoff =
 pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Some(mut consumer) = start(&config, shutdown).await? {
-        consumer.run().await;
-        consumer.leave().await;
+    match start(&config, shutdown).await {
+        Ok(Some(mut consumer)) => {
+            consumer.run().await;
+            consumer.leave().await;
+            Ok(())
+        }
+        Ok(None) | Err(Stopped::Shutdown) => Ok(()),
+        Err(Stopped::Failed(error)) => Err(error),
     }
-    Ok(())
 }
 
 /// What a consumer process does, by its flags.
@@ -84,11 +88,11 @@ fn rules_of(config: &Config) -> Rules {
 }
 
 /// Health, the database and its migrations, then the group: set-up in the order it must
-/// happen. `None` when the mode ends here (the dashboard, the migrations) or shutdown came.
+/// happen. `None` when the mode ends here (the dashboard, the migrations).
 async fn start(
     config: &Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<Option<GroupConsumer>> {
+) -> Result<Option<GroupConsumer>, Stopped<anyhow::Error>> {
     log_start(config);
     let application_name = format!(
         "{}@{}",
@@ -109,16 +113,18 @@ async fn start(
         shutdown.cancelled().await;
         return Ok(None);
     }
-    if !config.skip_migrations && !prepare_database(config, &mut sink, &shutdown).await? {
-        return Ok(None);
+    if !config.skip_migrations {
+        prepare_database(config, &mut sink, &shutdown).await?;
     }
     if config.mode() == Mode::MigrateOnly {
         tracing::info!("migrations applied");
         return Ok(None);
     }
-    let Some((consumer, events, kafka)) = join_group(config, &metrics, &shutdown).await? else {
-        return Ok(None);
-    };
+    let Joined {
+        consumer,
+        events,
+        kafka,
+    } = join_group(config, &metrics, &shutdown).await?;
     let probe = LogProbe::new(&kafka, &config.kafka.topic)
         .context("failed to create the Kafka log probe")?;
     let shared = Shared {
@@ -136,12 +142,12 @@ async fn start(
 }
 
 /// Applies the migrations, waiting for a database that is not up yet (or full); a broken
-/// migration is fatal. False when shutdown came first.
+/// migration is fatal.
 async fn prepare_database(
     config: &Config,
     sink: &mut Sink,
     shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> Result<(), Stopped<anyhow::Error>> {
     let migrated = process::retry(RETRY, shutdown, async || match sink.migrate().await {
         Ok(()) => Ok(()),
         Err(SinkError::Database(error)) => {
@@ -152,31 +158,34 @@ async fn prepare_database(
         Err(error) => Err(Attempt::Fail(error)),
     })
     .await;
-    match migrated {
-        Ok(()) => Ok(true),
-        Err(Stopped::Shutdown) => Ok(false),
-        Err(Stopped::Failed(error)) => Err(error).with_context(|| {
-            format!(
-                "failed to prepare the database at {}",
-                redact_url(&config.database_url)
-            )
-        }),
-    }
+    migrated.map_err(|stopped| match stopped {
+        Stopped::Shutdown => Stopped::Shutdown,
+        Stopped::Failed(error) => Stopped::Failed(anyhow::Error::new(error).context(format!(
+            "failed to prepare the database at {}",
+            redact_url(&config.database_url)
+        ))),
+    })
 }
 
-/// The group's consumer, subscribed; and the client settings it was made with.
-/// Waits for a broker that does not answer yet, as for a database that does not (the two start
-/// in any order under Compose, systemd or Kubernetes), with readiness saying why; exits only on
-/// what a retry cannot mend (credentials, authorisation, configuration). `None` when shutdown
-/// came first.
+/// The group's consumer, subscribed, with its rebalances and the client settings it was made with.
+struct Joined {
+    consumer: StreamConsumer<RebalanceWatch>,
+    events: GroupEvents,
+    kafka: ClientConfig,
+}
+
+/// Joins the group. Waits for a broker that does not answer yet, as for a database that does
+/// not (the two start in any order under Compose, systemd or Kubernetes), with readiness saying
+/// why; exits only on what a retry cannot mend (credentials, authorisation, configuration).
 async fn join_group(
     config: &Config,
     metrics: &ConsumerMetrics,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<(StreamConsumer<RebalanceWatch>, GroupEvents, ClientConfig)>> {
+) -> Result<Joined, Stopped<anyhow::Error>> {
     let mut kafka = config
         .kafka
-        .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
+        .client_config(&config.component_name(), CONSUMER_DEFAULTS)
+        .map_err(anyhow::Error::new)?;
     kafka.set("group.id", &config.group);
     if let Some(instance) = &config.instance_id {
         kafka.set("group.instance.id", instance);
@@ -198,11 +207,7 @@ async fn join_group(
         }
     })
     .await;
-    match ensured {
-        Ok(()) => {}
-        Err(Stopped::Shutdown) => return Ok(None),
-        Err(Stopped::Failed(error)) => return Err(error),
-    }
+    ensured?;
     // The topic's metadata came back: a working broker connection, whatever the statistics
     // (every few seconds) will say later.
     metrics.readiness.set(telemetry::Check::Broker, Ok(()));
@@ -213,7 +218,11 @@ async fn join_group(
     consumer
         .subscribe(&[&config.kafka.topic])
         .context("failed to subscribe")?;
-    Ok(Some((consumer, events, kafka)))
+    Ok(Joined {
+        consumer,
+        events,
+        kafka,
+    })
 }
 
 /// Starts the metrics endpoint and the dashboard, where asked for.
@@ -251,7 +260,8 @@ fn watch_lag(
 ) -> anyhow::Result<()> {
     let mut kafka = config
         .kafka
-        .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
+        .client_config(&config.component_name(), CONSUMER_DEFAULTS)
+        .map_err(anyhow::Error::new)?;
     kafka.set("group.id", &config.group);
     let probe = LogProbe::new(&kafka, &config.kafka.topic)
         .context("failed to create the Kafka log probe")?;

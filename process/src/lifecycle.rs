@@ -147,6 +147,13 @@ pub enum Stopped<E> {
     Failed(E),
 }
 
+/// A failure is a way to stop: `?` carries it out of a step that may also stop for shutdown.
+impl<E> From<E> for Stopped<E> {
+    fn from(error: E) -> Stopped<E> {
+        Stopped::Failed(error)
+    }
+}
+
 /// Runs `attempt` until it succeeds, sleeping `backoff` between tries; an attempt says whether
 /// its failure is worth another try (and logs it: only it knows what to say).
 pub async fn retry<T, E>(

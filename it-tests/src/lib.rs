@@ -415,11 +415,17 @@ impl World {
     /// the stored events and quarantined rows those the ledger counts (inserted rows retention
     /// dropped since are not stored).
     pub async fn assert_every_row_accounted(&self) {
+        // Under a session of its own: a test may preset the database's timeouts to hostile values.
+        let mut db = self.pool.begin().await.expect("a transaction");
+        sqlx::raw_sql("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+            .execute(&mut *db)
+            .await
+            .expect("the assertion's own timeouts");
         let open: Vec<(String, Option<i64>, i64, i64, i64)> = sqlx::query_as(
             "SELECT file_name, rows_read, rows_inserted, rows_duplicate, rows_rejected
              FROM ingest_files WHERE reconciled_at IS NULL ORDER BY 1",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *db)
         .await
         .expect("the ledger");
         assert!(open.is_empty(), "files not reconciled: {open:?}");
@@ -427,7 +433,7 @@ impl World {
             "SELECT (SELECT count(*) FROM ecommerce_events),
                     (SELECT coalesce(sum(rows_inserted - rows_expired), 0)::int8 FROM ingest_files)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *db)
         .await
         .expect("events");
         assert_eq!(
@@ -438,7 +444,7 @@ impl World {
             "SELECT (SELECT count(*) FROM ecommerce_events_rejected WHERE reason_code <> 'undecodable'),
                     (SELECT coalesce(sum(rows_rejected), 0)::int8 FROM ingest_files)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *db)
         .await
         .expect("rejects");
         assert_eq!(

@@ -374,12 +374,15 @@ async fn end_to_end(
 ) -> anyhow::Result<()> {
     // End to end: files land in a watched folder; rows committed.
     let e2e = World::new("bench_e2e").await;
+    // Moved from a copy: the kept input stays whole for the curve stage after this one.
+    let staged = e2e.dir.path().join("staged");
+    curve::copy_input(kept, &staged)?;
     std::fs::create_dir_all(e2e.input_dir())?;
     let consumer = e2e.consumer(&[]);
     let bridge = e2e.bridge(&[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let started = Instant::now();
-    curve::move_input(kept, &e2e.input_dir())?;
+    curve::move_input(&staged, &e2e.input_dir())?;
     e2e.wait_for_count(EVENTS_COUNT, events as i64, LONG).await;
     let e2e_rate = rate(events, started.elapsed());
     figures.add(

@@ -255,7 +255,10 @@ pub fn move_input(from: &Path, input: &Path) -> anyhow::Result<()> {
 /// The generated files copied into `input`, the folder made if need be.
 pub fn copy_input(kept: &Path, input: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(input)?;
-    for file in sorted_files(kept)? {
+    let files = sorted_files(kept)?;
+    // An empty copy would leave a drain waiting for rows that never come.
+    anyhow::ensure!(!files.is_empty(), "no input files left in {}", kept.display());
+    for file in files {
         std::fs::copy(&file, input.join(file.file_name().context("file name")?))?;
     }
     Ok(())

@@ -82,6 +82,12 @@ impl LogProbe {
         config.set("enable.partition.eof", "false");
         config.set("auto.offset.reset", "earliest");
         config.remove("statistics.interval.ms");
+        // It reads one message at a time: with the group consumer's prefetch (a 4 MiB queue,
+        // 2 MiB fetches) each look filled a queue of its own until unassigned, and a drain
+        // peaked 10 MiB higher. At least one message is returned whatever these say.
+        config.set("queued.min.messages", "1");
+        config.set("queued.max.messages.kbytes", "64");
+        config.set("max.partition.fetch.bytes", "65536");
         Ok(LogProbe {
             consumer: config.create()?,
             topic: topic.to_owned(),

@@ -257,7 +257,11 @@ pub fn copy_input(kept: &Path, input: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(input)?;
     let files = sorted_files(kept)?;
     // An empty copy would leave a drain waiting for rows that never come.
-    anyhow::ensure!(!files.is_empty(), "no input files left in {}", kept.display());
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no input files left in {}",
+        kept.display()
+    );
     for file in files {
         std::fs::copy(&file, input.join(file.file_name().context("file name")?))?;
     }

@@ -74,7 +74,7 @@ fn consume(messages: &[Incoming]) {
         .map(|p| (p, PartitionState::new(None, None, 200_000)))
         .collect();
     for chunk in messages.chunks(BATCH) {
-        let batch = classify(chunk, &mut states, &rules, "topic", chrono::Utc::now());
+        let batch = classify(chunk, &mut states, &rules, chrono::Utc::now());
         std::hint::black_box(consumer::sink::events::encode_events(
             &batch.events,
             &HashSet::new(),

@@ -6,7 +6,8 @@ mod rows;
 
 pub use incoming::{Incoming, MessageBuffer};
 pub use rows::{
-    BatchStats, Checkpoint, EventRow, LateRow, RejectRow, Source, WindowDuplicate, WriteBatch,
+    BatchStats, Checkpoint, EventRow, KafkaPlace, LateRow, Origin, RejectRow, Source,
+    WindowDuplicate, WriteBatch,
 };
 
 use crate::config::LatePolicy;
@@ -37,7 +38,6 @@ pub fn classify(
     messages: &[Incoming],
     states: &mut HashMap<i32, PartitionState>,
     rules: &Rules,
-    topic: &str,
     now: DateTime<Utc>,
 ) -> WriteBatch {
     let mut batch = WriteBatch {
@@ -48,7 +48,7 @@ pub fn classify(
     let mut checkpoints: BTreeMap<i32, Checkpoint> = BTreeMap::new();
     let mut last_of_partition: HashMap<i32, &Incoming> = HashMap::new();
     let mut sources = SourceNames::default();
-    let context = Context { rules, topic, now };
+    let context = Context { rules, now };
     for message in messages {
         batch.stats.rows += 1;
         let next = message.offset + 1;
@@ -92,7 +92,6 @@ pub fn classify(
 /// What every message of a batch is judged by.
 struct Context<'a> {
     rules: &'a Rules,
-    topic: &'a str,
     now: DateTime<Utc>,
 }
 
@@ -162,9 +161,7 @@ fn classify_message(
         }
         Err(Decoded::Foreign(reason)) => {
             batch.stats.rejected += 1;
-            batch
-                .rejects
-                .push(undecodable(message, context.topic, reason));
+            batch.rejects.push(undecodable(message, reason));
             return;
         }
     };
@@ -310,13 +307,13 @@ fn reject_row(row: &RowRef, message: &Incoming, rejection: Rejection) -> RejectR
         .value(Column::EventId)
         .and_then(|id| parse_event_id(id.trim()).ok());
     RejectRow {
-        source: Source {
+        origin: Origin::File(Source {
             file: row.file.into(),
             file_id: row.file_id.into(),
             line: row.line as i64,
             partition: message.partition,
             offset: message.offset,
-        },
+        }),
         code: rejection.code,
         field: rejection.field.map(Column::name),
         reason: rejection.reason,
@@ -329,7 +326,7 @@ fn reject_row(row: &RowRef, message: &Incoming, rejection: Rejection) -> RejectR
 /// A message that is not a pipeline row, whoever produced it: kept whole (key and value) under its
 /// Kafka identity. The identity includes a hash of the content, so the same message read again is
 /// recorded once, and a different message at a reused offset (a log that restarted) is not lost.
-fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
+fn undecodable(message: &Incoming, reason: String) -> RejectRow {
     let key = message.key.as_deref().unwrap_or_default();
     let payload = message.payload.as_deref().unwrap_or_default();
     let content = [&(key.len() as u64).to_be_bytes()[..], key, payload].concat();
@@ -339,13 +336,12 @@ fn undecodable(message: &Incoming, topic: &str, reason: String) -> RejectRow {
         crate::storable::short_hash(&content, 16)
     );
     RejectRow {
-        source: Source::kafka(
-            topic,
+        origin: Origin::Kafka(KafkaPlace {
+            partition: message.partition,
+            offset: message.offset,
             identity,
-            message.offset,
-            message.partition,
-            message.offset,
-        ),
+            line: message.offset,
+        }),
         code: RejectCode::Undecodable,
         field: None,
         reason,
@@ -442,7 +438,7 @@ mod tests {
             },
         ];
         let mut states = fresh_states(&[0, 1]);
-        let batch = classify(&messages, &mut states, &RULES, "t", now());
+        let batch = classify(&messages, &mut states, &RULES, now());
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.rejects.len(), 2);
         assert_eq!(batch.rejects[0].field, Some("event_time"));
@@ -497,7 +493,7 @@ mod tests {
             },
         ];
         let mut states = fresh_states(&[0]);
-        let batch = classify(&messages, &mut states, &RULES, "t", now());
+        let batch = classify(&messages, &mut states, &RULES, now());
         assert_eq!(batch.file_ends, vec![end]);
         assert_eq!((batch.events.len(), batch.rejects.len()), (1, 0));
         assert_eq!(batch.checkpoints[0].next_offset, 2);
@@ -511,7 +507,7 @@ mod tests {
             message(0, 1, "b", "2026-11-25T12:00:00Z"),
             message(0, 2, "c", "2026-11-25T12:00:00Z"),
         ];
-        let batch = classify(&messages, &mut states, &RULES, "t", now());
+        let batch = classify(&messages, &mut states, &RULES, now());
         assert_eq!(batch.stats.replayed, 2);
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.events[0].event.event_id, "c");
@@ -525,7 +521,7 @@ mod tests {
             message(0, 0, "new", "2026-11-25T12:30:00Z"),
             message(0, 1, "old", "2026-11-25T12:00:00Z"),
         ];
-        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, "t", now());
+        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, now());
         assert_eq!(batch.events.len(), 2);
         assert!(batch.events[1].late);
         assert_eq!(batch.stats.late, 1);
@@ -534,7 +530,7 @@ mod tests {
             late_policy: LatePolicy::Quarantine,
             ..RULES
         };
-        let batch = classify(&messages, &mut fresh_states(&[0]), &quarantine, "t", now());
+        let batch = classify(&messages, &mut fresh_states(&[0]), &quarantine, now());
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.late_rejects.len(), 1);
         assert_eq!(batch.late_rejects[0].reject.code, RejectCode::Late);
@@ -564,7 +560,6 @@ mod tests {
                 &messages,
                 &mut fresh_states(&[0]),
                 &RULES,
-                "t",
                 clock.parse().unwrap(),
             );
             let stored: Vec<&str> = batch
@@ -591,7 +586,7 @@ mod tests {
             ..RULES
         };
         let mut states = fresh_states(&[0]);
-        let batch = classify(&messages, &mut states, &quarantine, "t", now());
+        let batch = classify(&messages, &mut states, &quarantine, now());
         let ids: Vec<&str> = batch
             .events
             .iter()
@@ -643,13 +638,14 @@ mod tests {
                 fixes: None,
             })
             .collect();
-        let batch = classify(&messages, &mut fresh_states(&[2]), &RULES, "t", now());
+        let batch = classify(&messages, &mut fresh_states(&[2]), &RULES, now());
         assert_eq!(batch.rejects.len(), messages.len());
         for (reject, message) in batch.rejects.iter().zip(&messages) {
             assert_eq!(reject.code, RejectCode::Undecodable);
-            assert_eq!(&*reject.source.file, "kafka:t");
-            assert_eq!(reject.source.line, message.offset);
-            assert!(reject.source.file_id.starts_with("partition-2:"));
+            assert_eq!(reject.origin.file(), None, "outside every file's ledger");
+            assert_eq!(reject.origin.stored_file("t"), "kafka:t");
+            assert_eq!(reject.origin.line(), message.offset);
+            assert!(reject.origin.stored_file_id().starts_with("partition-2:"));
         }
         assert!(
             batch.rejects[3].reason.contains("version 7"),
@@ -684,13 +680,13 @@ mod tests {
             },
             message(0, 1, "victim", "2026-11-25T12:00:00Z"),
         ];
-        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, "t", now());
+        let batch = classify(&messages, &mut fresh_states(&[0]), &RULES, now());
         assert_eq!(batch.rejects.len(), 1);
         let reject = &batch.rejects[0];
         assert_eq!(reject.code, RejectCode::Undecodable);
         assert_eq!(
-            (&*reject.source.file, reject.event_id.as_deref()),
-            ("kafka:t", None)
+            (reject.origin.file(), reject.event_id.as_deref()),
+            (None, None)
         );
         assert!(reject.reason.contains("`late`"), "{}", reject.reason);
         assert_eq!(batch.events.len(), 1, "the real event is an event");

@@ -4,6 +4,7 @@
 use super::{Incoming, SourceNames};
 use chrono::{DateTime, Utc};
 use event_model::{Event, FileEnd, RejectCode, RowRef};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -20,19 +21,6 @@ pub struct Source {
 }
 
 impl Source {
-    /// A place that is not a file's line: a message kept under its Kafka identity, where
-    /// `source_file` names the topic (`kafka:<topic>`) and `file_id` tells it from the others
-    /// at that offset.
-    pub fn kafka(topic: &str, file_id: String, line: i64, partition: i32, offset: i64) -> Source {
-        Source {
-            file: format!("kafka:{topic}").into(),
-            file_id: file_id.into(),
-            line,
-            partition,
-            offset,
-        }
-    }
-
     pub(super) fn of(row: &RowRef, message: &Incoming, sources: &mut SourceNames) -> Source {
         let (file, file_id) = sources.of(row);
         Source {
@@ -41,6 +29,74 @@ impl Source {
             line: row.line as i64,
             partition: message.partition,
             offset: message.offset,
+        }
+    }
+}
+
+/// Where a quarantined row came from, which decides whose ledger counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of a file the bridge published: counted in that file version's ledger.
+    File(Source),
+    /// A message kept under its Kafka identity, outside every file's ledger: one that is not a
+    /// pipeline row, or the stand-in for a row the database refused to quarantine.
+    Kafka(KafkaPlace),
+}
+
+/// A message's place in the log, and what tells it from the others at that offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaPlace {
+    pub partition: i32,
+    pub offset: i64,
+    /// Stored as `source_file_id`: `partition-<n>:<hash of the content>` for a foreign message.
+    pub identity: String,
+    /// Stored as `source_line`: the offset for a foreign message, the row's line for a stand-in.
+    pub line: i64,
+}
+
+impl Origin {
+    /// What `source_file` holds: the file's name, or `kafka:<topic>` for a message.
+    pub fn stored_file<'a>(&'a self, topic: &str) -> Cow<'a, str> {
+        match self {
+            Origin::File(source) => Cow::Borrowed(&source.file),
+            Origin::Kafka(_) => Cow::Owned(format!("kafka:{topic}")),
+        }
+    }
+
+    /// What `source_file_id` holds.
+    pub fn stored_file_id(&self) -> &str {
+        match self {
+            Origin::File(source) => &source.file_id,
+            Origin::Kafka(place) => &place.identity,
+        }
+    }
+
+    pub fn line(&self) -> i64 {
+        match self {
+            Origin::File(source) => source.line,
+            Origin::Kafka(place) => place.line,
+        }
+    }
+
+    pub fn partition(&self) -> i32 {
+        match self {
+            Origin::File(source) => source.partition,
+            Origin::Kafka(place) => place.partition,
+        }
+    }
+
+    pub fn offset(&self) -> i64 {
+        match self {
+            Origin::File(source) => source.offset,
+            Origin::Kafka(place) => place.offset,
+        }
+    }
+
+    /// The file line whose ledger counts this row; none for a message.
+    pub fn file(&self) -> Option<&Source> {
+        match self {
+            Origin::File(source) => Some(source),
+            Origin::Kafka(_) => None,
         }
     }
 }
@@ -77,7 +133,7 @@ impl EventRow {
 
 #[derive(Debug, Clone)]
 pub struct RejectRow {
-    pub source: Source,
+    pub origin: Origin,
     pub code: RejectCode,
     pub field: Option<&'static str>,
     pub reason: String,
@@ -85,13 +141,6 @@ pub struct RejectRow {
     pub raw: Vec<u8>,
     /// The message's key, kept for messages that are not pipeline rows.
     pub kafka_key: Option<Vec<u8>>,
-}
-
-impl RejectRow {
-    /// The file version whose ledger counts this row; none for a message that is not a row.
-    pub fn ledger_file_id(&self) -> Option<&str> {
-        (self.code != RejectCode::Undecodable).then_some(&*self.source.file_id)
-    }
 }
 
 /// A late event under `--late-policy quarantine`: quarantined as `late`, unless it is the fix of

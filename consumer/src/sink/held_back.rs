@@ -2,7 +2,7 @@
 //! the retention horizon the batch is judged by.
 
 use super::ids_matching;
-use crate::batch::{EventRow, RejectRow, WriteBatch};
+use crate::batch::{EventRow, Origin, RejectRow, WriteBatch};
 use chrono::{DateTime, Utc};
 use event_model::RejectCode;
 use sqlx::PgConnection;
@@ -152,7 +152,7 @@ impl HeldBack {
 /// An event dated before the retention horizon, as its `expired` reject.
 fn expired_row(row: &EventRow, horizon: DateTime<Utc>) -> RejectRow {
     RejectRow {
-        source: row.source.clone(),
+        origin: Origin::File(row.source.clone()),
         code: RejectCode::Expired,
         field: Some("event_time"),
         reason: format!(

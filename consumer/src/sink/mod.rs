@@ -283,10 +283,10 @@ impl Sink {
                 let taken =
                     rejects::insert_reject_or_its_stand_in(&mut tx, &topic, row, kind).await?;
                 // Counted as the row it stands for, whatever went in for it.
-                if let (Some(file_id), false) = (row.ledger_file_id(), taken.is_empty()) {
+                if let (Some(source), false) = (row.origin.file(), taken.is_empty()) {
                     written.rejects.push(FileReject {
-                        file_id: file_id.to_owned(),
-                        file: row.source.file.to_string(),
+                        file_id: source.file_id.to_string(),
+                        file: source.file.to_string(),
                         kind,
                     });
                 }
@@ -311,9 +311,10 @@ async fn ids_matching(
 
 /// A quarantined row as its file's ledger counts it; none for a message that is not a row.
 fn from_a_file(row: Quarantined, kind: RejectKind) -> Option<FileReject> {
-    (row.reason_code != RejectCode::Undecodable).then_some(FileReject {
-        file_id: row.source_file_id,
-        file: row.source_file,
+    let (file_id, file) = row.file?;
+    Some(FileReject {
+        file_id,
+        file,
         kind,
     })
 }

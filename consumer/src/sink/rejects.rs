@@ -3,7 +3,7 @@
 
 use super::settle;
 use super::unnest::{names, scalar, unnest, Input};
-use crate::batch::{RejectRow, Source};
+use crate::batch::{KafkaPlace, Origin, RejectRow};
 use crate::storable;
 use event_model::RejectCode;
 use sqlx::{Connection, PgConnection};
@@ -42,13 +42,21 @@ static INSERT_REJECTS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// A quarantined row the database took (not one it already held).
+/// A quarantined row as the statement returns it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Quarantined {
+struct Stored {
     #[sqlx(try_from = "String")]
+    reason_code: RejectCode,
+    source_file_id: String,
+    source_file: String,
+}
+
+/// A quarantined row the database took (not one it already held).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
     pub reason_code: RejectCode,
-    pub source_file_id: String,
-    pub source_file: String,
+    /// The file version whose ledger counts it, as stored (identity, name); none for a message.
+    pub file: Option<(String, String)>,
 }
 
 /// Quarantines one row; should the database refuse even that (a constraint an operator put on
@@ -67,25 +75,25 @@ pub async fn insert_reject_or_its_stand_in(
         Ok(codes) => return Ok(codes),
         Err(error) => error,
     };
-    tracing::error!(file = %row.source.file, line = row.source.line, partition = row.source.partition, offset = row.source.offset, %error, "the database refused a quarantine row; recording a stand-in");
+    let origin = &row.origin;
+    tracing::error!(file = %origin.stored_file(topic), line = origin.line(), partition = origin.partition(), offset = origin.offset(), %error, "the database refused a quarantine row; recording a stand-in");
     // Keyed by what the row is, not where it was read: a row of a file by a hash of its file
     // version and its line (every redelivery is the same stand-in, counted once), a foreign
     // message by its Kafka identity, which already holds a hash of its content.
-    let (file_id, line) = match row.ledger_file_id() {
-        Some(file_id) => (
-            format!(
-                "unstorable:{}",
-                storable::short_hash(file_id.as_bytes(), 16)
-            ),
-            row.source.line,
+    let identity = match origin {
+        Origin::File(source) => format!(
+            "unstorable:{}",
+            storable::short_hash(source.file_id.as_bytes(), 16)
         ),
-        None => (
-            format!("{}:unstorable", row.source.file_id),
-            row.source.line,
-        ),
+        Origin::Kafka(place) => format!("{}:unstorable", place.identity),
     };
     let stand_in = RejectRow {
-        source: Source::kafka(topic, file_id, line, row.source.partition, row.source.offset),
+        origin: Origin::Kafka(KafkaPlace {
+            partition: origin.partition(),
+            offset: origin.offset(),
+            identity,
+            line: origin.line(),
+        }),
         code: RejectCode::Database,
         field: None,
         // Nothing the row carried goes into the text again: it may be what was refused.
@@ -120,35 +128,69 @@ impl RejectKind {
     }
 }
 
+/// Quarantines `rows` in one statement for the rows of files and one for messages, so each
+/// row taken is returned with the ledger that counts it.
 pub async fn insert_rejects(
     tx: &mut PgConnection,
     topic: &str,
     rows: &[RejectRow],
     kind: RejectKind,
 ) -> Result<Vec<Quarantined>, sqlx::Error> {
+    let (of_files, messages): (Vec<&RejectRow>, Vec<&RejectRow>) =
+        rows.iter().partition(|row| row.origin.file().is_some());
+    let mut taken = Vec::with_capacity(rows.len());
+    for stored in insert(&mut *tx, topic, &of_files, kind).await? {
+        let file = Some((stored.source_file_id, stored.source_file));
+        let reason_code = stored.reason_code;
+        taken.push(Quarantined { reason_code, file });
+    }
+    for stored in insert(&mut *tx, topic, &messages, kind).await? {
+        let reason_code = stored.reason_code;
+        taken.push(Quarantined {
+            reason_code,
+            file: None,
+        });
+    }
+    Ok(taken)
+}
+
+async fn insert(
+    tx: &mut PgConnection,
+    topic: &str,
+    rows: &[&RejectRow],
+    kind: RejectKind,
+) -> Result<Vec<Stored>, sqlx::Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     // Every text made storable here, at the one door to the table: NUL escaped, indexed values
     // bounded. The bytes as they were stay in `raw` and `kafka_key`.
-    let column = |f: fn(&RejectRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let column =
+        |f: &dyn Fn(&RejectRow) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let number = |f: fn(&Origin) -> i64| rows.iter().map(|r| f(&r.origin)).collect::<Vec<_>>();
     sqlx::query_as(&INSERT_REJECTS)
-        .bind(column(|r| Some(storable::key(&r.source.file).into_owned())))
-        .bind(column(|r| {
-            Some(storable::key(&r.source.file_id).into_owned())
+        .bind(column(&|r| {
+            Some(storable::key(&r.origin.stored_file(topic)).into_owned())
         }))
-        .bind(rows.iter().map(|r| r.source.line).collect::<Vec<_>>())
-        .bind(column(|r| Some(r.code.as_str().to_owned())))
-        .bind(column(|r| r.field.map(str::to_owned)))
-        .bind(column(|r| Some(storable::text(&r.reason).into_owned())))
-        .bind(column(|r| {
+        .bind(column(&|r| {
+            Some(storable::key(r.origin.stored_file_id()).into_owned())
+        }))
+        .bind(number(Origin::line))
+        .bind(column(&|r| Some(r.code.as_str().to_owned())))
+        .bind(column(&|r| r.field.map(str::to_owned)))
+        .bind(column(&|r| Some(storable::text(&r.reason).into_owned())))
+        .bind(column(&|r| {
             r.event_id
                 .as_deref()
                 .map(|id| storable::key(id).into_owned())
         }))
         .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.source.partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.source.offset).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.origin.partition())
+                .collect::<Vec<_>>(),
+        )
+        .bind(number(Origin::offset))
         .bind(rows.iter().map(|r| r.kafka_key.clone()).collect::<Vec<_>>())
         .bind(storable::text(topic))
         .bind(kind.only_if_not_an_event())

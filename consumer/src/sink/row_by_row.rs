@@ -2,7 +2,7 @@
 //! rows it refuses are quarantined.
 
 use super::{fault_of, insert_through_staging, resolve_rejects_fixed_by, settle, Fault};
-use crate::batch::{EventRow, RejectRow, Source};
+use crate::batch::{EventRow, Origin, RejectRow, Source};
 use chrono::Utc;
 use event_model::RejectCode;
 use ledger::InsertedRow;
@@ -57,7 +57,7 @@ pub(super) async fn insert_one_by_one(
 /// The event the database refused, as a `database` reject with the database's words.
 fn refused_row(row: &EventRow, error: &sqlx::Error) -> RejectRow {
     RejectRow {
-        source: row.source.clone(),
+        origin: Origin::File(row.source.clone()),
         code: RejectCode::Database,
         field: None,
         reason: format!("the database refused the row: {error}"),

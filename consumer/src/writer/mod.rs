@@ -249,8 +249,7 @@ impl Writer<'_> {
                 Ok(Continuity::MovedBack) => return Err(Interrupted::MovedBack),
                 Ok(Continuity::Continues) => {
                     let now = clock::now();
-                    let topic = &shared.settings.topic;
-                    let batch = classify(messages, &mut self.states, &shared.rules, topic, now);
+                    let batch = classify(messages, &mut self.states, &shared.rules, now);
                     self.sink
                         .write(&batch)
                         .await

@@ -15,7 +15,7 @@ SUBCOMMANDS = {"quarantine": ["export"], "aggregates": ["check", "rebuild"], "re
 # Cargo's and the scripts' own, cited beside ours.
 FOREIGN_FLAGS = {"--features", "--locked", "--release", "--bins", "--all-targets", "--build", "--scale", "--profile"}
 SOURCE_DIRS = ["consumer", "file-bridge", "generator", "event-model", "it-tests", "operator-tools",
-               "pipeline-kafka", "process", "telemetry"]
+               "pipeline-kafka", "pipeline-store", "process", "telemetry"]
 
 
 def rust_sources():

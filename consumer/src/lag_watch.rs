@@ -4,6 +4,7 @@
 
 use crate::log_check::LogProbe;
 use crate::metrics::ConsumerMetrics;
+use pipeline_store::checkpoints;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,16 +72,12 @@ impl LagWatch {
     /// Per partition: the log's end less PostgreSQL's checkpoint (the log's start where there is
     /// none yet).
     async fn measure(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let checkpoints: BTreeMap<i32, i64> = sqlx::query_as(
-            "SELECT kafka_partition, next_offset FROM ingest_checkpoints
-             WHERE consumer_group = $1 AND topic = $2",
-        )
-        .bind(&self.group)
-        .bind(&self.topic)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .collect();
+        let checkpoints: BTreeMap<i32, i64> =
+            checkpoints::of_group(&self.pool, &self.group, &self.topic)
+                .await?
+                .into_iter()
+                .map(|c| (c.kafka_partition, c.next_offset))
+                .collect();
         let probe = self.probe.clone();
         let ends = tokio::task::spawn_blocking(move || probe.watermarks()).await??;
         Ok(ends

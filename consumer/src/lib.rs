@@ -260,8 +260,7 @@ fn watch_lag(
 ) -> anyhow::Result<()> {
     let mut kafka = config
         .kafka
-        .client_config(&config.component_name(), CONSUMER_DEFAULTS)
-        .map_err(anyhow::Error::new)?;
+        .client_config(&config.component_name(), CONSUMER_DEFAULTS)?;
     kafka.set("group.id", &config.group);
     let probe = LogProbe::new(&kafka, &config.kafka.topic)
         .context("failed to create the Kafka log probe")?;

@@ -16,28 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
-/// What the consumer found about a partition's log that an operator must know, as
-/// `ingest_log_events.kind` and the `kind` label of `pipeline_consumer_log_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogEventKind {
-    /// The log is not the one the checkpoint was taken on; read again from its start.
-    Restarted,
-    /// Messages were removed before this group read them.
-    Gap,
-    /// Kafka's committed offset was ahead of PostgreSQL's checkpoint; read again from the
-    /// checkpoint.
-    Rewound,
-}
-
-impl LogEventKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LogEventKind::Restarted => "restarted",
-            LogEventKind::Gap => "gap",
-            LogEventKind::Rewound => "rewound",
-        }
-    }
-}
+pub use pipeline_store::log_events::LogEventKind;
 
 /// What the log says about a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,10 +3,48 @@
 
 use super::{Sink, SinkError};
 use crate::batch::Checkpoint;
-use crate::log_check::LogEventKind;
 use chrono::{DateTime, Utc};
+use pipeline_store::log_events::{self, LogEvent, LogEventKind};
 use sqlx::{Connection, PgConnection};
 use std::collections::HashMap;
+
+/// Why a partition is read again from PostgreSQL's checkpoint, behind where reading stood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewind {
+    /// Found on assignment: Kafka's committed offset is ahead of the checkpoint. A database
+    /// restored from an older backup looks exactly like this.
+    CommittedAhead { committed: i64, checkpoint: i64 },
+    /// Found while running: the checkpoint is behind what this consumer had read and written
+    /// (the database moved back under it: a failover to a replica that missed commits, a restore).
+    MovedBack { read_from: i64, checkpoint: i64 },
+}
+
+impl Rewind {
+    /// Where reading stood, and where it starts again.
+    fn offsets(self) -> (i64, i64) {
+        match self {
+            Rewind::CommittedAhead {
+                committed,
+                checkpoint,
+            } => (committed, checkpoint),
+            Rewind::MovedBack {
+                read_from,
+                checkpoint,
+            } => (read_from, checkpoint),
+        }
+    }
+
+    fn detail(self) -> String {
+        match self {
+            Rewind::CommittedAhead { committed, checkpoint } => format!(
+                "Kafka's committed offset {committed} is ahead of PostgreSQL's checkpoint {checkpoint} (a database restored from an older backup, or checkpoints removed): read again from {checkpoint}"
+            ),
+            Rewind::MovedBack { read_from, checkpoint } => format!(
+                "the consumer was reading from offset {read_from} but PostgreSQL's checkpoint says {checkpoint} (the database moved back: a failover to a replica that missed commits, or a restore): read again from {checkpoint}"
+            ),
+        }
+    }
+}
 
 /// A partition's checkpoint as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -72,38 +110,6 @@ pub async fn move_back(
     Ok(moved == 1)
 }
 
-/// One finding about a partition's log: what, between which offsets, in words.
-pub struct LogEvent<'a> {
-    pub partition: i32,
-    pub kind: LogEventKind,
-    pub offsets: (i64, i64),
-    pub detail: &'a str,
-}
-
-pub async fn record_log_event(
-    connection: &mut PgConnection,
-    group: &str,
-    topic: &str,
-    event: &LogEvent<'_>,
-) -> Result<(), sqlx::Error> {
-    let (from, to) = event.offsets;
-    sqlx::query(
-        "INSERT INTO ingest_log_events
-             (consumer_group, topic, kafka_partition, kind, from_offset, to_offset, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-    )
-    .bind(group)
-    .bind(topic)
-    .bind(event.partition)
-    .bind(event.kind.as_str())
-    .bind(from)
-    .bind(to)
-    .bind(event.detail)
-    .execute(connection)
-    .await
-    .map(drop)
-}
-
 /// Moves a checkpoint forward only from where this consumer believes it is; false when another
 /// consumer moved it meanwhile (the partition was reassigned), which must abort the transaction.
 pub async fn advance_checkpoint(
@@ -167,12 +173,13 @@ impl Sink {
             return Err(SinkError::Fenced { partition });
         }
         let event = LogEvent {
-            partition,
+            kafka_partition: partition,
             kind: LogEventKind::Restarted,
-            offsets: (expected, start),
-            detail: reason,
+            from_offset: expected,
+            to_offset: start,
+            detail: reason.to_owned(),
         };
-        record_log_event(&mut tx, &group, &topic, &event).await?;
+        log_events::record(&mut *tx, &group, &topic, &event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -187,69 +194,35 @@ impl Sink {
         let detail = format!(
             "offsets {from}..{to} were removed from the log (retention) before this group read them"
         );
-        self.record_log_event(partition, LogEventKind::Gap, (from, to), &detail)
-            .await
-    }
-
-    /// Records that Kafka's committed offset `committed` was ahead of where PostgreSQL says the
-    /// partition stands (`start`), so reading starts again at `start`. A database restored from
-    /// an older backup looks exactly like this; every rewind is recorded.
-    pub async fn record_rewind(
-        &mut self,
-        partition: i32,
-        committed: i64,
-        start: i64,
-    ) -> Result<(), SinkError> {
-        let detail = format!(
-            "Kafka's committed offset {committed} is ahead of PostgreSQL's checkpoint {start} (a database restored from an older backup, or checkpoints removed): read again from {start}"
-        );
-        self.record_log_event(
-            partition,
-            LogEventKind::Rewound,
-            (committed, start),
-            &detail,
-        )
+        self.record_log_event(LogEvent {
+            kafka_partition: partition,
+            kind: LogEventKind::Gap,
+            from_offset: from,
+            to_offset: to,
+            detail,
+        })
         .await
     }
 
-    /// Records that PostgreSQL's checkpoint was found behind what this consumer had read and
-    /// written (the database moved back under it: a failover to a replica that missed commits,
-    /// a restore), so the partition is read again from the checkpoint.
-    pub async fn record_moved_back(
-        &mut self,
-        partition: i32,
-        read_from: i64,
-        checkpoint: i64,
-    ) -> Result<(), SinkError> {
-        let detail = format!(
-            "the consumer was reading from offset {read_from} but PostgreSQL's checkpoint says {checkpoint} (the database moved back: a failover to a replica that missed commits, or a restore): read again from {checkpoint}"
-        );
-        self.record_log_event(
-            partition,
-            LogEventKind::Rewound,
-            (read_from, checkpoint),
-            &detail,
-        )
+    /// Records that the partition is read again from PostgreSQL's checkpoint, and why: every
+    /// rewind is recorded.
+    pub async fn record_rewind(&mut self, partition: i32, rewind: Rewind) -> Result<(), SinkError> {
+        let (from_offset, to_offset) = rewind.offsets();
+        self.record_log_event(LogEvent {
+            kafka_partition: partition,
+            kind: LogEventKind::Rewound,
+            from_offset,
+            to_offset,
+            detail: rewind.detail(),
+        })
         .await
     }
 
     /// One finding about a partition's log, on its own (outside any batch's transaction).
-    async fn record_log_event(
-        &mut self,
-        partition: i32,
-        kind: LogEventKind,
-        offsets: (i64, i64),
-        detail: &str,
-    ) -> Result<(), SinkError> {
+    async fn record_log_event(&mut self, event: LogEvent) -> Result<(), SinkError> {
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let connection = self.connection().await?;
-        let event = LogEvent {
-            partition,
-            kind,
-            offsets,
-            detail,
-        };
-        record_log_event(connection, &group, &topic, &event).await?;
+        log_events::record(connection, &group, &topic, &event).await?;
         Ok(())
     }
 }

@@ -230,56 +230,6 @@ async fn record_duplicates(
     Ok(())
 }
 
-/// Marks resolved every open reject whose event_id is among `inserted` (ids just written): the
-/// fixed row of an exported quarantine, dropped into the input folder. Only the ids travel; the
-/// rare reject that matches looks its event's source up.
-pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result<u64, sqlx::Error> {
-    if inserted.is_empty() {
-        return Ok(0);
-    }
-    let resolved = sqlx::query(
-        "UPDATE ecommerce_events_rejected r
-         SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
-         FROM UNNEST($1::text[]) AS u(id) JOIN ecommerce_events e
-                ON e.event_key = event_key_of(u.id) AND e.event_id = u.id
-         WHERE r.event_id = u.id AND r.resolved_at IS NULL",
-    )
-    .bind(inserted)
-    .execute(tx)
-    .await?;
-    Ok(resolved.rows_affected())
-}
-
-/// Marks resolved every open reject that a stored event of `events` names as the row it fixes
-/// (the `reject_id` column of an exported quarantine): how a reject without a usable event_id
-/// (none, empty, too long, a row too large) is resolved. The event must be stored, now or
-/// before; the reject names the stored event's file and line.
-pub async fn resolve_fixed_rejects(
-    tx: &mut PgConnection,
-    events: &[EventRow],
-) -> Result<u64, sqlx::Error> {
-    let (rejects, ids): (Vec<i64>, Vec<&str>) = events
-        .iter()
-        .filter_map(|row| Some((row.fixes?, row.event.event_id.as_str())))
-        .unzip();
-    if rejects.is_empty() {
-        return Ok(0);
-    }
-    let resolved = sqlx::query(
-        "UPDATE ecommerce_events_rejected r
-         SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
-         FROM UNNEST($1::int8[], $2::text[]) AS u(reject, id)
-              JOIN ecommerce_events e
-                ON e.event_key = event_key_of(u.id) AND e.event_id = u.id
-         WHERE r.id = u.reject AND r.resolved_at IS NULL",
-    )
-    .bind(&rejects)
-    .bind(&ids)
-    .execute(tx)
-    .await?;
-    Ok(resolved.rows_affected())
-}
-
 /// The arrays [`apply`] binds, in its order: a file version's row of the ledger.
 const FILE_INPUTS: [Input; 13] = [
     ("content_id", "text"),

@@ -10,7 +10,7 @@
 //! until a batch meets no conflict, so a long replay does not pay for two writes per batch.
 
 mod checkpoints;
-pub use checkpoints::StoredCheckpoint;
+pub use checkpoints::{Rewind, StoredCheckpoint};
 /// Public for `it-tests`' per-row cost example, which encodes batches without a database.
 pub mod events;
 mod fault;
@@ -247,7 +247,7 @@ impl Sink {
             all_events: inserted == events.len() as u64,
             all_late_rejects: late_taken == held.late_rejects.len(),
         };
-        ledger::resolve_fixed_rejects(&mut tx, &events).await?;
+        rejects::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, written).await?;
         let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
         if try_direct && !next_direct {
@@ -293,7 +293,7 @@ impl Sink {
                 outcome.count_reject_codes(&taken, kind);
             }
         }
-        ledger::resolve_fixed_rejects(&mut tx, &events).await?;
+        rejects::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, written).await?;
         finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
     }
@@ -325,7 +325,7 @@ async fn resolve_rejects_fixed_by<'r>(
     ids: impl Iterator<Item = &'r str>,
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = ids.collect();
-    ledger::resolve_rejects(tx, &ids).await.map(drop)
+    rejects::resolve_rejects(tx, &ids).await.map(drop)
 }
 
 /// Closes `savepoint` (a transaction inside the batch's, begun on its connection) around a step

@@ -7,7 +7,7 @@ use crate::batch::Incoming;
 use crate::kafka::RebalanceWatch;
 use crate::log_check::{LogCheck, LogEventKind};
 use crate::partition::{Anchor, PartitionState};
-use crate::sink::{SinkError, StoredCheckpoint};
+use crate::sink::{Rewind, SinkError, StoredCheckpoint};
 use crate::RETRY;
 use process::Attempt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -171,10 +171,11 @@ impl Writers {
         self.shared
             .metrics
             .log_event(partition, LogEventKind::Rewound);
-        if let Err(error) = self.sinks[0]
-            .record_rewind(partition, committed, checkpoint)
-            .await
-        {
+        let rewind = Rewind::CommittedAhead {
+            committed,
+            checkpoint,
+        };
+        if let Err(error) = self.sinks[0].record_rewind(partition, rewind).await {
             tracing::warn!(partition, %error, "rewind not recorded");
         }
     }
@@ -309,9 +310,11 @@ impl Writer<'_> {
             self.shared
                 .metrics
                 .log_event(partition, LogEventKind::Rewound);
-            self.sink
-                .record_moved_back(partition, first, resume)
-                .await?;
+            let rewind = Rewind::MovedBack {
+                read_from: first,
+                checkpoint: resume,
+            };
+            self.sink.record_rewind(partition, rewind).await?;
             self.shared.rewound(partition, resume);
             return Ok(Continuity::MovedBack);
         }

@@ -3,8 +3,12 @@
 //! component is ready. Exits 0 when everything is ready, 2 when a component is down or not ready
 //! (a partition stuck, the database unreachable), 1 when it cannot tell (no database).
 
+mod print;
+
 use clap::Parser;
 use operator_tools::retention::Retention;
+use pipeline_store::checkpoints::{self, GroupCheckpoint};
+use pipeline_store::log_events::{self, LogEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
@@ -73,16 +77,15 @@ async fn main() {
 /// What `status` found.
 struct Report {
     kafka_error: Option<String>,
-    partitions: Vec<serde_json::Value>,
+    partitions: Vec<PartitionLag>,
     last_batch: Option<chrono::DateTime<chrono::Utc>>,
     rows_today: i64,
     rows_total: i64,
     rejected: Vec<(String, i64)>,
     /// Per reason: quarantined rows not resolved, and resolved by a fixed row.
-    resolution: Vec<(String, i64, i64)>,
+    resolution: Vec<Resolution>,
     unreconciled: Vec<Unreconciled>,
-    /// Duplicates whose values differ from the stored event's: how many, in how many files.
-    conflicting: (i64, i64),
+    conflicting: Conflicting,
     log_events: Vec<LogEvent>,
     components: Vec<Component>,
     /// The bridge's input folder: files waiting to be complete and names ignored, from its
@@ -104,30 +107,34 @@ impl Report {
     }
 
     fn total_lag(&self) -> i64 {
-        self.partitions
-            .iter()
-            .filter_map(|p| p["lag"].as_i64())
-            .sum()
+        self.partitions.iter().map(|p| p.lag).sum()
     }
 }
 
-/// Where the group's checkpoint of a partition stands in PostgreSQL.
-#[derive(sqlx::FromRow)]
-struct StoredCheckpoint {
-    kafka_partition: i32,
-    next_offset: i64,
-    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+/// A partition's offsets in Kafka and PostgreSQL, and how far reading is behind the log's end.
+#[derive(serde::Serialize)]
+struct PartitionLag {
+    partition: i32,
+    end_offset: i64,
+    committed_offset: Option<i64>,
+    checkpoint: Option<i64>,
+    lag: i64,
 }
 
-/// A finding about a partition's log (`ingest_log_events`): a gap, a rewind, a restart.
+/// Quarantined rows of one reason: how many wait for a fix, and how many a fixed row resolved.
 #[derive(sqlx::FromRow, serde::Serialize)]
-struct LogEvent {
-    #[serde(rename = "partition")]
-    kafka_partition: i32,
-    kind: String,
-    from_offset: i64,
-    to_offset: i64,
-    detail: String,
+struct Resolution {
+    #[serde(rename = "reason")]
+    reason_code: String,
+    unresolved: i64,
+    resolved: i64,
+}
+
+/// Duplicates whose values differ from the stored event's: how many, in how many files.
+#[derive(Default, sqlx::FromRow, serde::Serialize)]
+struct Conflicting {
+    rows: i64,
+    files: i64,
 }
 
 /// A file of the ledger whose rows are not all accounted for yet.
@@ -147,23 +154,20 @@ struct Unreconciled {
 async fn report(args: &Args) -> anyhow::Result<bool> {
     let report = gather(args).await?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&as_json(args, &report))?),
-        Format::Text => print_text(args, &report),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&print::as_json(args, &report))?
+        ),
+        Format::Text => print::text(args, &report),
     }
     Ok(report.healthy())
 }
 
 async fn gather(args: &Args) -> anyhow::Result<Report> {
     let mut db = args.database.connect().await?;
-    let checkpoints: Vec<StoredCheckpoint> = sqlx::query_as(
-        "SELECT kafka_partition, next_offset, updated_at FROM ingest_checkpoints
-         WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
-    )
-    .bind(&args.group)
-    .bind(&args.kafka.topic)
-    .fetch_all(&mut db)
-    .await
-    .unwrap_or_default();
+    let checkpoints = checkpoints::of_group(&mut db, &args.group, &args.kafka.topic)
+        .await
+        .unwrap_or_default();
     let (topic, group, config) = (
         args.kafka.topic.clone(),
         args.group.clone(),
@@ -182,15 +186,9 @@ async fn gather(args: &Args) -> anyhow::Result<Report> {
     .fetch_all(&mut db)
     .await
     .unwrap_or_default();
-    let log_events = sqlx::query_as(
-        "SELECT kafka_partition, kind, from_offset, to_offset, detail FROM ingest_log_events
-         WHERE consumer_group = $1 AND topic = $2 ORDER BY detected_at DESC LIMIT 10",
-    )
-    .bind(&args.group)
-    .bind(&args.kafka.topic)
-    .fetch_all(&mut db)
-    .await
-    .unwrap_or_default();
+    let log_events = log_events::latest(&mut db, &args.group, &args.kafka.topic, 10)
+        .await
+        .unwrap_or_default();
     Ok(Report {
         kafka_error: offsets.as_ref().err().map(|e| format!("{e:#}")),
         partitions: lag_per_partition(offsets.as_deref().unwrap_or_default(), &checkpoints),
@@ -221,9 +219,10 @@ async fn rows_today_and_in_total(db: &mut sqlx::PgConnection) -> (i64, i64) {
 }
 
 /// The quarantine: rows by reason, and per reason how many are unresolved and resolved.
-async fn quarantine(db: &mut sqlx::PgConnection) -> (Vec<(String, i64)>, Vec<(String, i64, i64)>) {
-    let resolution: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT reason_code, sum(rows - resolved)::bigint, sum(resolved)::bigint
+async fn quarantine(db: &mut sqlx::PgConnection) -> (Vec<(String, i64)>, Vec<Resolution>) {
+    let resolution: Vec<Resolution> = sqlx::query_as(
+        "SELECT reason_code, sum(rows - resolved)::bigint AS unresolved,
+                sum(resolved)::bigint AS resolved
          FROM agg_rejects GROUP BY 1 HAVING sum(rows) <> 0 ORDER BY 1",
     )
     .fetch_all(db)
@@ -232,28 +231,28 @@ async fn quarantine(db: &mut sqlx::PgConnection) -> (Vec<(String, i64)>, Vec<(St
     // Rows per reason, most first: what the resolution counts add up to.
     let mut rejected: Vec<(String, i64)> = resolution
         .iter()
-        .map(|(reason, open, resolved)| (reason.clone(), open + resolved))
+        .map(|r| (r.reason_code.clone(), r.unresolved + r.resolved))
         .collect();
     rejected.sort_by_key(|(_, rows)| std::cmp::Reverse(*rows));
     (rejected, resolution)
 }
 
 /// How many duplicates carried other values than their stored event, and in how many files.
-async fn conflicting_duplicates(db: &mut sqlx::PgConnection) -> (i64, i64) {
+async fn conflicting_duplicates(db: &mut sqlx::PgConnection) -> Conflicting {
     sqlx::query_as(
-        "SELECT count(*), count(DISTINCT source_file_id) FROM ingest_duplicates
+        "SELECT count(*) AS rows, count(DISTINCT source_file_id) AS files FROM ingest_duplicates
          WHERE conflicting_fields IS NOT NULL",
     )
     .fetch_one(db)
     .await
-    .unwrap_or((0, 0))
+    .unwrap_or_default()
 }
 
 /// Per partition: end offset, Kafka's committed offset, PostgreSQL's checkpoint, and the lag.
 fn lag_per_partition(
     offsets: &[(i32, i64, Option<i64>)],
-    checkpoints: &[StoredCheckpoint],
-) -> Vec<serde_json::Value> {
+    checkpoints: &[GroupCheckpoint],
+) -> Vec<PartitionLag> {
     offsets
         .iter()
         .map(|(partition, end, committed)| {
@@ -262,13 +261,13 @@ fn lag_per_partition(
                 .find(|c| c.kafka_partition == *partition)
                 .map(|c| c.next_offset);
             let done = checkpoint.unwrap_or(0).max(committed.unwrap_or(0));
-            serde_json::json!({
-                "partition": partition,
-                "end_offset": end,
-                "committed_offset": committed,
-                "checkpoint": checkpoint,
-                "lag": (end - done).max(0),
-            })
+            PartitionLag {
+                partition: *partition,
+                end_offset: *end,
+                committed_offset: *committed,
+                checkpoint,
+                lag: (end - done).max(0),
+            }
         })
         .collect()
 }
@@ -306,36 +305,6 @@ async fn components(args: &Args) -> Vec<Component> {
     components
 }
 
-fn as_json(args: &Args, report: &Report) -> serde_json::Value {
-    serde_json::json!({
-        "at": chrono::Utc::now().to_rfc3339(),
-        "topic": args.kafka.topic,
-        "group": args.group,
-        "healthy": report.healthy(),
-        "kafka_error": report.kafka_error,
-        "partitions": report.partitions,
-        "total_lag": report.total_lag(),
-        "last_batch_at": report.last_batch.map(|at| at.to_rfc3339()),
-        "rows_today": report.rows_today,
-        "rows_total": report.rows_total,
-        "rejected_by_reason": report.rejected.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-        "quarantine": report.resolution.iter().map(|(reason, open, resolved)| serde_json::json!({
-            "reason": reason, "unresolved": open, "resolved": resolved,
-        })).collect::<Vec<_>>(),
-        "unreconciled_files": report.unreconciled,
-        "conflicting_duplicates": { "rows": report.conflicting.0, "files": report.conflicting.1 },
-        "log_events": report.log_events,
-        "input_folder": report.input_folder,
-        "retention": report.retention,
-        "components": report.components.iter().map(|c| serde_json::json!({
-            "name": c.name,
-            "url": c.url,
-            "state": match &c.ready { None => "down", Some(Ok(())) => "ready", Some(Err(_)) => "not ready" },
-            "why": c.ready.as_ref().and_then(|r| r.as_ref().err()),
-        })).collect::<Vec<_>>(),
-    })
-}
-
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 struct InputFolder {
     files_waiting: i64,
@@ -360,136 +329,6 @@ async fn input_folder(metrics_url: &str) -> Option<InputFolder> {
         files_waiting: gauge("pipeline_bridge_files_waiting")?,
         files_ignored: gauge("pipeline_bridge_files_ignored")?,
     })
-}
-
-/// One screen, printed top to bottom.
-fn print_text(args: &Args, report: &Report) {
-    println!(
-        "pipeline status at {}",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    println!(
-        "topic {} · group {} · brokers {}",
-        args.kafka.topic, args.group, args.kafka.brokers
-    );
-    print_partitions(report);
-    print_rows(report);
-    print_files(report);
-    for event in &report.log_events {
-        println!(
-            "log {} on partition {} ({} -> {}): {}",
-            event.kind, event.kafka_partition, event.from_offset, event.to_offset, event.detail
-        );
-    }
-    if let Some(folder) = report.input_folder {
-        println!(
-            "input folder: {} file(s) waiting to be complete, {} name(s) ignored (the bridge's log says which and why)",
-            folder.files_waiting, folder.files_ignored
-        );
-    }
-    println!("\ncomponents:");
-    for component in &report.components {
-        let state = match &component.ready {
-            None => "down".to_owned(),
-            Some(Ok(())) => "ready".to_owned(),
-            Some(Err(why)) => format!("not ready: {why}"),
-        };
-        println!("  {:<12} {:<40} {state}", component.name, component.url);
-    }
-}
-
-/// Each partition's offsets (the log's end, Kafka's commit, PostgreSQL's checkpoint) and lag.
-fn print_partitions(report: &Report) {
-    println!("\n  partition  end offset  committed (kafka)  checkpoint (postgres)  lag");
-    let Some(error) = &report.kafka_error else {
-        let show =
-            |value: &serde_json::Value| value.as_i64().map_or("-".to_owned(), |v| v.to_string());
-        for p in &report.partitions {
-            println!(
-                "  {:<9}  {:<10}  {:<17}  {:<21}  {}",
-                show(&p["partition"]),
-                show(&p["end_offset"]),
-                show(&p["committed_offset"]),
-                show(&p["checkpoint"]),
-                show(&p["lag"])
-            );
-        }
-        println!("  total lag: {}", report.total_lag());
-        return;
-    };
-    println!("  kafka unavailable: {error}");
-}
-
-/// The last batch, the rows stored, the quarantine by reason and the conflicting duplicates.
-fn print_rows(report: &Report) {
-    match report.last_batch {
-        Some(at) => println!(
-            "\nlast batch: {} ({} s ago)",
-            at.format("%Y-%m-%d %H:%M:%S UTC"),
-            (chrono::Utc::now() - at).num_seconds()
-        ),
-        None => println!("\nlast batch: none yet"),
-    }
-    println!(
-        "rows today: {} · rows total: {}",
-        report.rows_today, report.rows_total
-    );
-    let rejected: Vec<String> = report
-        .rejected
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    println!(
-        "rejected by reason: {}",
-        if rejected.is_empty() {
-            "none".to_owned()
-        } else {
-            rejected.join(", ")
-        }
-    );
-    for (reason, open, resolved) in &report.resolution {
-        println!("  {reason}: {open} unresolved, {resolved} resolved");
-    }
-    if let Some(retention) = &report.retention {
-        let state = match retention.completed_at {
-            Some(_) => "dropped",
-            None => "still dropping",
-        };
-        println!(
-            "retention: events dated before {} {state} (set {}); arrivals dated before it are quarantined `expired`",
-            retention.horizon.format("%Y-%m-%d %H:%M:%S UTC"),
-            retention.set_at.format("%Y-%m-%d %H:%M:%S UTC"),
-        );
-    }
-    if report.conflicting.0 > 0 {
-        println!(
-            "duplicates with other values than the stored event: {} in {} file(s) (explain EVENT_ID shows the fields)",
-            report.conflicting.0, report.conflicting.1
-        );
-    }
-}
-
-/// The files of the ledger not reconciled yet.
-fn print_files(report: &Report) {
-    match report.unreconciled.len() {
-        0 => println!("files: every file reconciled"),
-        n => println!("files not reconciled yet: {n}"),
-    }
-    for file in &report.unreconciled {
-        let read = file
-            .rows_read
-            .map_or("? (end not arrived)".to_owned(), |n| n.to_string());
-        println!(
-            "  {}{} ({}): read {read}, inserted {}, duplicate {}, rejected {}, since {}",
-            if file.overdue { "OVERDUE " } else { "" },
-            file.file_name,
-            file.content_id,
-            file.rows_inserted,
-            file.rows_duplicate,
-            file.rows_rejected,
-            file.first_seen_at.format("%Y-%m-%d %H:%M:%S UTC"),
-        );
-    }
 }
 
 /// Per partition: the end offset and the group's committed offset.

@@ -152,9 +152,8 @@ impl Sink {
         &mut self,
         partitions: &[i32],
     ) -> Result<HashMap<i32, StoredCheckpoint>, SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
-        Ok(load(connection, &group, &topic, partitions).await?)
+        let (stream, connection) = self.open().await?;
+        Ok(load(connection, &stream.group, &stream.topic, partitions).await?)
     }
 
     /// Moves a partition's checkpoint back to `start` because its log restarted, and records
@@ -166,10 +165,10 @@ impl Sink {
         start: i64,
         reason: &str,
     ) -> Result<(), SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
+        let (stream, connection) = self.open().await?;
+        let (group, topic) = (&stream.group, &stream.topic);
         let mut tx = connection.begin().await?;
-        if !move_back(&mut tx, &group, &topic, partition, expected, start).await? {
+        if !move_back(&mut tx, group, topic, partition, expected, start).await? {
             return Err(SinkError::Fenced { partition });
         }
         let event = LogEvent {
@@ -179,7 +178,7 @@ impl Sink {
             to_offset: start,
             detail: reason.to_owned(),
         };
-        log_events::record(&mut *tx, &group, &topic, &event).await?;
+        log_events::record(&mut *tx, group, topic, &event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -220,9 +219,8 @@ impl Sink {
 
     /// One finding about a partition's log, on its own (outside any batch's transaction).
     async fn record_log_event(&mut self, event: LogEvent) -> Result<(), SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
-        log_events::record(connection, &group, &topic, &event).await?;
+        let (stream, connection) = self.open().await?;
+        log_events::record(connection, &stream.group, &stream.topic, &event).await?;
         Ok(())
     }
 }

@@ -101,15 +101,22 @@ impl WriteOutcome {
     }
 }
 
+/// What a sink writes for: the consumer group and the topic its checkpoints are kept under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub group: String,
+    pub topic: String,
+}
+
 pub struct Sink {
     url: String,
     /// `application_name` for connections whose URL sets none.
     application_name: Option<String>,
-    group: String,
-    topic: String,
+    stream: Stream,
     connection: Option<PgConnection>,
-    /// Try the direct `COPY` first; false after a batch met rows already written.
-    copy_direct: bool,
+    /// The path the next batch's events try first: [`WritePath::Copy`], or
+    /// [`WritePath::Staging`] after a batch met rows already written, until one meets none.
+    first_try: WritePath,
 }
 
 impl Sink {
@@ -117,10 +124,12 @@ impl Sink {
         Sink {
             url: url.to_owned(),
             application_name: None,
-            group: group.to_owned(),
-            topic: topic.to_owned(),
+            stream: Stream {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+            },
             connection: None,
-            copy_direct: true,
+            first_try: WritePath::Copy,
         }
     }
 
@@ -129,10 +138,9 @@ impl Sink {
         Sink {
             url: self.url.clone(),
             application_name: self.application_name.clone(),
-            group: self.group.clone(),
-            topic: self.topic.clone(),
+            stream: self.stream.clone(),
             connection: None,
-            copy_direct: true,
+            first_try: WritePath::Copy,
         }
     }
 
@@ -144,14 +152,15 @@ impl Sink {
 
     /// Applies `migrations/` (idempotent; concurrent consumers serialise on an advisory lock).
     pub async fn migrate(&mut self) -> Result<(), SinkError> {
-        let connection = self.connection().await?;
+        let (_, connection) = self.open().await?;
         session::begin_migrations(connection).await?;
         MIGRATOR.run(&mut *connection).await?;
         session::end_migrations(connection).await?;
         Ok(())
     }
 
-    async fn connection(&mut self) -> Result<&mut PgConnection, SinkError> {
+    /// The stream and the connection, connected first if it is not.
+    async fn open(&mut self) -> Result<(&Stream, &mut PgConnection), SinkError> {
         if self.connection.is_none() {
             let mut options: PgConnectOptions = self.url.parse()?;
             if let (None, Some(name)) = (options.get_application_name(), &self.application_name) {
@@ -164,7 +173,8 @@ impl Sink {
                 .await?;
             self.connection = Some(connection);
         }
-        Ok(self.connection.as_mut().expect("connection was just set"))
+        let connection = self.connection.as_mut().expect("connection was just set");
+        Ok((&self.stream, connection))
     }
 
     /// Forgets the connection after an error; the next call reconnects.
@@ -189,14 +199,13 @@ impl Sink {
     }
 
     async fn write_bulk(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let try_direct = self.copy_direct;
-        let connection = self.connection().await?;
+        let first_try = self.first_try;
+        let (stream, connection) = self.open().await?;
         let mut tx = connection.begin().await?;
         let held = HeldBack::decide(&mut tx, batch).await?;
         let events = held.events_with(&batch.events);
-        let mut next_direct = try_direct;
-        let direct = if try_direct && !events.is_empty() {
+        let mut next_try = first_try;
+        let direct = if first_try == WritePath::Copy && !events.is_empty() {
             copy_direct(&mut tx, &events).await?
         } else {
             None
@@ -219,7 +228,11 @@ impl Sink {
                 resolve_rejects_fixed_by(&mut tx, ids).await?;
                 let count = written.staged.len() as u64;
                 // Back to the fast path once a batch had nothing already written.
-                next_direct = count == events.len() as u64;
+                next_try = if count == events.len() as u64 {
+                    WritePath::Copy
+                } else {
+                    WritePath::Staging
+                };
                 (count, WritePath::Staging)
             }
         };
@@ -234,7 +247,7 @@ impl Sink {
             (&held.expired[..], RejectKind::Invalid),
             (&held.late_rejects[..], RejectKind::Late),
         ] {
-            let taken = rejects::insert_rejects(&mut tx, &topic, rows, kind).await?;
+            let taken = rejects::insert_rejects(&mut tx, &stream.topic, rows, kind).await?;
             outcome.count_reject_codes(&taken, kind);
             if kind == RejectKind::Late {
                 late_taken += taken.len();
@@ -249,17 +262,16 @@ impl Sink {
         };
         rejects::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, written).await?;
-        let outcome = finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await?;
-        if try_direct && !next_direct {
+        let outcome = finish_transaction(tx, stream, &batch.checkpoints, outcome).await?;
+        if (first_try, next_try) == (WritePath::Copy, WritePath::Staging) {
             tracing::debug!("rows already written: staging batches until one meets none");
         }
-        self.copy_direct = next_direct;
+        self.first_try = next_try;
         Ok(outcome)
     }
 
     async fn write_row_by_row(&mut self, batch: &WriteBatch) -> Result<WriteOutcome, SinkError> {
-        let (group, topic) = (self.group.clone(), self.topic.clone());
-        let connection = self.connection().await?;
+        let (stream, connection) = self.open().await?;
         let mut tx = connection.begin().await?;
         let held = HeldBack::decide(&mut tx, batch).await?;
         let events = held.events_with(&batch.events);
@@ -281,7 +293,8 @@ impl Sink {
         ] {
             for row in rows {
                 let taken =
-                    rejects::insert_reject_or_its_stand_in(&mut tx, &topic, row, kind).await?;
+                    rejects::insert_reject_or_its_stand_in(&mut tx, &stream.topic, row, kind)
+                        .await?;
                 // Counted as the row it stands for, whatever went in for it.
                 if let (Some(source), false) = (row.origin.file(), taken.is_empty()) {
                     written.rejects.push(FileReject {
@@ -295,7 +308,7 @@ impl Sink {
         }
         rejects::resolve_fixed_rejects(&mut tx, &events).await?;
         ledger::account(&mut tx, batch, written).await?;
-        finish_transaction(tx, &group, &topic, &batch.checkpoints, outcome).await
+        finish_transaction(tx, stream, &batch.checkpoints, outcome).await
     }
 }
 
@@ -408,13 +421,14 @@ async fn insert_through_staging(
 /// The common end of a batch's transaction: checkpoints (the fence), then commit.
 async fn finish_transaction(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    group: &str,
-    topic: &str,
+    stream: &Stream,
     checkpoints: &[Checkpoint],
     outcome: WriteOutcome,
 ) -> Result<WriteOutcome, SinkError> {
     for checkpoint in checkpoints {
-        if !checkpoints::advance_checkpoint(&mut tx, group, topic, checkpoint).await? {
+        if !checkpoints::advance_checkpoint(&mut tx, &stream.group, &stream.topic, checkpoint)
+            .await?
+        {
             tx.rollback().await?;
             return Err(SinkError::Fenced {
                 partition: checkpoint.partition,

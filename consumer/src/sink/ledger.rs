@@ -55,6 +55,30 @@ pub struct FileReject {
     pub kind: RejectKind,
 }
 
+/// A file version as the ledger keys it: the identity of its content, and the name it came by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+impl FileReject {
+    fn file(&self) -> FileVersion<'_> {
+        FileVersion {
+            id: &self.file_id,
+            name: &self.file,
+        }
+    }
+}
+
+/// A duplicate recorded in this transaction, and whether its values differ from the event's.
+#[derive(sqlx::FromRow)]
+struct RecordedDuplicate {
+    source_file_id: String,
+    source_file: String,
+    conflicting: bool,
+}
+
 /// What one transaction adds to the ledger, per file version (sorted: rows are locked in one
 /// order by every consumer, so two never wait on each other in a circle). Keyed by the identity
 /// as stored: a forged 10 kB identity and its stored form are one file, never two rows of one
@@ -77,48 +101,55 @@ impl LedgerDelta {
         };
         for run in written.copied.chunk_by(same_file) {
             let late = run.iter().filter(|row| row.late).count() as i64;
-            let (file_id, file) = (&run[0].source.file_id, &run[0].source.file);
-            delta.inserted_rows(file_id, file, run.len() as i64, late);
+            let source = &run[0].source;
+            let file = FileVersion {
+                id: &source.file_id,
+                name: &source.file,
+            };
+            delta.inserted(file, run.len() as i64, late);
         }
         for row in &written.staged {
-            delta.inserted(&row.source_file_id, &row.source_file, row.is_late);
+            let file = FileVersion {
+                id: &row.source_file_id,
+                name: &row.source_file,
+            };
+            delta.inserted(file, 1, i64::from(row.is_late));
         }
         for reject in &written.rejects {
-            delta.rejected(&reject.file_id, &reject.file, reject.kind);
+            delta.rejected(reject.file(), reject.kind);
         }
         delta
     }
 
-    fn counts(&mut self, file_id: &str, file: &str) -> &mut FileCounts {
-        let key = storable::key(file_id);
+    fn counts(&mut self, file: FileVersion) -> &mut FileCounts {
+        let key = storable::key(file.id);
         if !self.files.contains_key(key.as_ref()) {
-            let entry = (file.to_owned(), FileCounts::default());
+            let entry = (file.name.to_owned(), FileCounts::default());
             self.files.insert(key.clone().into_owned(), entry);
         }
         &mut self.files.get_mut(key.as_ref()).expect("just inserted").1
     }
 
-    fn inserted(&mut self, file_id: &str, file: &str, late: bool) {
-        self.inserted_rows(file_id, file, 1, i64::from(late));
-    }
-
     /// `rows` inserted rows of one file, `late` of them late.
-    fn inserted_rows(&mut self, file_id: &str, file: &str, rows: i64, late: i64) {
-        let counts = self.counts(file_id, file);
+    fn inserted(&mut self, file: FileVersion, rows: i64, late: i64) {
+        let counts = self.counts(file);
         counts.inserted += rows;
         counts.late += late;
     }
 
-    fn rejected(&mut self, file_id: &str, file: &str, kind: RejectKind) {
-        let counts = self.counts(file_id, file);
+    fn rejected(&mut self, file: FileVersion, kind: RejectKind) {
+        let counts = self.counts(file);
         counts.rejected += 1;
         counts.late += i64::from(kind == RejectKind::Late);
     }
 
-    fn duplicate(&mut self, file_id: &str, file: &str, conflicting: bool) {
-        let counts = self.counts(file_id, file);
+    fn duplicate(&mut self, duplicate: &RecordedDuplicate) {
+        let counts = self.counts(FileVersion {
+            id: &duplicate.source_file_id,
+            name: &duplicate.source_file,
+        });
         counts.duplicate += 1;
-        counts.conflicting += i64::from(conflicting);
+        counts.conflicting += i64::from(duplicate.conflicting);
     }
 
     fn file_ends(&mut self, ends: &[FileEnd]) {
@@ -171,7 +202,7 @@ static RECORD_DUPLICATES: LazyLock<String> = LazyLock::new(|| {
                            WHERE r.source_file_id = u.source_file_id
                              AND r.source_line = u.source_line)
          ON CONFLICT DO NOTHING
-         RETURNING source_file_id, source_file, conflicting_fields IS NOT NULL",
+         RETURNING source_file_id, source_file, conflicting_fields IS NOT NULL AS conflicting",
         columns = names(&DUPLICATE_COLUMNS, ""),
         values = names(&DUPLICATE_COLUMNS, "u."),
         unnest = unnest(&[DUPLICATE_COLUMNS.as_slice(), &COMPARED].concat()),
@@ -200,7 +231,7 @@ async fn record_duplicates(
     let event = |f: fn(&event_model::Event) -> i32| {
         candidates.iter().map(|c| f(&c.event)).collect::<Vec<_>>()
     };
-    let recorded: Vec<(String, String, bool)> = sqlx::query_as(&RECORD_DUPLICATES)
+    let recorded: Vec<RecordedDuplicate> = sqlx::query_as(&RECORD_DUPLICATES)
         .bind(text(|c| &c.source.file_id))
         .bind(number(|c| c.source.line))
         .bind(text(|c| &c.source.file))
@@ -224,8 +255,8 @@ async fn record_duplicates(
         )
         .fetch_all(tx)
         .await?;
-    for (file_id, file, conflicting) in recorded {
-        delta.duplicate(&file_id, &file, conflicting);
+    for duplicate in &recorded {
+        delta.duplicate(duplicate);
     }
     Ok(())
 }
@@ -467,8 +498,9 @@ mod tests {
         let stored = storable::key(&long).into_owned();
         assert_ne!(stored, long);
         let mut delta = LedgerDelta::default();
-        delta.inserted(&long, "f.csv", false);
-        delta.rejected(&stored, "f.csv", RejectKind::Late);
+        let file = |id| FileVersion { id, name: "f.csv" };
+        delta.inserted(file(&long), 1, 0);
+        delta.rejected(file(&stored), RejectKind::Late);
         delta.file_ends(&[FileEnd {
             file: "f.csv".into(),
             file_id: long.clone(),

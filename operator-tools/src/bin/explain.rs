@@ -2,6 +2,7 @@
 //! and offset), when it landed and was written, how many duplicates of it were seen, and any
 //! quarantined rows that carry its id.
 
+use chrono::{DateTime, Utc};
 use clap::Parser;
 use operator_tools::retention::Retention;
 
@@ -15,15 +16,34 @@ struct Args {
     database: operator_tools::DatabaseArgs,
 }
 
-type Lineage = (
-    String,
-    Option<String>,
-    i64,
-    Option<i32>,
-    Option<i64>,
-    chrono::DateTime<chrono::Utc>,
-    chrono::DateTime<chrono::Utc>,
-);
+/// Where the stored event came from, and when it landed and was written.
+#[derive(sqlx::FromRow)]
+struct Lineage {
+    source_file: String,
+    source_file_id: Option<String>,
+    source_line: i64,
+    kafka_partition: Option<i32>,
+    kafka_offset: Option<i64>,
+    landed_at: DateTime<Utc>,
+    ingested_at: DateTime<Utc>,
+}
+
+/// A quarantined row that carries the id.
+#[derive(sqlx::FromRow)]
+struct Reject {
+    reason_code: String,
+    source_file: String,
+    source_line: i64,
+    reason: String,
+}
+
+/// A row that carried the id again, with the fields that differed from the stored event's.
+#[derive(sqlx::FromRow)]
+struct Duplicate {
+    source_file: String,
+    source_line: i64,
+    conflicting_fields: Option<Vec<String>>,
+}
 
 #[tokio::main]
 async fn main() {
@@ -33,13 +53,16 @@ async fn main() {
 
 /// The rows that carried the id again: how many, the first five (with the fields that differed
 /// from the stored event, if any).
-fn duplicates_line(duplicates: &[(String, i64, Option<Vec<String>>)]) -> String {
+fn duplicates_line(duplicates: &[Duplicate]) -> String {
     let sources: Vec<String> = duplicates
         .iter()
         .take(5)
-        .map(|(file, line, conflicting)| match conflicting {
-            Some(fields) => format!("{file} line {line}, other {}", fields.join(", ")),
-            None => format!("{file} line {line}"),
+        .map(|d| {
+            let (file, line) = (&d.source_file, d.source_line);
+            match &d.conflicting_fields {
+                Some(fields) => format!("{file} line {line}, other {}", fields.join(", ")),
+                None => format!("{file} line {line}"),
+            }
         })
         .collect();
     let more = duplicates.len().saturating_sub(sources.len());
@@ -69,14 +92,14 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
     .bind(&args.event_id)
     .fetch_optional(&mut db)
     .await?;
-    let rejects: Vec<(String, String, i64, String)> = sqlx::query_as(
+    let rejects: Vec<Reject> = sqlx::query_as(
         "SELECT reason_code, source_file, source_line, reason FROM ecommerce_events_rejected
          WHERE event_id = $1 ORDER BY rejected_at",
     )
     .bind(&args.event_id)
     .fetch_all(&mut db)
     .await?;
-    let duplicates: Vec<(String, i64, Option<Vec<String>>)> = sqlx::query_as(
+    let duplicates: Vec<Duplicate> = sqlx::query_as(
         "SELECT source_file, source_line, conflicting_fields FROM ingest_duplicates
          WHERE event_id = $1 ORDER BY seen_at, source_file, source_line",
     )
@@ -86,14 +109,20 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
     let shown = |value: Option<String>| value.unwrap_or_else(|| "unknown".to_owned());
     let known = lineage.is_some() || !rejects.is_empty();
     match lineage {
-        Some((file, file_id, line, partition, offset, landed, written)) => {
+        Some(lineage) => {
             println!("event {}", args.event_id);
-            println!("  file     {file} line {line} (content {})", shown(file_id));
+            println!(
+                "  file     {} line {} (content {})",
+                lineage.source_file,
+                lineage.source_line,
+                shown(lineage.source_file_id)
+            );
             println!(
                 "  kafka    partition {}, offset {}",
-                shown(partition.map(|p| p.to_string())),
-                shown(offset.map(|o| o.to_string()))
+                shown(lineage.kafka_partition.map(|p| p.to_string())),
+                shown(lineage.kafka_offset.map(|o| o.to_string()))
             );
+            let (landed, written) = (lineage.landed_at, lineage.ingested_at);
             println!(
                 "  landed   {landed}; written {written} ({} ms later)",
                 (written - landed).num_milliseconds()
@@ -110,8 +139,11 @@ async fn explain(args: &Args) -> anyhow::Result<()> {
         }
     }
     println!("  {}", duplicates_line(&duplicates));
-    for (reason, file, line, why) in &rejects {
-        println!("  quarantined as {reason}: {file} line {line}: {why}");
+    for r in &rejects {
+        println!(
+            "  quarantined as {}: {} line {}: {}",
+            r.reason_code, r.source_file, r.source_line, r.reason
+        );
     }
     anyhow::ensure!(
         known,

@@ -44,11 +44,9 @@ fn long_identity_row(line: u64, values: [&str; 6]) -> Vec<u8> {
 
 type Message = it_tests::RawMessage;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall() {
-    let world = World::new("poison").await;
-    let time = now();
-    // NUL in a header name, in values, and an event from the year 9999 ahead of an ordinary one.
+/// Files whose bytes PostgreSQL refuses: NUL in a header name and in values, and an event from
+/// the year 9999 ahead of an ordinary one.
+fn drop_poison_files(world: &World, time: &str) {
     world.drop_file(
         "nul-header.csv",
         format!("event_id,user_id,event_type,product_id,pri\0ce,event_time\nh1,1,view,10,1.00,{time}\nh2,1,view,10,1.00,{time}\n").as_bytes(),
@@ -58,15 +56,21 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         "future.csv",
         &format!("far,1,view,10,1.00,9999-12-31T23:59:59Z\nafter-far,1,view,10,1.00,{time}\n"),
     );
+}
+
+/// Messages no bridge wrote: six that are not rows at all, three shaped like the bridge's rows
+/// (one valid) with NUL or 10,000 characters in their file, two rows of one forged 10 kB file
+/// identity, and a forged end-of-file message. 12 messages.
+fn foreign_messages(time: &str) -> Vec<Message> {
     let long_name = "F".repeat(10_000);
-    let foreign: Vec<Message> = vec![
+    vec![
         (Some(b"k1\0".to_vec()), Some(b"not json at all \0".to_vec())),
         (None, Some(br#"{"v":2}"#.to_vec())),
         (Some(b"tombstone".to_vec()), None),
         (Some(b"nul".to_vec()), Some(vec![0, 0, 0])),
         // A version 2 row cut short: its prefix promises a row the bytes do not hold.
         (Some(b"cut".to_vec()), {
-            let row = long_identity_row(9, ["cut", "1", "view", "1", "1.00", &time]);
+            let row = long_identity_row(9, ["cut", "1", "view", "1", "1.00", time]);
             Some(row[..row.len() / 2].to_vec())
         }),
         (
@@ -74,7 +78,7 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
             Some(
                 String::from_utf8(pipeline_row(
                     "x.csv",
-                    ["v99", "1", "view", "1", "1.00", &time],
+                    ["v99", "1", "view", "1", "1.00", time],
                 ))
                 .unwrap()
                 .replace("\"v\":1", "\"v\":99")
@@ -86,21 +90,21 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
             Some(b"foreign-ok".to_vec()),
             Some(pipeline_row(
                 "fo\0reign.csv",
-                ["foreign-ok", "1", "view", "1", "1.00", &time],
+                ["foreign-ok", "1", "view", "1", "1.00", time],
             )),
         ),
         (
             Some(b"long".to_vec()),
             Some(pipeline_row(
                 &long_name,
-                ["long-name", "1", "view", "1", "x", &time],
+                ["long-name", "1", "view", "1", "x", time],
             )),
         ),
         (
             Some(b"bad\0id".to_vec()),
             Some(pipeline_row(
                 "nul\0file.csv",
-                ["bad\0id", "1", "view", "1", "1.00", &time],
+                ["bad\0id", "1", "view", "1", "1.00", time],
             )),
         ),
         // Two rows of one forged 10 kB file identity, one valid and one not: the ledger counts
@@ -109,14 +113,14 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
             Some(b"long-id-ok".to_vec()),
             Some(long_identity_row(
                 2,
-                ["long-id-ok", "1", "view", "1", "1.00", &time],
+                ["long-id-ok", "1", "view", "1", "1.00", time],
             )),
         ),
         (
             Some(b"long-id-bad".to_vec()),
             Some(long_identity_row(
                 3,
-                ["long-id-bad", "1", "view", "1", "x", &time],
+                ["long-id-bad", "1", "view", "1", "x", time],
             )),
         ),
         // An end-of-file message as a stranger might forge it: a time PostgreSQL cannot store,
@@ -137,10 +141,48 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
                 .encode(),
             ),
         ),
-    ];
-    world.produce(foreign).await;
+    ]
+}
 
-    let mut consumer = world.consumer(&["--late-policy", "quarantine"]);
+/// Quarantined rows by file (a name over 40 characters shown as `<long>`) and reason.
+async fn rejects_by_file_and_reason(world: &World) -> Vec<(String, String, i64)> {
+    let codes: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT source_file, reason_code, count(*) FROM ecommerce_events_rejected
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    let mut codes: Vec<(String, String, i64)> = codes
+        .into_iter()
+        .map(|(file, code, n)| {
+            let file = if file.len() > 40 {
+                "<long>".into()
+            } else {
+                file
+            };
+            (file, code, n)
+        })
+        .collect();
+    codes.sort();
+    codes
+}
+
+fn sorted(rows: &[(&str, &str, i64)]) -> Vec<(String, String, i64)> {
+    let mut rows: Vec<_> = rows
+        .iter()
+        .map(|(file, code, n)| (file.to_string(), code.to_string(), *n))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_postgres_refuses_are_quarantined_and_the_rest_of_each_file_lands() {
+    let world = World::new("poison_files").await;
+    let time = now();
+    drop_poison_files(&world, &time);
+    let _consumer = world.consumer(&["--late-policy", "quarantine"]);
     world.bridge_once(&[]);
     world.drop_csv(
         "after.csv",
@@ -148,29 +190,54 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
     );
     world.bridge_once(&[]);
 
-    let expected_events: std::collections::BTreeSet<String> = [
-        "ok-1",
-        "after-far",
-        "foreign-ok",
-        "after-1",
-        "after-2",
-        "long-id-ok",
-    ]
-    .map(String::from)
-    .into();
-    // nul-header 2, nul-values 2, future 1, six foreign messages, three forged rows.
-    let expected_rejects = 14;
     world
-        .wait_for_count("SELECT count(*) FROM ecommerce_events", 6, LONG)
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 4, LONG)
         .await;
     world
-        .wait_for_count(
-            "SELECT count(*) FROM ecommerce_events_rejected",
-            expected_rejects,
-            LONG,
-        )
+        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 5, LONG)
         .await;
-    assert_eq!(world.event_ids().await, expected_events);
+    let expected: std::collections::BTreeSet<String> = ["ok-1", "after-far", "after-1", "after-2"]
+        .map(String::from)
+        .into();
+    assert_eq!(world.event_ids().await, expected);
+    assert_eq!(
+        rejects_by_file_and_reason(&world).await,
+        sorted(&[
+            ("future.csv", "future", 1),
+            ("nul-header.csv", "missing_column", 2),
+            ("nul-values.csv", "invalid_field", 2),
+        ])
+    );
+    let future_reason: String = sqlx::query_scalar(
+        "SELECT reason FROM ecommerce_events_rejected WHERE reason_code = 'future'",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert!(
+        // Judged against the landing time the row carries, not the consumer's clock (issue 19).
+        future_reason.contains("ahead of its file's landing time"),
+        "{future_reason}"
+    );
+    world.assert_every_row_accounted().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_messages_are_kept_byte_for_byte_and_rows_shaped_like_the_bridges_are_judged() {
+    let world = World::new("poison_foreign").await;
+    let time = now();
+    world.produce(foreign_messages(&time)).await;
+    let _consumer = world.consumer(&["--late-policy", "quarantine"]);
+
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events", 2, LONG)
+        .await;
+    world
+        .wait_for_count("SELECT count(*) FROM ecommerce_events_rejected", 9, LONG)
+        .await;
+    let expected: std::collections::BTreeSet<String> =
+        ["foreign-ok", "long-id-ok"].map(String::from).into();
+    assert_eq!(world.event_ids().await, expected);
     let stored_name: String = sqlx::query_scalar(
         "SELECT source_file FROM ecommerce_events WHERE event_id = 'foreign-ok'",
     )
@@ -178,6 +245,27 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
     .await
     .unwrap();
     assert_eq!(stored_name, "fo\\x00reign.csv");
+    let topic_file = format!("kafka:{}", world.topic);
+    assert_eq!(
+        rejects_by_file_and_reason(&world).await,
+        sorted(&[
+            ("<long>", "invalid_field", 1),
+            ("long-identity.csv", "invalid_field", 1),
+            (topic_file.as_str(), "undecodable", 6),
+            ("nul\\x00file.csv", "invalid_field", 1),
+        ])
+    );
+    // The foreign message is kept byte for byte: key and value, partition and offset.
+    let (key, raw, offset): (Option<Vec<u8>>, Vec<u8>, i64) = sqlx::query_as(
+        "SELECT kafka_key, raw, kafka_offset FROM ecommerce_events_rejected
+         WHERE kafka_key = '\\x6b3100'::bytea",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(key.as_deref(), Some(&b"k1\0"[..]));
+    assert_eq!(raw, b"not json at all \0");
+    assert!(offset >= 0);
     // The forged end is in the ledger, made storable, its time left out; it never reconciles.
     world
         .wait_for_count(
@@ -197,63 +285,29 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         (forged_name.as_str(), landed, reconciled),
         ("end\\x00.csv", true, false)
     );
+    // No completeness assertion: the forged messages name file versions no end message ever
+    // closes, so their files stay unreconciled by design.
+}
 
-    let codes: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT source_file, reason_code, count(*) FROM ecommerce_events_rejected
-         GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .fetch_all(&world.pool)
-    .await
-    .unwrap();
-    let codes: Vec<(&str, &str, i64)> = codes
-        .iter()
-        .map(|(f, c, n)| {
-            (
-                if f.len() > 40 { "<long>" } else { f.as_str() },
-                c.as_str(),
-                *n,
-            )
-        })
-        .collect();
-    let topic_file = format!("kafka:{}", world.topic);
-    let mut expected = vec![
-        ("<long>", "invalid_field", 1),
-        ("future.csv", "future", 1),
-        ("long-identity.csv", "invalid_field", 1),
-        (topic_file.as_str(), "undecodable", 6),
-        ("nul-header.csv", "missing_column", 2),
-        ("nul-values.csv", "invalid_field", 2),
-        ("nul\\x00file.csv", "invalid_field", 1),
-    ];
-    expected.sort();
-    let mut codes = codes;
-    codes.sort();
-    assert_eq!(codes, expected);
-
-    // The foreign message is kept byte for byte: key and value, partition and offset.
-    let (key, raw, offset): (Option<Vec<u8>>, Vec<u8>, i64) = sqlx::query_as(
-        "SELECT kafka_key, raw, kafka_offset FROM ecommerce_events_rejected
-         WHERE kafka_key = '\\x6b3100'::bytea",
-    )
-    .fetch_one(&world.pool)
-    .await
-    .unwrap();
-    assert_eq!(key.as_deref(), Some(&b"k1\0"[..]));
-    assert_eq!(raw, b"not json at all \0");
-    assert!(offset >= 0);
-    let future_reason: String = sqlx::query_scalar(
-        "SELECT reason FROM ecommerce_events_rejected WHERE reason_code = 'future'",
-    )
-    .fetch_one(&world.pool)
-    .await
-    .unwrap();
-    assert!(
-        // Judged against the landing time the row carries, not the consumer's clock (issue 19).
-        future_reason.contains("ahead of its file's landing time"),
-        "{future_reason}"
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_read_again_from_scratch_is_quarantined_once() {
+    let world = World::new("poison_replay").await;
+    let time = now();
+    drop_poison_files(&world, &time);
+    world.produce(foreign_messages(&time)).await;
+    let mut consumer = world.consumer(&["--late-policy", "quarantine"]);
+    world.bridge_once(&[]);
+    // Rows of three files, their three end messages, the twelve foreign messages.
+    let total_messages = 2 + 3 + 2 + 3 + 12;
+    let done = "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints";
+    world.wait_for_count(done, total_messages, LONG).await;
+    let (events, rejects) = (
+        world.event_ids().await,
+        rejects_by_file_and_reason(&world).await,
     );
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(rejects.iter().map(|r| r.2).sum::<i64>(), 14, "{rejects:?}");
 
-    // Read the whole topic again from scratch: every quarantine is recorded once.
     consumer.kill9();
     sqlx::query("DELETE FROM ingest_checkpoints")
         .execute(&world.pool)
@@ -261,24 +315,9 @@ async fn poison_rows_and_foreign_messages_are_quarantined_once_and_never_stall()
         .unwrap();
     let replay_group = it_tests::unique("it-poison-replay");
     let _replay = world.consumer_in_group(&replay_group, &["--late-policy", "quarantine"]);
-    // Rows of four files, their four end messages, the twelve foreign messages.
-    let total_messages = 2 + 3 + 2 + 12 + 2 + 4;
-    world
-        .wait_for_count(
-            "SELECT coalesce(sum(next_offset), 0)::int8 FROM ingest_checkpoints",
-            total_messages,
-            LONG,
-        )
-        .await;
-    assert_eq!(world.event_ids().await, expected_events);
-    assert_eq!(
-        world
-            .count("SELECT count(*) FROM ecommerce_events_rejected")
-            .await,
-        expected_rejects
-    );
-    // No completeness assertion: the forged messages name file versions no end message ever
-    // closes, so their files stay unreconciled by design.
+    world.wait_for_count(done, total_messages, LONG).await;
+    assert_eq!(world.event_ids().await, events);
+    assert_eq!(rejects_by_file_and_reason(&world).await, rejects);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -218,14 +218,14 @@ impl Sink {
                     .filter(|row| !skipped.contains(&row.event.event_id))
                     .collect();
                 let ids = written.copied.iter().map(|row| row.event.event_id.as_str());
-                resolve_rejects_fixed_by(&mut tx, ids).await?;
+                rejects::resolve_rejects_fixed_by(&mut tx, ids).await?;
                 (written.copied.len() as u64, WritePath::Copy)
             }
             None if events.is_empty() => (0, WritePath::Copy),
             None => {
                 written.staged = insert_through_staging(&mut tx, &events).await?;
                 let ids = written.staged.iter().map(|row| row.event_id.as_str());
-                resolve_rejects_fixed_by(&mut tx, ids).await?;
+                rejects::resolve_rejects_fixed_by(&mut tx, ids).await?;
                 let count = written.staged.len() as u64;
                 // Back to the fast path once a batch had nothing already written.
                 next_try = if count == events.len() as u64 {
@@ -330,15 +330,6 @@ fn from_a_file(row: Quarantined, kind: RejectKind) -> Option<FileReject> {
         file,
         kind,
     })
-}
-
-/// Resolves the open rejects that the events just inserted (by their `ids`) fix.
-async fn resolve_rejects_fixed_by<'r>(
-    tx: &mut PgConnection,
-    ids: impl Iterator<Item = &'r str>,
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = ids.collect();
-    rejects::resolve_rejects(tx, &ids).await.map(drop)
 }
 
 /// Closes `savepoint` (a transaction inside the batch's, begun on its connection) around a step

@@ -118,11 +118,15 @@ pub async fn insert_reject_or_its_stand_in(
 /// Marks resolved every open reject whose event_id is among `inserted` (ids just written): the
 /// fixed row of an exported quarantine, dropped into the input folder. Only the ids travel; the
 /// rare reject that matches looks its event's source up.
-pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result<u64, sqlx::Error> {
+pub async fn resolve_rejects_fixed_by<'r>(
+    tx: &mut PgConnection,
+    inserted: impl Iterator<Item = &'r str>,
+) -> Result<(), sqlx::Error> {
+    let inserted: Vec<&str> = inserted.collect();
     if inserted.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
-    let resolved = sqlx::query(
+    sqlx::query(
         "UPDATE ecommerce_events_rejected r
          SET resolved_at = now(), resolved_by_file = e.source_file, resolved_by_line = e.source_line
          FROM UNNEST($1::text[]) AS u(id) JOIN ecommerce_events e
@@ -131,8 +135,8 @@ pub async fn resolve_rejects(tx: &mut PgConnection, inserted: &[&str]) -> Result
     )
     .bind(inserted)
     .execute(tx)
-    .await?;
-    Ok(resolved.rows_affected())
+    .await
+    .map(drop)
 }
 
 /// Marks resolved every open reject that a stored event of `events` names as the row it fixes

@@ -1,7 +1,8 @@
 //! The batch written again row by row, after the database refused it in its own words: only the
 //! rows it refuses are quarantined.
 
-use super::{fault_of, insert_through_staging, resolve_rejects_fixed_by, settle, Fault};
+use super::rejects::resolve_rejects_fixed_by;
+use super::{fault_of, insert_through_staging, settle, Fault};
 use crate::batch::{EventRow, Origin, RejectRow, Source};
 use chrono::Utc;
 use event_model::RejectCode;

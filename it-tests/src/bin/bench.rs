@@ -4,6 +4,8 @@
 //! own round trip with bare rdkafka clients. Then each of our stages on the same input, with its
 //! ratio to the ceiling it passes through, freshness at two rates, and peak memory per component.
 
+#[path = "bench/bare_key.rs"]
+mod bare_key;
 #[path = "bench/curve.rs"]
 mod curve;
 

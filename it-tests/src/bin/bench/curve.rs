@@ -4,6 +4,7 @@
 //! to end from files, each measured in PostgreSQL: its CPU, block reads and hits, WAL, the wait
 //! events its sessions were in, and (when the server loads it) `pg_stat_statements`.
 
+use super::bare_key::{self, KeyRuns};
 use super::{postgres_cpu_seconds, rate, sorted_files, Figures, LONG};
 use anyhow::Context;
 use consumer::sink::Sink;
@@ -202,9 +203,11 @@ pub async fn curve_stage(
     let prefilled = stage.topic.clone();
     let mut stored = 0;
     let mut at_empty: Option<(f64, f64)> = None;
+    let mut key_at_empty: Option<f64> = None;
     for &size in sizes {
         let free = free_disk_bytes(Path::new("/var/lib/postgresql")).unwrap_or(u64::MAX);
-        let needed = (size.saturating_sub(stored) + 2 * rows) as u64 * BYTES_PER_STORED_EVENT;
+        let needed = (size.saturating_sub(stored) + 2 * rows) as u64 * BYTES_PER_STORED_EVENT
+            + (size + 2 * rows) as u64 * bare_key::BYTES_PER_KEY;
         if needed > free {
             println!(
                 "curve at {size} stored events: skipped, it needs about {} GiB and {} GiB are free",
@@ -229,6 +232,9 @@ pub async fn curve_stage(
         let disk = disk(&stage).await?;
         let empty = *at_empty.get_or_insert((drain.rows_per_s, e2e.rows_per_s));
         report(size, &drain, &e2e, empty, &disk, figures);
+        let key = bare_key::measure(&stage.pool, size, rows).await?;
+        let key_empty = *key_at_empty.get_or_insert(key.after_checkpoint.rows_per_s);
+        report_key(size, &key, key_empty, figures);
     }
     stage.pool.close().await;
     Ok(())
@@ -456,4 +462,43 @@ fn report(
             gib(disk.pkey)
         ),
     );
+}
+
+fn report_key(size: usize, key: &KeyRuns, empty: f64, figures: &mut Figures) {
+    for (run, cost) in [
+        ("after_checkpoint", &key.after_checkpoint),
+        ("mid_cycle", &key.mid_cycle),
+    ] {
+        let key = |what: &str| format!("curve_{size}_bare_key_{run}_{what}");
+        let label = |what: &str| {
+            format!(
+                "curve at {size}, bare key {}: {what}",
+                run.replace('_', " ")
+            )
+        };
+        figures.add(
+            &key("rows_per_s"),
+            &label("rate"),
+            cost.rows_per_s,
+            "rows/s",
+            &format!(
+                "{:.0}% of the empty table's after a checkpoint",
+                100.0 * cost.rows_per_s / empty
+            ),
+        );
+        figures.add(
+            &key("postgres_cpu_us_per_row"),
+            &label("PostgreSQL CPU per row"),
+            cost.cpu_us,
+            "µs",
+            "",
+        );
+        figures.add(
+            &key("wal_bytes_per_row"),
+            &label("WAL per row"),
+            cost.wal_bytes,
+            "B",
+            "",
+        );
+    }
 }

@@ -30,6 +30,8 @@ struct Cost {
     blocks_hit: f64,
     pkey_read: f64,
     wal_bytes: f64,
+    /// Checkpoints the server started during the run.
+    checkpoints: i64,
     /// Share of the sampled moments each wait event (or `CPU`: none) held, over active sessions.
     waits: Vec<(String, f64)>,
     /// The statements that took the most time, with their time per stored row.
@@ -43,11 +45,13 @@ struct Counters {
     blocks_hit: i64,
     pkey_read: i64,
     wal: i64,
+    #[sqlx(skip)]
+    checkpoints: i64,
 }
 
 impl Counters {
     async fn read(db: &mut PgConnection) -> anyhow::Result<Counters> {
-        Ok(sqlx::query_as(
+        let mut counters: Counters = sqlx::query_as(
             "SELECT (SELECT coalesce(sum(heap_blks_read + coalesce(idx_blks_read, 0)
                                          + coalesce(toast_blks_read, 0)), 0)::int8
                      FROM pg_statio_user_tables) AS blocks_read,
@@ -58,9 +62,27 @@ impl Counters {
                      WHERE indexrelname = 'ecommerce_events_pkey') AS pkey_read,
                     (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 AS wal",
         )
-        .fetch_one(db)
-        .await?)
+        .fetch_one(&mut *db)
+        .await?;
+        counters.checkpoints = checkpoints_started(db).await?;
+        Ok(counters)
     }
+}
+
+/// Checkpoints the server has started since its statistics were reset (PostgreSQL 17 moved the
+/// counters to a view of their own).
+async fn checkpoints_started(db: &mut PgConnection) -> anyhow::Result<i64> {
+    let (view, columns) = match sqlx::query_scalar::<_, Option<String>>(
+        "SELECT to_regclass('pg_stat_checkpointer')::text",
+    )
+    .fetch_one(&mut *db)
+    .await?
+    {
+        Some(_) => ("pg_stat_checkpointer", "num_timed + num_requested"),
+        None => ("pg_stat_bgwriter", "checkpoints_timed + checkpoints_req"),
+    };
+    let query = format!("SELECT ({columns})::int8 FROM {view}");
+    Ok(sqlx::query_scalar(&query).fetch_one(db).await?)
 }
 
 /// A run under measurement: the counters and CPU at its start, and a sampler of wait events.
@@ -126,6 +148,7 @@ impl Probe {
             blocks_hit: per_row(after.blocks_hit - self.counters.blocks_hit),
             pkey_read: per_row(after.pkey_read - self.counters.pkey_read),
             wal_bytes: per_row(after.wal - self.counters.wal),
+            checkpoints: after.checkpoints - self.counters.checkpoints,
             waits,
             statements,
         })
@@ -202,7 +225,7 @@ pub async fn curve_stage(
     publish(&stage, kept).await?;
     let prefilled = stage.topic.clone();
     let mut stored = 0;
-    let mut at_empty: Option<(f64, f64)> = None;
+    let mut at_empty: Option<BTreeMap<&str, f64>> = None;
     let mut key_at_empty: Option<f64> = None;
     for &size in sizes {
         let free = free_disk_bytes(Path::new("/var/lib/postgresql")).unwrap_or(u64::MAX);
@@ -226,12 +249,28 @@ pub async fn curve_stage(
         settle(&stage).await?;
         stage.topic = prefilled.clone();
         let drain = drained(&mut stage, input.messages).await?;
-        forget_the_run(&stage).await?;
+        // The same drain again before the next checkpoint: the index pages the first one wrote
+        // whole into the WAL are not written whole again, as in the long stretch of a
+        // checkpoint cycle that follows its first rows.
+        forget_the_run(&stage, Next::MidCycle).await?;
+        let drain_mid_cycle = drained(&mut stage, input.messages).await?;
+        forget_the_run(&stage, Next::AfterCheckpoint).await?;
         let e2e = end_to_end(&mut stage, kept, rows).await?;
-        forget_the_run(&stage).await?;
+        forget_the_run(&stage, Next::AfterCheckpoint).await?;
         let disk = disk(&stage).await?;
-        let empty = *at_empty.get_or_insert((drain.rows_per_s, e2e.rows_per_s));
-        report(size, &drain, &e2e, empty, &disk, figures);
+        let runs = [
+            ("drain", &drain),
+            ("drain_mid_cycle", &drain_mid_cycle),
+            ("e2e", &e2e),
+        ];
+        let empty = at_empty
+            .get_or_insert_with(|| {
+                runs.iter()
+                    .map(|(run, cost)| (*run, cost.rows_per_s))
+                    .collect()
+            })
+            .clone();
+        report(size, &runs, &empty, &disk, figures);
         let key = bare_key::measure(&stage.pool, size, rows).await?;
         let key_empty = *key_at_empty.get_or_insert(key.after_checkpoint.rows_per_s);
         report_key(size, &key, key_empty, figures);
@@ -307,15 +346,32 @@ async fn settle(stage: &World) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where in a checkpoint cycle the next run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Right after a `CHECKPOINT`: the first change to each page is written whole into the WAL.
+    AfterCheckpoint,
+    /// Where the run before left off, its pages already written whole since the last checkpoint.
+    MidCycle,
+}
+
 /// Takes out what a run wrote, so the next one writes the same rows onto the same table.
-async fn forget_the_run(stage: &World) -> anyhow::Result<()> {
+async fn forget_the_run(stage: &World, next: Next) -> anyhow::Result<()> {
     for statement in [
         "DELETE FROM ecommerce_events WHERE source_file <> 'stored'",
         "TRUNCATE ingest_files, ingest_duplicates, ingest_file_names, ecommerce_events_rejected",
     ] {
         sqlx::query(statement).execute(&stage.pool).await?;
     }
-    settle(stage).await
+    match next {
+        Next::AfterCheckpoint => settle(stage).await,
+        Next::MidCycle => {
+            sqlx::query("VACUUM ANALYZE ecommerce_events")
+                .execute(&stage.pool)
+                .await?;
+            Ok(())
+        }
+    }
 }
 
 /// A new group drains the stage's pre-filled topic onto the table, timed from its first commit.
@@ -396,14 +452,14 @@ fn free_disk_bytes(path: &Path) -> Option<u64> {
 
 fn report(
     size: usize,
-    drain: &Cost,
-    e2e: &Cost,
-    (drain_empty, e2e_empty): (f64, f64),
+    runs: &[(&str, &Cost)],
+    at_empty: &BTreeMap<&str, f64>,
     disk: &Disk,
     figures: &mut Figures,
 ) {
     let gib = |bytes: i64| bytes as f64 / f64::from(1u32 << 30);
-    for (run, cost, empty) in [("drain", drain, drain_empty), ("e2e", e2e, e2e_empty)] {
+    for &(run, cost) in runs {
+        let empty = at_empty.get(run).copied().unwrap_or(f64::NAN);
         let key = |what: &str| format!("curve_{size}_{run}_{what}");
         let label = |what: &str| format!("curve at {size} stored, {run}: {what}");
         figures.add(
@@ -439,7 +495,7 @@ fn report(
             &label("WAL per row"),
             cost.wal_bytes,
             "B",
-            "",
+            &format!("checkpoints started during the run: {}", cost.checkpoints),
         );
         let waits: Vec<String> = cost
             .waits

@@ -121,11 +121,15 @@ stop_kafka() {
 # Settings for a table of tens of millions of events, for the local server the scripts start: the
 # hot indexes in memory (a quarter of the RAM, at most 4 GB of shared buffers), full-page images
 # rarer and compressed with lz4 (docs/performance.md, "The curve": pglz spent 24 µs a row trying
-# to compress the primary key's random 16-byte keys, which do not compress). Written into the
-# cluster's conf.d before the server starts (a server already running is left as it is), again
-# over an earlier version of this file; a file of the operator's own there is left as it is.
+# to compress the primary key's random 16-byte keys, which do not compress). The WAL between
+# checkpoints may grow to a quarter of the disk's free space, at most 16 GB: after each checkpoint
+# every primary-key page a row lands on is written whole into the WAL once (2 GB at 50 million
+# events), and a cycle much longer than that pays it over many more rows (docs/performance.md,
+# "The bound the key puts on the curve"). Written into the cluster's conf.d before the server
+# starts (a server already running is left as it is), again over an earlier version of this
+# file; a file of the operator's own there is left as it is.
 tune_local_postgres() {
-    local version="$1" conf ram_mb buffers_mb header wanted
+    local version="$1" conf ram_mb buffers_mb free_gb wal_gb header wanted
     conf="/etc/postgresql/$version/main/conf.d/ecommerce-pipeline.conf"
     header="# Written by the ecommerce pipeline's scripts (scripts/lib.sh, tune_local_postgres)."
     [ -d "$(dirname "$conf")" ] || return 0
@@ -135,10 +139,16 @@ tune_local_postgres() {
     ram_mb=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)
     buffers_mb=$((ram_mb / 4 > 4096 ? 4096 : ram_mb / 4))
     [ "$buffers_mb" -ge 128 ] || return 0
+    # A power of two, so the figure does not change with every few GB the disk fills or frees.
+    free_gb=$(df -BG --output=avail /var/lib/postgresql 2>/dev/null | tail -n1 | tr -dc '0-9')
+    wal_gb=1
+    while [ $((wal_gb * 2)) -le $((${free_gb:-4} / 4)) ] && [ "$wal_gb" -lt 16 ]; do
+        wal_gb=$((wal_gb * 2))
+    done
     wanted="$(printf '%s\n' "$header" "shared_buffers = '${buffers_mb}MB'" "wal_compression = lz4" \
-        "max_wal_size = '4GB'" "checkpoint_timeout = '15min'")"
+        "max_wal_size = '${wal_gb}GB'" "checkpoint_timeout = '15min'")"
     [ -e "$conf" ] && [ "$(cat "$conf")" = "$wanted" ] && return 0
-    log "PostgreSQL $version: ${buffers_mb} MB of shared buffers, lz4 WAL compression (local server, for a large table)"
+    log "PostgreSQL $version: ${buffers_mb} MB of shared buffers, lz4 WAL compression, up to ${wal_gb} GB of WAL between checkpoints (local server, for a large table)"
     printf '%s\n' "$wanted" | as_root tee "$conf" >/dev/null
 }
 

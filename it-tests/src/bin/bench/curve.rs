@@ -2,7 +2,9 @@
 //! the table is filled (straight through the migrations' table, the aggregates kept true by their
 //! triggers), then the same input goes in twice, as a consumer drain of a pre-filled topic and end
 //! to end from files, each measured in PostgreSQL: its CPU, block reads and hits, WAL, the wait
-//! events its sessions were in, and (when the server loads it) `pg_stat_statements`.
+//! events its sessions were in, and (when the server loads it) `pg_stat_statements`. The drain
+//! runs twice, right after a checkpoint and again before the next; and a table of nothing but
+//! the primary key is measured beside it (`bare_key`), the bound random ids put on the curve.
 
 use super::bare_key::{self, KeyRuns};
 use super::{postgres_cpu_seconds, rate, sorted_files, Figures, LONG};

@@ -462,42 +462,32 @@ fn report(
     let gib = |bytes: i64| bytes as f64 / f64::from(1u32 << 30);
     for &(run, cost) in runs {
         let empty = at_empty.get(run).copied().unwrap_or(f64::NAN);
-        let key = |what: &str| format!("curve_{size}_{run}_{what}");
-        let label = |what: &str| format!("curve at {size} stored, {run}: {what}");
-        figures.add(
-            &key("rows_per_s"),
-            &label("rate"),
-            cost.rows_per_s,
-            "rows/s",
-            &format!(
-                "{:.0}% of the empty table's",
-                100.0 * cost.rows_per_s / empty
-            ),
+        let prefix = (
+            format!("curve_{size}_{run}"),
+            format!("curve at {size} stored, {run}"),
         );
-        figures.add(
-            &key("postgres_cpu_us_per_row"),
-            &label("PostgreSQL CPU per row"),
-            cost.cpu_us,
-            "µs",
-            "target 15",
+        let rate = format!(
+            "{:.0}% of the empty table's",
+            100.0 * cost.rows_per_s / empty
+        );
+        let checkpoints = format!("checkpoints started during the run: {}", cost.checkpoints);
+        add_run(
+            figures,
+            (&prefix.0, &prefix.1),
+            Figure::new(cost.rows_per_s, rate),
+            Figure::new(cost.cpu_us, "target 15"),
+            Figure::new(cost.wal_bytes, checkpoints),
         );
         let note = format!(
             "hits {:.1}, primary-key reads {:.2}",
             cost.blocks_hit, cost.pkey_read
         );
         figures.add(
-            &key("blocks_read_per_row"),
-            &label("blocks read per row"),
+            &format!("{}_blocks_read_per_row", prefix.0),
+            &format!("{}: blocks read per row", prefix.1),
             cost.blocks_read,
             "",
             &note,
-        );
-        figures.add(
-            &key("wal_bytes_per_row"),
-            &label("WAL per row"),
-            cost.wal_bytes,
-            "B",
-            &format!("checkpoints started during the run: {}", cost.checkpoints),
         );
         let waits: Vec<String> = cost
             .waits
@@ -527,36 +517,62 @@ fn report_key(size: usize, key: &KeyRuns, empty: f64, figures: &mut Figures) {
         ("after_checkpoint", &key.after_checkpoint),
         ("mid_cycle", &key.mid_cycle),
     ] {
-        let key = |what: &str| format!("curve_{size}_bare_key_{run}_{what}");
-        let label = |what: &str| {
-            format!(
-                "curve at {size}, bare key {}: {what}",
-                run.replace('_', " ")
-            )
-        };
-        figures.add(
-            &key("rows_per_s"),
-            &label("rate"),
-            cost.rows_per_s,
-            "rows/s",
-            &format!(
-                "{:.0}% of the empty table's after a checkpoint",
-                100.0 * cost.rows_per_s / empty
-            ),
+        let prefix = (
+            format!("curve_{size}_bare_key_{run}"),
+            format!("curve at {size}, bare key {}", run.replace('_', " ")),
         );
-        figures.add(
-            &key("postgres_cpu_us_per_row"),
-            &label("PostgreSQL CPU per row"),
-            cost.cpu_us,
+        let rate = format!(
+            "{:.0}% of the empty table's after a checkpoint",
+            100.0 * cost.rows_per_s / empty
+        );
+        add_run(
+            figures,
+            (&prefix.0, &prefix.1),
+            Figure::new(cost.rows_per_s, rate),
+            Figure::new(cost.cpu_us, ""),
+            Figure::new(cost.wal_bytes, ""),
+        );
+    }
+}
+
+/// A figure with its note.
+struct Figure {
+    value: f64,
+    note: String,
+}
+
+impl Figure {
+    fn new(value: f64, note: impl Into<String>) -> Figure {
+        let note = note.into();
+        Figure { value, note }
+    }
+}
+
+/// The figures every measured run reports, under `key_prefix` and `label_prefix`: its rate, and
+/// PostgreSQL's CPU and WAL per row.
+fn add_run(
+    figures: &mut Figures,
+    (key_prefix, label_prefix): (&str, &str),
+    rate: Figure,
+    cpu_us: Figure,
+    wal_bytes: Figure,
+) {
+    for (what, label, figure, unit) in [
+        ("rows_per_s", "rate", rate, "rows/s"),
+        (
+            "postgres_cpu_us_per_row",
+            "PostgreSQL CPU per row",
+            cpu_us,
             "µs",
-            "",
-        );
+        ),
+        ("wal_bytes_per_row", "WAL per row", wal_bytes, "B"),
+    ] {
         figures.add(
-            &key("wal_bytes_per_row"),
-            &label("WAL per row"),
-            cost.wal_bytes,
-            "B",
-            "",
+            &format!("{key_prefix}_{what}"),
+            &format!("{label_prefix}: {label}"),
+            figure.value,
+            unit,
+            &figure.note,
         );
     }
 }

@@ -239,9 +239,11 @@ async fn a_file_whose_content_arrived_under_another_name_is_found_by_its_own_nam
     world.drop_csv("first.csv", &body);
     world.drop_csv("copy.csv", &body);
     world.bridge_once(&[]);
+    // Reconciled, not only read: a name's `rows_read` is known before its rows are all written.
     world
         .wait_for_count(
-            "SELECT count(*) FROM ingest_files_by_name WHERE rows_read = 100",
+            "SELECT count(*) FROM ingest_files_by_name
+             WHERE rows_read = 100 AND reconciled_at IS NOT NULL",
             2,
             LONG,
         )

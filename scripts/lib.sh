@@ -142,7 +142,7 @@ tune_local_postgres() {
     # A power of two, so the figure does not change with every few GB the disk fills or frees.
     free_gb=$(df -BG --output=avail /var/lib/postgresql 2>/dev/null | tail -n1 | tr -dc '0-9')
     wal_gb=1
-    while [ $((wal_gb * 2)) -le $((${free_gb:-4} / 4)) ] && [ "$wal_gb" -lt 16 ]; do
+    while [ $((wal_gb * 2)) -le $((${free_gb:-16} / 4)) ] && [ "$wal_gb" -lt 16 ]; do
         wal_gb=$((wal_gb * 2))
     done
     wanted="$(printf '%s\n' "$header" "shared_buffers = '${buffers_mb}MB'" "wal_compression = lz4" \

@@ -43,6 +43,11 @@ target/release/file-bridge --once --input-dir "$OUT/input" --archive-dir "$OUT/a
     --brokers "$brokers" --topic "$topic" --partitions 6
 messages=$((files * 10000 + files))
 
+# Messages the consumer has committed (0 before its first batch or while the database is away).
+committed() {
+    psql -X -q -t -A -d "$db_url" -c 'SELECT coalesce(sum(next_offset), 0) FROM ingest_checkpoints' \
+        2>/dev/null || echo 0
+}
 consumer=(target/release/consumer --brokers "$brokers" --topic "$topic" --group "profile-$$"
     --database-url "$db_url" --metrics-addr 127.0.0.1:0)
 if [ "$TARGET" = postgres ]; then
@@ -50,8 +55,7 @@ if [ "$TARGET" = postgres ]; then
     # Migrations first, so the profile holds the batches only.
     "${consumer[@]}" --migrate-only >"$OUT/consumer.log" 2>&1
     "${consumer[@]}" >>"$OUT/consumer.log" 2>&1 &
-    until [ "$(psql -X -q -t -A -d "$db_url" -c \
-        'SELECT coalesce(sum(next_offset), 0) FROM ingest_checkpoints' 2>/dev/null || echo 0)" != "0" ]; do
+    until [ "$(committed)" != "0" ]; do
         sleep 0.2
     done
     perf record -F 499 -a -g -o "$OUT/postgres.perf" -- sleep 600 >/dev/null 2>&1 &
@@ -61,8 +65,7 @@ else
         "${consumer[@]}" >"$OUT/consumer.log" 2>&1 &
 fi
 perf_pid=$!
-until [ "$(psql -X -q -t -A -d "$db_url" -c \
-    'SELECT coalesce(sum(next_offset), 0) FROM ingest_checkpoints' 2>/dev/null || echo 0)" = "$messages" ]; do
+until [ "$(committed)" = "$messages" ]; do
     sleep 0.5
 done
 if [ "$TARGET" = postgres ]; then

@@ -829,6 +829,14 @@ async fn poll_summary(world: &World) -> anyhow::Result<(f64, f64)> {
     Ok((times[times.len() / 2], times[times.len() - 1]))
 }
 
+/// `from + 1 ..= to` in consecutive inclusive ranges of at most `step`, as the bounds of
+/// `generate_series`.
+fn series_ranges(from: usize, to: usize, step: usize) -> impl Iterator<Item = (i64, i64)> {
+    (from..to)
+        .step_by(step)
+        .map(move |start| (start as i64 + 1, (start + step).min(to) as i64))
+}
+
 /// CPU seconds of every PostgreSQL process on the host (the bench's server is the local one).
 fn postgres_cpu_seconds() -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -6,7 +6,7 @@
 //! batch over the consumer's two writers): once right after a `CHECKPOINT`, as each curve run
 //! starts, and once more straight after, its leaves already written whole since that checkpoint.
 
-use super::postgres_cpu_seconds;
+use super::{postgres_cpu_seconds, series_ranges};
 use sqlx::PgPool;
 use std::time::Instant;
 
@@ -39,13 +39,12 @@ pub async fn measure(pool: &PgPool, stored: usize, rows: usize) -> anyhow::Resul
     ] {
         sqlx::query(statement).execute(pool).await?;
     }
-    let chunk = 1_000_000;
-    for start in (0..stored).step_by(chunk) {
+    for (first, last) in series_ranges(0, stored, 1_000_000) {
         sqlx::query(
             "INSERT INTO bench_bare_key SELECT md5(g::text)::uuid FROM generate_series($1::int8, $2::int8) g",
         )
-        .bind(start as i64 + 1)
-        .bind((start + chunk).min(stored) as i64)
+        .bind(first)
+        .bind(last)
         .execute(pool)
         .await?;
     }
@@ -73,14 +72,14 @@ async fn insert_run(pool: &PgPool, run: &str, rows: usize) -> anyhow::Result<Key
     let wal_lsn = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
     let wal_before: i64 = sqlx::query_scalar(wal_lsn).fetch_one(pool).await?;
     let (cpu_before, started) = (postgres_cpu_seconds(), Instant::now());
-    for start in (0..rows).step_by(ROWS_PER_TRANSACTION) {
+    for (first, last) in series_ranges(0, rows, ROWS_PER_TRANSACTION) {
         sqlx::query(
             "INSERT INTO bench_bare_key
              SELECT md5($1 || g)::uuid FROM generate_series($2::int8, $3::int8) g",
         )
         .bind(run)
-        .bind(start as i64 + 1)
-        .bind((start + ROWS_PER_TRANSACTION).min(rows) as i64)
+        .bind(first)
+        .bind(last)
         .execute(pool)
         .await?;
     }

@@ -7,7 +7,7 @@
 //! the primary key is measured beside it (`bare_key`), the bound random ids put on the curve.
 
 use super::bare_key::{self, KeyRuns};
-use super::{postgres_cpu_seconds, rate, sorted_files, Figures, LONG};
+use super::{postgres_cpu_seconds, rate, series_ranges, sorted_files, Figures, LONG};
 use anyhow::Context;
 use consumer::sink::Sink;
 use it_tests::World;
@@ -265,14 +265,12 @@ pub async fn curve_stage(
             ("drain_mid_cycle", &drain_mid_cycle),
             ("e2e", &e2e),
         ];
-        let empty = at_empty
-            .get_or_insert_with(|| {
-                runs.iter()
-                    .map(|(run, cost)| (*run, cost.rows_per_s))
-                    .collect()
-            })
-            .clone();
-        report(size, &runs, &empty, &disk, figures);
+        let empty = at_empty.get_or_insert_with(|| {
+            runs.iter()
+                .map(|(run, cost)| (*run, cost.rows_per_s))
+                .collect()
+        });
+        report(size, &runs, empty, &disk, figures);
         let key = bare_key::measure(&stage.pool, size, rows).await?;
         let key_empty = *key_at_empty.get_or_insert(key.after_checkpoint.rows_per_s);
         report_key(size, &key, key_empty, figures);
@@ -319,9 +317,7 @@ pub fn copy_input(kept: &Path, input: &Path) -> anyhow::Result<()> {
 /// by the aggregate triggers unless they are disabled): users, products and 30 days of event
 /// times like the generator's.
 pub async fn grow(stage: &World, from: usize, to: usize) -> anyhow::Result<()> {
-    let chunk = 1_000_000;
-    for start in (from..to).step_by(chunk) {
-        let end = (start + chunk).min(to);
+    for (first, last) in series_ranges(from, to, 1_000_000) {
         sqlx::query(
             "INSERT INTO ecommerce_events
                  (event_id, user_id, event_type, product_id, price, event_time, is_late,
@@ -332,8 +328,8 @@ pub async fn grow(stage: &World, from: usize, to: usize) -> anyhow::Result<()> {
                     now() - (g % 2592000) * interval '1 second', false, 'stored', g, now()
              FROM generate_series($1::int8, $2::int8) g",
         )
-        .bind(start as i64 + 1)
-        .bind(end as i64)
+        .bind(first)
+        .bind(last)
         .execute(&stage.pool)
         .await?;
     }
